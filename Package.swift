@@ -1,0 +1,85 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "Lifeguard",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "lifeguard", targets: ["LifeguardCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+    ],
+    targets: [
+        // Protocol framing and the few messages the pooler inspects. NIOCore only.
+        .target(
+            name: "PostgresWire",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // Pure logic: configuration, authentication, pooling rules. No sockets, clocks or logging.
+        .target(
+            name: "LifeguardCore",
+            dependencies: [
+                "PostgresWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // IO: listeners, channel handlers, pools, logging.
+        .target(
+            name: "Lifeguard",
+            dependencies: [
+                "LifeguardCore",
+                "PostgresWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            // The handlers of one event loop call each other directly; Swift 6's isolation checking cannot see
+            // that they share the loop, so this target stays in the Swift 5 language mode.
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .executableTarget(
+            name: "LifeguardCLI",
+            dependencies: [
+                "Lifeguard",
+                "LifeguardCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/lifeguard"
+        ),
+        // libpq, for integration tests that drive Lifeguard with the real PostgreSQL client library.
+        .systemLibrary(
+            name: "CLibPQ",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]
+        ),
+        .testTarget(
+            name: "PostgresWireTests",
+            dependencies: ["PostgresWire", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "LifeguardCoreTests",
+            dependencies: ["LifeguardCore", "PostgresWire"]
+        ),
+        .testTarget(
+            name: "LifeguardTests",
+            dependencies: [
+                "Lifeguard", "LifeguardCore", "PostgresWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["CLibPQ", "LifeguardCore"]
+        ),
+    ]
+)

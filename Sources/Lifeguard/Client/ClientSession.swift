@@ -1,0 +1,431 @@
+import LifeguardCore
+import Logging
+import NIOCore
+import PostgresWire
+
+/// One client connection: startup and authentication, then its traffic relayed to whichever server the
+/// pool lends it for each transaction (or for the whole session).
+final class ClientSession: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum Phase {
+        case startup
+        case authenticating(ClientAuthentication)
+        /// Authenticated; the pool greets it as soon as it knows the server's ParameterStatus set.
+        case awaitingWelcome
+        case active
+        case closed
+    }
+
+    /// Client message ids a pooler accepts after login; anything else is a protocol violation.
+    private static let acceptedIDs = MessageIDSet([
+        FrontendID.query, FrontendID.parse, FrontendID.bind, FrontendID.describe, FrontendID.execute,
+        FrontendID.close, FrontendID.sync, FrontendID.flush, FrontendID.functionCall, FrontendID.copyData,
+        FrontendID.copyDone, FrontendID.copyFail, FrontendID.terminate, FrontendID.password,
+    ])
+
+    private unowned let shard: PoolShard
+    private var phase = Phase.startup
+    private var context: ChannelHandlerContext?
+    private var startupBuffer = ByteBuffer()
+    private var scanner: FrameScanner
+    private(set) var pool: Pool?
+    private var tracker = TransactionTracker(poolMode: .session)
+    private(set) var server: ServerConnection?
+    /// The assigned server has finished syncing parameters and takes client bytes.
+    private var serverReady = false
+    private var queued = false
+    /// Client bytes received while no server was ready for them; already scanned and counted.
+    private var pendingData: ByteBuffer?
+    private var serverNeedsFlush = false
+    private var loggedIn = false
+    private var readHeld = false
+    private var cancelKey: CancelKey?
+    private var closeReason: String?
+    private let connectedAt = NIODeadline.now()
+    private var logPrefix = "C-0x0: (nodb)/(nouser)@unknown"
+    private var peerDescription = "unknown"
+    var parameters = ParameterSet()
+
+    init(shard: PoolShard) {
+        self.shard = shard
+        self.scanner = FrameScanner(capturedIDs: .all, maxMessageLength: shard.settings.maxPacketSize)
+    }
+
+    private var logger: Logger { shard.logger }
+    private var settings: Settings { shard.settings }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        shard.counts.clients += 1
+        if let remote = context.channel.remoteAddress {
+            if let ip = remote.ipAddress {
+                peerDescription = "\(ip):\(remote.port ?? 0)"
+            } else {
+                peerDescription = "unix"
+            }
+        }
+        logPrefix = "C-\(ObjectIdentifier(self).hashValue.hexPrefix): (nodb)/(nouser)@\(peerDescription)"
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        do {
+            switch phase {
+            case .startup:
+                var buffer = buffer
+                startupBuffer.writeBuffer(&buffer)
+                try readStartup()
+            case .authenticating:
+                try receiveAuthentication(buffer)
+            case .awaitingWelcome, .active:
+                try receiveTraffic(buffer)
+            case .closed:
+                return
+            }
+        } catch let error as PoolerError {
+            closeWithError(error, reason: error.message)
+        } catch WireError.messageTooLarge(let length) {
+            closeWithError(.packetTooLarge(length), reason: "max_packet_size exceeded")
+        } catch {
+            closeWithError(.badPacket, reason: "bad packet: \(error)")
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if serverNeedsFlush {
+            serverNeedsFlush = false
+            server?.flush()
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let wasLoggedIn = loggedIn
+        phase = .closed
+        if let server {
+            let clean = serverReady && tracker.isIdle && scanner.isAtMessageBoundary && pendingData == nil
+            self.server = nil
+            server.clientGone(serverIsIdle: clean)
+        }
+        if let pool {
+            pool.removeWaiting(self)
+            if wasLoggedIn { pool.clientCount -= 1 }
+        }
+        shard.counts.clients -= 1
+        if let cancelKey { shard.unregisterCancelKey(cancelKey) }
+        if settings.logDisconnections, wasLoggedIn || closeReason != nil {
+            let reason = closeReason ?? "client unexpected eof"
+            logger.info("\(logPrefix) closing because: \(reason) (age=\(ageSeconds)s)")
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if closeReason == nil { closeReason = "client socket error: \(error)" }
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { server?.resumeReads() }
+    }
+
+    /// Holds reads while the server cannot take more bytes, or while bytes wait for a server.
+    func read(context: ChannelHandlerContext) {
+        if shouldHoldReads {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    private var shouldHoldReads: Bool {
+        if pendingData != nil { return true }
+        if let server, serverReady, !server.isWritable { return true }
+        return false
+    }
+
+    func resumeReads() {
+        guard readHeld, !shouldHoldReads, let context else { return }
+        readHeld = false
+        context.read()
+    }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    private var ageSeconds: Int {
+        Int((NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000)
+    }
+
+    // MARK: Startup
+
+    private func readStartup() throws {
+        while case .startup = phase, let packet = try StartupPacket.read(from: &startupBuffer) {
+            switch packet {
+            case .sslRequest, .gssEncryptionRequest:
+                // No TLS or GSSAPI yet: "N" tells the client to go on in plain text.
+                var reply = ByteBuffer()
+                reply.writeInteger(UInt8(ascii: "N"))
+                context?.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+            case .cancel(let processID, let secretKey):
+                forwardCancel(CancelKey(processID: processID, secretKey: secretKey))
+                closeReason = nil
+                phase = .closed
+                context?.close(promise: nil)
+                return
+            case .startup(let version, let raw):
+                if shard.counts.clients > settings.maxClientConn {
+                    throw PoolerError.maxClientConnections
+                }
+                let startup = try ClientStartup(
+                    protocolVersion: version, parameters: raw, ignored: settings.ignoreStartupParameters)
+                logPrefix = "C-\(ObjectIdentifier(self).hashValue.hexPrefix): \(startup.database)/\(startup.user)@\(peerDescription)"
+                try beginAuthentication(startup)
+            }
+        }
+        // Bytes after the startup packet (a client that does not wait for the auth request) are auth traffic.
+        if case .authenticating = phase, startupBuffer.readableBytes > 0 {
+            let rest = startupBuffer
+            startupBuffer = ByteBuffer()
+            try receiveAuthentication(rest)
+        }
+    }
+
+    private func forwardCancel(_ key: CancelKey) {
+        // Unknown keys and clients without a server are dropped silently, as PostgreSQL and PgBouncer do.
+        guard let target = shard.client(forCancelKey: key), let server = target.server,
+            let backend = server.backendKey
+        else { return }
+        server.address.sendCancel(
+            processID: backend.processID, secretKey: backend.secretKey, on: shard.eventLoop)
+    }
+
+    // MARK: Authentication
+
+    private func beginAuthentication(_ startup: ClientStartup) throws {
+        var authentication = ClientAuthentication(
+            startup: startup, authType: settings.authType, secret: shard.secret(for: startup.user),
+            requireUserListEntry: settings.authFile != nil, mockKey: shard.mockAuthenticationKey,
+            derive: { [shard] user, password in shard.derivedSCRAMSecret(user: user, password: password) })
+        var reply = ByteBuffer()
+        if startup.minorProtocolVersion > 0 || !startup.unsupportedProtocolOptions.isEmpty {
+            reply.writeMessage(BackendID.negotiateProtocolVersion) {
+                $0.writeInteger(Int32(StartupPacket.protocolVersion3))
+                $0.writeInteger(Int32(startup.unsupportedProtocolOptions.count))
+                for option in startup.unsupportedProtocolOptions { $0.writeNullTerminatedString(option) }
+            }
+        }
+        let step = try authentication.start(into: &reply)
+        if reply.readableBytes > 0 { context?.writeAndFlush(wrapOutboundOut(reply), promise: nil) }
+        if step == .authenticated {
+            try finishLogin(authentication)
+        } else {
+            phase = .authenticating(authentication)
+        }
+    }
+
+    private func receiveAuthentication(_ buffer: ByteBuffer) throws {
+        var authenticated: ClientAuthentication?
+        let stop = try scanner.scan(buffer) { id, body in
+            guard case .authenticating(var authentication) = phase else { return false }
+            guard id == FrontendID.password, let body else {
+                throw PoolerError("expected password packet, got '\(Character(Unicode.Scalar(id)))'")
+            }
+            var reply = ByteBuffer()
+            let step = try authentication.receive(body, into: &reply)
+            if reply.readableBytes > 0 { context?.writeAndFlush(wrapOutboundOut(reply), promise: nil) }
+            phase = .authenticating(authentication)
+            if step == .authenticated {
+                authenticated = authentication
+                return false
+            }
+            return true
+        }
+        // The scanner is replaced at login, so login happens after the scan, never inside it.
+        guard let authenticated else { return }
+        try finishLogin(authenticated)
+        if let stop, stop < buffer.writerIndex {
+            try receiveTraffic(buffer.getSlice(at: stop, length: buffer.writerIndex - stop)!)
+        }
+    }
+
+    private func finishLogin(_ authentication: ClientAuthentication) throws {
+        let startup = authentication.startup
+        guard let database = shard.configuration.database(named: startup.database) else {
+            throw PoolerError.noSuchDatabase(startup.database)
+        }
+        let pool = shard.pool(for: database, clientDatabase: startup.database, clientUser: startup.user)
+        if database.user == nil, let keys = authentication.scramKeys {
+            pool.scramPassThroughKeys = keys
+        }
+        self.pool = pool
+        pool.clientCount += 1
+        loggedIn = true
+        tracker = TransactionTracker(poolMode: pool.mode)
+        scanner = FrameScanner(capturedIDs: MessageIDSet(), maxMessageLength: settings.maxPacketSize)
+        parameters = startup.parameters
+        if settings.applicationNameAddHost {
+            let name = parameters["application_name"] ?? ""
+            parameters["application_name"] = name + " - " + peerDescription
+        }
+        cancelKey = shard.registerCancelKey(for: self)
+        phase = .awaitingWelcome
+        if settings.logConnections {
+            logger.info("\(logPrefix) login attempt: db=\(startup.database) user=\(startup.user) tls=no")
+        }
+        pool.welcome(self)
+    }
+
+    /// AuthenticationOk, the pool's ParameterStatus set with this client's own values, a Lifeguard
+    /// BackendKeyData and ReadyForQuery: the whole greeting, without touching a server.
+    func sendWelcome(parameters welcome: [(String, String)], defaults: ParameterSet) {
+        guard case .awaitingWelcome = phase, let context, let cancelKey else { return }
+        parameters.fillUnset(from: defaults)
+        var buffer = context.channel.allocator.buffer(capacity: 512)
+        buffer.writeAuthenticationOK()
+        for (name, value) in welcome {
+            buffer.writeParameterStatus(name: name, value: parameters[name] ?? value)
+        }
+        buffer.writeBackendKeyData(processID: cancelKey.processID, secretKey: cancelKey.secretKey)
+        buffer.writeReadyForQuery(.idle)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        phase = .active
+        if pendingData != nil { requestServerIfNeeded() }
+    }
+
+    // MARK: Traffic
+
+    private func receiveTraffic(_ buffer: ByteBuffer) throws {
+        var terminated = false
+        let stop = try scanner.scan(buffer) { id, _ in
+            guard Self.acceptedIDs.contains(id) else {
+                throw PoolerError("unknown pkt from client: '\(Character(Unicode.Scalar(id)))'")
+            }
+            if id == FrontendID.terminate {
+                terminated = true
+                return false
+            }
+            tracker.clientSent(id)
+            return true
+        }
+
+        var data = buffer
+        if terminated, let stop {
+            // Terminate is only for Lifeguard: the server stays open for the next client.
+            let start = max(buffer.readerIndex, stop - 5)
+            data = buffer.getSlice(at: buffer.readerIndex, length: start - buffer.readerIndex)!
+        }
+        if data.readableBytes > 0 {
+            if let server, serverReady {
+                server.forwardFromClient(data)
+                serverNeedsFlush = true
+            } else {
+                if pendingData == nil {
+                    pendingData = data
+                } else {
+                    pendingData!.writeImmutableBuffer(data)
+                }
+                requestServerIfNeeded()
+            }
+        }
+        if terminated {
+            closeReason = "client close request"
+            if serverNeedsFlush {
+                serverNeedsFlush = false
+                server?.flush()
+            }
+            context?.close(promise: nil)
+        }
+    }
+
+    private func requestServerIfNeeded() {
+        guard case .active = phase, server == nil, !queued, let pool else { return }
+        queued = true
+        pool.requestServer(for: self)
+    }
+
+    /// The pool lent this client `server`; `ready` is false while the server is still syncing parameters.
+    func serverAssigned(_ server: ServerConnection, ready: Bool) {
+        self.server = server
+        queued = false
+        serverReady = ready
+        if ready { sendPendingData() }
+    }
+
+    func serverLinkReady() {
+        serverReady = true
+        sendPendingData()
+    }
+
+    private func sendPendingData() {
+        if let data = pendingData, let server {
+            pendingData = nil
+            server.forwardFromClient(data)
+            server.flush()
+        }
+        resumeReads()
+    }
+
+    /// ReadyForQuery from the linked server. The server may go back to the pool only if the client is also
+    /// between messages, so no half-sent message is left on it.
+    func serverReady(_ status: TransactionStatus) -> TransactionTracker.Decision {
+        let decision = tracker.serverReady(status)
+        if decision == .release, !scanner.isAtMessageBoundary || pendingData != nil {
+            return .keep
+        }
+        return decision
+    }
+
+    func serverReleased() {
+        server = nil
+        serverReady = false
+        resumeReads()
+    }
+
+    /// After a parameter sync, the server's spelling of each value becomes the client's, so later
+    /// comparisons match (PostgreSQL reports "UTF8" for a client that asked for "utf-8").
+    func adoptServerParameters(_ serverParameters: ParameterSet) {
+        for name in TrackedParameter.names {
+            if let value = serverParameters[name], parameters[name] != nil { parameters[name] = value }
+        }
+    }
+
+    func forwardFromServer(_ buffer: ByteBuffer) {
+        context?.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func flushToClient() {
+        context?.flush()
+    }
+
+    /// The linked server's connection died: PgBouncer tells the client "server conn crashed?".
+    func serverClosed(reason: String) {
+        server = nil
+        serverReady = false
+        closeWithError(.serverCrashed, reason: "server conn crashed?")
+    }
+
+    /// Sends a FATAL ErrorResponse and closes once it is written.
+    func closeWithError(_ error: PoolerError, reason: String) {
+        if case .closed = phase { return }
+        guard let context else { return }
+        if closeReason == nil { closeReason = reason }
+        if settings.logPoolerErrors {
+            logger.warning("\(logPrefix) pooler error: \(error.message)")
+        }
+        if let pool { pool.removeWaiting(self) }
+        queued = false
+        phase = .closed
+        var buffer = context.channel.allocator.buffer(capacity: 64 + error.message.utf8.count)
+        buffer.writeErrorResponse(severity: "FATAL", code: error.sqlState, message: error.message)
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in
+            context.close(promise: nil)
+        }
+        readHeld = true
+    }
+}

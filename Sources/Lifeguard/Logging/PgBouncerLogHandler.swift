@@ -1,0 +1,88 @@
+import Glibc
+import Logging
+import NIOConcurrencyHelpers
+
+/// Writes log lines in PgBouncer's format, `2026-11-21 10:00:00.123 UTC [1234] LOG message`, so that log
+/// parsers written for PgBouncer (pgbadger and friends) read Lifeguard's logs unchanged.
+public struct PgBouncerLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level
+    private let sink: LogSink
+
+    public init(sink: LogSink, level: Logger.Level) {
+        self.sink = sink
+        self.logLevel = level
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        sink.write("\(Self.timestamp()) [\(sink.processID)] \(Self.levelName(event.level)) \(event.message)\n")
+    }
+
+    /// PgBouncer's level words.
+    static func levelName(_ level: Logger.Level) -> String {
+        switch level {
+        case .trace: return "NOISE"
+        case .debug: return "DEBUG"
+        case .info, .notice: return "LOG"
+        case .warning: return "WARNING"
+        case .error: return "ERROR"
+        case .critical: return "FATAL"
+        }
+    }
+
+    /// Milliseconds in UTC, formatted without Foundation so logging stays cheap.
+    static func timestamp() -> String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var seconds = now.tv_sec
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func pad(_ value: Int32, _ width: Int) -> String {
+            let digits = String(value)
+            return String(repeating: "0", count: max(0, width - digits.count)) + digits
+        }
+        let millis = Int32(now.tv_nsec / 1_000_000)
+        return "\(parts.tm_year + 1900)-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2)) "
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(millis, 3)) UTC"
+    }
+}
+
+/// Where log lines go: standard error and/or a log file opened for appending. Shared by every Logger.
+public final class LogSink: @unchecked Sendable {
+    private let lock = NIOLock()
+    let processID = getpid()
+    private let toStandardError: Bool
+    private var fileDescriptor: Int32 = -1
+
+    /// Opens `logfile` (if any) for appending; throws a readable message when it cannot be opened.
+    public init(toStandardError: Bool, logfile: String?) throws {
+        self.toStandardError = toStandardError
+        if let logfile, !logfile.isEmpty {
+            let fd = open(logfile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+            guard fd >= 0 else {
+                throw LogSinkError(message: "cannot open logfile \(logfile): \(String(cString: strerror(errno)))")
+            }
+            fileDescriptor = fd
+        }
+    }
+
+    func write(_ line: String) {
+        lock.withLock {
+            var line = line
+            line.withUTF8 { bytes in
+                if toStandardError { _ = Glibc.write(2, bytes.baseAddress, bytes.count) }
+                if fileDescriptor >= 0 { _ = Glibc.write(fileDescriptor, bytes.baseAddress, bytes.count) }
+            }
+        }
+    }
+}
+
+public struct LogSinkError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}

@@ -1,0 +1,188 @@
+import DequeModule
+import LifeguardCore
+import Logging
+import NIOCore
+
+/// The server connections of one (database, user) pair and the clients queued for them.
+///
+/// Servers are handed out LIFO (the most recently used one is the warmest), clients are served FIFO, and at
+/// most one new server login runs at a time, as in PgBouncer.
+final class Pool {
+    let key: PoolKey
+    let database: DatabaseDefinition
+    unowned let shard: PoolShard
+    let mode: PoolMode
+    let size: Int
+    let reserveSize: Int
+    let minSize: Int
+    let maxUserConnections: Int
+    let maxDatabaseConnections: Int
+    let resetQuery: String
+    let resetQueryAlways: Bool
+
+    /// ParameterStatus set of the first server login, replayed to every client that logs in.
+    private(set) var welcomeParameters: [(String, String)]?
+    /// The tracked subset of `welcomeParameters`: what a client that set nothing expects.
+    private(set) var defaultParameters = ParameterSet()
+    /// ClientKey and ServerKey learned from a client's SCRAM login, to log in to the server the same way.
+    var scramPassThroughKeys: (clientKey: [UInt8], serverKey: [UInt8])?
+
+    private var idleServers: [ServerConnection] = []
+    private var waitingClients: Deque<(client: ClientSession, since: NIODeadline)> = []
+    private var clientsWaitingForWelcome: [ClientSession] = []
+    private(set) var serverCount = 0
+    private var serversLoggingIn = 0
+    var clientCount = 0
+
+    init(key: PoolKey, database: DatabaseDefinition, user: UserDefinition?, settings: Settings, shard: PoolShard) {
+        self.key = key
+        self.database = database
+        self.shard = shard
+        self.mode = user?.poolMode ?? database.poolMode ?? settings.poolMode
+        self.size = user?.poolSize ?? database.poolSize ?? settings.defaultPoolSize
+        self.reserveSize = database.reservePoolSize ?? settings.reservePoolSize
+        self.minSize = database.minPoolSize ?? settings.minPoolSize
+        self.maxUserConnections = user?.maxUserConnections ?? settings.maxUserConnections
+        self.maxDatabaseConnections = database.maxDBConnections ?? settings.maxDBConnections
+        self.resetQuery = settings.serverResetQuery
+        self.resetQueryAlways = settings.serverResetQueryAlways
+    }
+
+    var logger: Logger { shard.logger }
+
+    /// The credentials for logging in to the server: the database's forced user's password, else the userlist.
+    var serverSecret: PasswordSecret? {
+        if database.user != nil, let password = database.password { return .plain(password) }
+        return shard.secret(for: key.user)
+    }
+
+    // MARK: Clients
+
+    /// Greets `client` from the cached ParameterStatus set, or queues it until the first server has logged in.
+    func welcome(_ client: ClientSession) {
+        if let welcomeParameters {
+            client.sendWelcome(parameters: welcomeParameters, defaults: defaultParameters)
+        } else {
+            clientsWaitingForWelcome.append(client)
+            launchIfNeeded(now: .now())
+        }
+    }
+
+    /// `client` has a request and no server: give it an idle one or queue it.
+    func requestServer(for client: ClientSession) {
+        if let server = idleServers.popLast() {
+            server.assign(to: client)
+        } else {
+            waitingClients.append((client, .now()))
+            launchIfNeeded(now: .now())
+        }
+    }
+
+    /// `client` is going away: forget any place it held in a queue.
+    func removeWaiting(_ client: ClientSession) {
+        if let index = waitingClients.firstIndex(where: { $0.client === client }) {
+            waitingClients.remove(at: index)
+        }
+        clientsWaitingForWelcome.removeAll { $0 === client }
+    }
+
+    var waitingCount: Int { waitingClients.count }
+
+    // MARK: Servers
+
+    /// A server finished its login (and connect_query).
+    func serverLoggedIn(_ server: ServerConnection) {
+        serversLoggingIn -= 1
+        if welcomeParameters == nil {
+            welcomeParameters = server.reportedParameters
+            defaultParameters = server.parameters
+            let waiting = clientsWaitingForWelcome
+            clientsWaitingForWelcome = []
+            for client in waiting {
+                client.sendWelcome(parameters: server.reportedParameters, defaults: defaultParameters)
+            }
+        }
+        serverAvailable(server)
+        launchIfNeeded(now: .now())
+    }
+
+    /// A server login failed with `error`. When no server of this pool is left to serve them, the clients
+    /// waiting on it get that error (with the server's SQLSTATE), as PgBouncer does.
+    func serverLoginFailed(_ error: PoolerError) {
+        let liveServers = serverCount - 1
+        guard liveServers == 0 else { return }
+        let waiting = clientsWaitingForWelcome + waitingClients.map(\.client)
+        clientsWaitingForWelcome = []
+        waitingClients = []
+        for client in waiting {
+            client.closeWithError(error, reason: error.message)
+        }
+    }
+
+    /// `server` is between transactions: hand it to the next waiting client, or keep it idle.
+    func serverAvailable(_ server: ServerConnection) {
+        if let next = waitingClients.popFirst() {
+            server.assign(to: next.client)
+        } else {
+            server.becomeIdle()
+            idleServers.append(server)
+        }
+    }
+
+    /// A client is done with `server` and it is idle between transactions. Session pooling (or
+    /// `server_reset_query_always`) runs `server_reset_query` before the server is used again.
+    func release(_ server: ServerConnection, clientDisconnected: Bool) {
+        let needsReset = (mode == .session && clientDisconnected) || resetQueryAlways
+        if needsReset, !resetQuery.isEmpty {
+            server.runResetQuery(resetQuery)
+        } else {
+            serverAvailable(server)
+        }
+    }
+
+    /// A server connection closed, for whatever reason.
+    func serverClosed(_ server: ServerConnection, duringLogin: Bool) {
+        serverCount -= 1
+        if duringLogin { serversLoggingIn -= 1 }
+        shard.counts.serversPerDatabase[key.database, default: 1] -= 1
+        shard.counts.serversPerUser[key.user, default: 1] -= 1
+        idleServers.removeAll { $0 === server }
+        launchIfNeeded(now: .now())
+    }
+
+    /// Periodic upkeep: reserve connections for clients that waited long enough, and min_pool_size.
+    func maintain(now: NIODeadline) {
+        launchIfNeeded(now: now)
+    }
+
+    /// Opens one more server connection when clients need one and the limits allow it.
+    private func launchIfNeeded(now: NIODeadline) {
+        guard serversLoggingIn == 0 else { return }
+        let hasDemand = !waitingClients.isEmpty || !clientsWaitingForWelcome.isEmpty
+        let belowMinimum = serverCount < minSize && (database.user != nil || clientCount > 0)
+        guard hasDemand || belowMinimum else { return }
+
+        if size > 0, serverCount >= size {
+            guard hasDemand, reserveSize > 0, serverCount < size + reserveSize,
+                let oldest = waitingClients.first,
+                now - oldest.since >= .nanoseconds(Int64(shard.settings.reservePoolTimeout * 1e9))
+            else { return }
+            logger.info("\(logPrefix) taking connection from reserve_pool")
+        }
+        if maxDatabaseConnections > 0,
+            shard.counts.serversPerDatabase[key.database, default: 0] >= maxDatabaseConnections
+        {
+            return
+        }
+        if maxUserConnections > 0, shard.counts.serversPerUser[key.user, default: 0] >= maxUserConnections {
+            return
+        }
+        serverCount += 1
+        serversLoggingIn += 1
+        shard.counts.serversPerDatabase[key.database, default: 0] += 1
+        shard.counts.serversPerUser[key.user, default: 0] += 1
+        ServerConnection.launch(for: self)
+    }
+
+    var logPrefix: String { "\(key.database)/\(key.user)" }
+}

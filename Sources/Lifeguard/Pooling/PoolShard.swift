@@ -1,0 +1,130 @@
+import DequeModule
+import LifeguardCore
+import Logging
+import NIOCore
+import NIOPosix
+
+/// A client's key for CancelRequest: what Lifeguard told it in BackendKeyData, never the server's.
+struct CancelKey: Hashable {
+    var processID: Int32
+    var secretKey: Int32
+}
+
+/// Everything one event loop owns: its pools, its clients' cancel keys and its share of the limits.
+///
+/// All of it is touched only on `eventLoop`, so the data path takes no locks. Today the daemon runs one shard;
+/// the limits that must stay global when there are more (max_client_conn, max_db_connections,
+/// max_user_connections) are kept in `ConnectionCounts`, the one place that will need to become shared.
+final class PoolShard {
+    let eventLoop: EventLoop
+    private(set) var configuration: Configuration
+    private(set) var userList: UserList
+    let logger: Logger
+    private var pools: [PoolKey: Pool] = [:]
+    private var cancelTargets: [CancelKey: ClientSession] = [:]
+    var counts = ConnectionCounts()
+    /// Secret for mock SCRAM exchanges with unknown users, so they look like real ones.
+    let mockAuthenticationKey: [UInt8]
+    /// SCRAM secrets derived from plain-text userlist passwords; deriving costs thousands of HMACs.
+    private var derivedSecrets: [String: SCRAMSecret] = [:]
+    private var janitor: RepeatedTask?
+
+    init(eventLoop: EventLoop, configuration: Configuration, userList: UserList, logger: Logger) {
+        self.eventLoop = eventLoop
+        self.configuration = configuration
+        self.userList = userList
+        self.logger = logger
+        self.mockAuthenticationKey = randomBytes(32)
+    }
+
+    var settings: Settings { configuration.settings }
+
+    /// Starts the periodic check that opens reserve connections and keeps min_pool_size.
+    func startJanitor() {
+        janitor = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) {
+            [weak self] _ in
+            self?.runJanitor()
+        }
+    }
+
+    func stop() {
+        janitor?.cancel()
+        janitor = nil
+    }
+
+    private func runJanitor() {
+        let now = NIODeadline.now()
+        for pool in pools.values {
+            pool.maintain(now: now)
+        }
+    }
+
+    // MARK: Pools
+
+    /// The pool for a client that asked for `clientDatabase` (resolved to `database`, which may be the `*`
+    /// fallback) as `clientUser`; a database with a forced user has one pool for all its clients.
+    func pool(for database: DatabaseDefinition, clientDatabase: String, clientUser: String) -> Pool {
+        let serverUser = database.user ?? clientUser
+        let key = PoolKey(database: clientDatabase, user: serverUser)
+        if let pool = pools[key] { return pool }
+        let userDefinition = configuration.users[serverUser] ?? configuration.users[clientUser]
+        let pool = Pool(key: key, database: database, user: userDefinition, settings: settings, shard: self)
+        pools[key] = pool
+        return pool
+    }
+
+    var allPools: Dictionary<PoolKey, Pool>.Values { pools.values }
+
+    /// The secret the userlist holds for `user`, if any.
+    func secret(for user: String) -> PasswordSecret? {
+        userList.secrets[user].map(PasswordSecret.init(parsing:))
+    }
+
+    /// A SCRAM secret for a user whose userlist entry is plain text, derived once per process.
+    func derivedSCRAMSecret(user: String, password: String) -> SCRAMSecret {
+        if let cached = derivedSecrets[user] { return cached }
+        let secret = SCRAMSecret.derive(password: password, salt: randomBytes(16), iterations: 4096)
+        derivedSecrets[user] = secret
+        return secret
+    }
+
+    // MARK: Cancel keys
+
+    func registerCancelKey(for client: ClientSession) -> CancelKey {
+        while true {
+            // PgBouncer clears the sign bit so drivers that print the key as a signed pid see a positive one.
+            let key = CancelKey(
+                processID: Int32.random(in: 1...Int32.max), secretKey: Int32.random(in: Int32.min...Int32.max))
+            if cancelTargets[key] == nil {
+                cancelTargets[key] = client
+                return key
+            }
+        }
+    }
+
+    func unregisterCancelKey(_ key: CancelKey) {
+        cancelTargets[key] = nil
+    }
+
+    func client(forCancelKey key: CancelKey) -> ClientSession? {
+        cancelTargets[key]
+    }
+}
+
+struct PoolKey: Hashable, CustomStringConvertible {
+    var database: String
+    var user: String
+    var description: String { "\(database)/\(user)" }
+}
+
+/// Connection counts behind the limits that span pools.
+struct ConnectionCounts {
+    var clients = 0
+    var serversPerDatabase: [String: Int] = [:]
+    var serversPerUser: [String: Int] = [:]
+}
+
+func randomBytes(_ count: Int) -> [UInt8] {
+    var generator = SystemRandomNumberGenerator()
+    return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+}

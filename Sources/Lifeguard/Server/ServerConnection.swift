@@ -1,0 +1,513 @@
+import LifeguardCore
+import Logging
+import NIOCore
+import NIOPosix
+import PostgresWire
+
+/// One connection to PostgreSQL: logs in, then carries the transactions of whichever client it is lent to.
+///
+/// Server-to-client bytes are forwarded as the slices they arrived in; only message headers are read, plus
+/// the bodies of ReadyForQuery (it decides when the server is free again), ParameterStatus (it keeps the
+/// client's tracked settings current) and ErrorResponse.
+final class ServerConnection: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        case connecting
+        case authenticating
+        /// Authenticated; collecting ParameterStatus and BackendKeyData until the first ReadyForQuery.
+        case loggingIn
+        case runningConnectQuery
+        case idle
+        /// Setting the client's tracked parameters before its data flows; the replies are swallowed.
+        case syncingParameters(ClientSession, failure: PoolerError?)
+        case linked(ClientSession)
+        case resetting(failed: Bool)
+        case closed
+    }
+
+    let pool: Pool
+    private var state = State.connecting
+    private var context: ChannelHandlerContext?
+    private var scanner: FrameScanner
+    private var scram: SCRAMClientExchange?
+    private var closeReason: String?
+    private var readHeld = false
+    private var clientNeedsFlush = false
+    private let connectedAt = NIODeadline.now()
+    private var logPrefix: String
+
+    /// Every ParameterStatus of the login, in order: the welcome the pool replays to its clients.
+    private(set) var reportedParameters: [(String, String)] = []
+    /// Current values of the tracked parameters on this server.
+    private(set) var parameters = ParameterSet()
+    private(set) var backendKey: (processID: Int32, secretKey: Int32)?
+    let address: ServerAddress
+
+    private static let linkedCapturedIDs = MessageIDSet([
+        BackendID.readyForQuery, BackendID.parameterStatus, BackendID.errorResponse,
+    ])
+
+    private init(pool: Pool) {
+        self.pool = pool
+        self.address = ServerAddress(database: pool.database, settings: pool.shard.settings)
+        self.scanner = FrameScanner(capturedIDs: .all, maxMessageLength: Int(Int32.max))
+        self.logPrefix = "S-\(ObjectIdentifier(pool).hashValue.hexPrefix): \(pool.logPrefix)@\(address)"
+    }
+
+    /// Opens a new server connection for `pool`; the pool hears back through `serverLoggedIn`,
+    /// `serverLoginFailed` and `serverClosed`.
+    static func launch(for pool: Pool) {
+        let server = ServerConnection(pool: pool)
+        server.logPrefix = "S-\(ObjectIdentifier(server).hashValue.hexPrefix): \(pool.logPrefix)@\(server.address)"
+        let keepalive = pool.shard.settings.tcpKeepalive
+        let bootstrap = ClientBootstrap(group: pool.shard.eventLoop)
+            .connectTimeout(.seconds(15))
+            .channelOption(.socketOption(.so_keepalive), value: keepalive ? 1 : 0)
+            .channelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 128 * 1024))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(server)
+                }
+            }
+        server.address.connect(bootstrap).whenFailure { error in
+            server.connectFailed(error)
+        }
+    }
+
+    private var logger: Logger { pool.logger }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        state = .authenticating
+        let database = pool.database
+        var startup: [(String, String)] = [
+            ("user", pool.key.user), ("database", database.dbname ?? pool.key.database),
+        ]
+        if let value = database.clientEncoding { startup.append(("client_encoding", value)) }
+        if let value = database.datestyle { startup.append(("datestyle", value)) }
+        if let value = database.timezone { startup.append(("timezone", value)) }
+        if let value = database.applicationName { startup.append(("application_name", value)) }
+        var packet = context.channel.allocator.buffer(capacity: 128)
+        packet.writeStartupMessage(parameters: startup)
+        context.writeAndFlush(wrapOutboundOut(packet), promise: nil)
+        if let local = context.channel.localAddress, pool.shard.settings.logConnections {
+            logger.info("\(logPrefix) new connection to server (from \(local.ipAddress ?? "unix"):\(local.port ?? 0))")
+        }
+    }
+
+    private func connectFailed(_ error: Error) {
+        guard case .connecting = state else { return }
+        state = .closed
+        let message = "server connection failed: \(error)"
+        logger.warning("\(logPrefix) closing because: \(message) (age=0s)")
+        pool.serverLoginFailed(PoolerError(message))
+        pool.serverClosed(self, duringLogin: true)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        do {
+            try receive(buffer)
+        } catch let error as WireError {
+            close(reason: "server sent a bad packet: \(error)")
+        } catch {
+            close(reason: "\(error)")
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if clientNeedsFlush {
+            clientNeedsFlush = false
+            if case .linked(let client) = state { client.flushToClient() }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let previous = state
+        state = .closed
+        let reason = closeReason ?? "server conn crashed?"
+        if pool.shard.settings.logDisconnections {
+            logger.info("\(logPrefix) closing because: \(reason) (age=\(ageSeconds)s)")
+        }
+        switch previous {
+        case .connecting, .authenticating, .loggingIn, .runningConnectQuery:
+            if closeReason == nil { pool.serverLoginFailed(PoolerError("server conn crashed?")) }
+            pool.serverClosed(self, duringLogin: true)
+        case .syncingParameters(let client, _), .linked(let client):
+            client.serverClosed(reason: reason)
+            pool.serverClosed(self, duringLogin: false)
+        case .idle, .resetting:
+            pool.serverClosed(self, duringLogin: false)
+        case .closed:
+            break
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        close(reason: "server socket error: \(error)")
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, case .linked(let client) = state {
+            client.resumeReads()
+        }
+    }
+
+    /// Holds reads while the linked client cannot take more, so a slow reader never makes Lifeguard buffer a
+    /// large result: the server's socket fills and PostgreSQL waits.
+    func read(context: ChannelHandlerContext) {
+        if case .linked(let client) = state, !client.isWritable {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    func resumeReads() {
+        guard readHeld, let context else { return }
+        if case .linked(let client) = state, !client.isWritable { return }
+        readHeld = false
+        context.read()
+    }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    private var ageSeconds: Int {
+        Int((NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000)
+    }
+
+    // MARK: Messages from the server
+
+    private func receive(_ buffer: ByteBuffer) throws {
+        switch state {
+        case .linked(let client):
+            try forward(buffer, to: client)
+        default:
+            var offset = buffer.readerIndex
+            while offset < buffer.writerIndex {
+                // A login or internal query step can change the state mid-read: rescan the rest under the new one.
+                if case .linked(let client) = state {
+                    try forward(buffer.getSlice(at: offset, length: buffer.writerIndex - offset)!, to: client)
+                    return
+                }
+                // Nothing may touch the scanner while it scans, so the bodies it keeps are chosen here.
+                scanner.capturedIDs = isBetweenQueries ? Self.linkedCapturedIDs : .all
+                var stateChanged = false
+                let stop = try scanner.scan(buffer, from: offset) { id, body in
+                    stateChanged = try handleControlMessage(id, body ?? ByteBuffer())
+                    return !stateChanged
+                }
+                guard let stop else { return }
+                offset = stop
+                if case .closed = state { return }
+            }
+        }
+    }
+
+    private var isBetweenQueries: Bool {
+        switch state {
+        case .idle, .linked: return true
+        default: return false
+        }
+    }
+
+    /// The hot path: forward the read to the client, stopping only where the transaction ends.
+    private func forward(_ buffer: ByteBuffer, to client: ClientSession) throws {
+        scanner.capturedIDs = Self.linkedCapturedIDs
+        var decision = TransactionTracker.Decision.keep
+        let stop = try scanner.scan(buffer) { id, body in
+            switch id {
+            case BackendID.readyForQuery:
+                guard let status = body.flatMap(BackendMessage.readyForQuery) else { return true }
+                decision = client.serverReady(status)
+                return decision == .keep
+            case BackendID.parameterStatus:
+                if let body, let (name, value) = BackendMessage.parameterStatus(body) {
+                    parameters.update(name: name, value: value)
+                    client.parameters.update(name: name, value: value)
+                }
+                return true
+            default:
+                return true
+            }
+        }
+        let end = stop ?? buffer.writerIndex
+        client.forwardFromServer(buffer.getSlice(at: buffer.readerIndex, length: end - buffer.readerIndex)!)
+        clientNeedsFlush = true
+        switch decision {
+        case .keep:
+            return
+        case .release:
+            client.flushToClient()
+            clientNeedsFlush = false
+            state = .idle
+            client.serverReleased()
+            pool.release(self, clientDisconnected: false)
+        case .transactionBlockInStatementMode:
+            clientNeedsFlush = false
+            client.closeWithError(.statementModeTransaction, reason: PoolerError.statementModeTransaction.message)
+            close(reason: PoolerError.statementModeTransaction.message)
+            return
+        }
+        if end < buffer.writerIndex {
+            try receive(buffer.getSlice(at: end, length: buffer.writerIndex - end)!)
+        }
+    }
+
+    /// Login, connect_query, parameter sync and reset: everything that is not a client's own traffic.
+    /// Returns true when the state changed, so the caller rescans what is left of the read.
+    private func handleControlMessage(_ id: UInt8, _ body: ByteBuffer) throws -> Bool {
+        switch id {
+        case BackendID.errorResponse:
+            let fields = BackendMessage.errorFields(body)
+            let error = PoolerError(fields[UInt8(ascii: "M")] ?? "server error", sqlState: fields[UInt8(ascii: "C")] ?? "08P01")
+            return handleServerError(error)
+        case BackendID.noticeResponse, BackendID.notification:
+            return false
+        case BackendID.parameterStatus:
+            if let (name, value) = BackendMessage.parameterStatus(body) {
+                parameters.update(name: name, value: value)
+                if case .loggingIn = state { reportedParameters.append((name, value)) }
+            }
+            return false
+        case BackendID.backendKeyData:
+            if let key = BackendMessage.backendKeyData(body) { backendKey = key }
+            return false
+        case BackendID.authentication:
+            guard case .authenticating = state, let (code, data) = BackendMessage.authentication(body) else {
+                close(reason: "unexpected authentication message")
+                return true
+            }
+            return authenticate(code: code, data: data)
+        case BackendID.readyForQuery:
+            return readyForQuery()
+        default:
+            switch state {
+            case .runningConnectQuery, .syncingParameters, .resetting:
+                return false  // results of our own queries, swallowed
+            default:
+                close(reason: "idle server got unexpected data")
+                return true
+            }
+        }
+    }
+
+    private func handleServerError(_ error: PoolerError) -> Bool {
+        switch state {
+        case .connecting, .authenticating, .loggingIn:
+            logger.warning("\(logPrefix) server login failed: \(error.message) (SQLSTATE \(error.sqlState))")
+            pool.serverLoginFailed(error)
+            closeReason = "server login failed: \(error.message)"
+            state = .closed
+            context?.close(promise: nil)
+            pool.serverClosed(self, duringLogin: true)
+            return true
+        case .runningConnectQuery:
+            logger.warning("\(logPrefix) connect_query failed: \(error.message)")
+            return false
+        case .syncingParameters(let client, _):
+            state = .syncingParameters(client, failure: error)
+            return false
+        case .resetting:
+            state = .resetting(failed: true)
+            return false
+        case .idle, .linked, .closed:
+            close(reason: "idle server got error: \(error.message)")
+            return true
+        }
+    }
+
+    private func readyForQuery() -> Bool {
+        switch state {
+        case .loggingIn:
+            if let connectQuery = pool.database.connectQuery, !connectQuery.isEmpty {
+                state = .runningConnectQuery
+                sendQuery(connectQuery)
+            } else {
+                finishLogin()
+            }
+            return true
+        case .runningConnectQuery:
+            finishLogin()
+            return true
+        case .syncingParameters(let client, let failure):
+            if let failure {
+                client.closeWithError(PoolerError("invalid server parameter: \(failure.message)"), reason: "invalid server parameter")
+                close(reason: "invalid server parameter")
+                return true
+            }
+            client.adoptServerParameters(parameters)
+            state = .linked(client)
+            client.serverLinkReady()
+            resumeReads()
+            return true
+        case .resetting(let failed):
+            if failed {
+                close(reason: "server_reset_query failed")
+            } else {
+                pool.serverAvailable(self)
+            }
+            return true
+        default:
+            close(reason: "unexpected ReadyForQuery")
+            return true
+        }
+    }
+
+    private func finishLogin() {
+        state = .idle
+        pool.serverLoggedIn(self)
+    }
+
+    // MARK: Server authentication
+
+    private func authenticate(code: Int32, data: ByteBuffer) -> Bool {
+        let user = pool.key.user
+        let secret = pool.serverSecret
+        var reply = ByteBuffer()
+        switch code {
+        case AuthenticationCode.ok:
+            state = .loggingIn
+            return true
+        case AuthenticationCode.cleartextPassword:
+            guard case .plain(let password) = secret else {
+                return failLogin("server requested a clear-text password, but the userlist has no plain password for \(user)")
+            }
+            reply.writePasswordMessage(password)
+        case AuthenticationCode.md5Password:
+            guard let salt = data.getBytes(at: data.readerIndex, length: 4) else {
+                return failLogin("bad md5 authentication request")
+            }
+            switch secret {
+            case .plain(let password):
+                reply.writePasswordMessage(MD5Password.response(password: password, user: user, salt: salt))
+            case .md5(let hash):
+                reply.writePasswordMessage(MD5Password.response(forStoredHash: hash, salt: salt))
+            default:
+                return failLogin("server requested md5 authentication, but no plain or md5 password is known for \(user)")
+            }
+        case AuthenticationCode.sasl:
+            var mechanisms = data
+            var offered: [String] = []
+            while let name = mechanisms.readNullTerminatedString(), !name.isEmpty { offered.append(name) }
+            guard offered.contains("SCRAM-SHA-256") else {
+                return failLogin("server offered no supported SASL mechanism: \(offered.joined(separator: ", "))")
+            }
+            let credentials: SCRAMClientExchange.Credentials
+            switch secret {
+            case .plain(let password):
+                credentials = .password(password)
+            case .scram:
+                guard let keys = pool.scramPassThroughKeys else {
+                    return failLogin("cannot do SCRAM authentication: password is SCRAM secret but client authentication did not provide SCRAM keys")
+                }
+                credentials = .keys(clientKey: keys.clientKey, serverKey: keys.serverKey)
+            default:
+                return failLogin("server requested SCRAM authentication, but no plain password or SCRAM keys are known for \(user)")
+            }
+            let exchange = SCRAMClientExchange(credentials: credentials, nonceBytes: randomBytes(18))
+            reply.writeSASLInitialResponse(mechanism: "SCRAM-SHA-256", data: exchange.clientFirstMessage())
+            scram = exchange
+        case AuthenticationCode.saslContinue:
+            guard var exchange = scram else { return failLogin("unexpected SASL continue") }
+            switch exchange.receiveServerFirst(Array(data.readableBytesView)) {
+            case .success(let final): reply.writeSASLResponse(final)
+            case .failure(let error): return failLogin("SCRAM: \(error.message)")
+            }
+            scram = exchange
+        case AuthenticationCode.saslFinal:
+            guard let exchange = scram else { return failLogin("unexpected SASL final") }
+            if case .failure(let error) = exchange.verifyServerFinal(Array(data.readableBytesView)) {
+                return failLogin("SCRAM: \(error.message)")
+            }
+            scram = nil
+            return false
+        default:
+            return failLogin("unsupported server authentication method \(code)")
+        }
+        context?.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+        return false
+    }
+
+    /// Lifeguard itself cannot log in: tell the waiting clients and close.
+    private func failLogin(_ message: String) -> Bool {
+        logger.warning("\(logPrefix) \(message)")
+        pool.serverLoginFailed(PoolerError(message))
+        close(reason: message)
+        return true
+    }
+
+    // MARK: Lending to clients
+
+    /// Lends this server to `client`; if the client's tracked parameters differ, they are set first.
+    func assign(to client: ClientSession) {
+        if let statements = client.parameters.setStatements(toMatch: parameters) {
+            state = .syncingParameters(client, failure: nil)
+            sendQuery(statements)
+            client.serverAssigned(self, ready: false)
+        } else {
+            state = .linked(client)
+            client.serverAssigned(self, ready: true)
+            resumeReads()
+        }
+    }
+
+    /// Client bytes for PostgreSQL, as they arrived.
+    func forwardFromClient(_ buffer: ByteBuffer) {
+        context?.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func flush() {
+        context?.flush()
+    }
+
+    /// The linked client went away. A server between transactions goes back to the pool; one with a
+    /// transaction or query in flight is closed, so no other client ever inherits it.
+    func clientGone(serverIsIdle: Bool) {
+        guard case .linked = state else {
+            close(reason: "client disconnected during parameter sync")
+            return
+        }
+        if serverIsIdle {
+            state = .idle
+            pool.release(self, clientDisconnected: true)
+        } else {
+            close(reason: "client disconnected with query in progress")
+        }
+    }
+
+    func becomeIdle() {
+        state = .idle
+        resumeReads()
+    }
+
+    func runResetQuery(_ query: String) {
+        state = .resetting(failed: false)
+        sendQuery(query)
+    }
+
+    private func sendQuery(_ sql: String) {
+        guard let context else { return }
+        var buffer = context.channel.allocator.buffer(capacity: sql.utf8.count + 6)
+        buffer.writeQuery(sql)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func close(reason: String) {
+        if closeReason == nil { closeReason = reason }
+        context?.close(promise: nil)
+    }
+}
+
+extension Int {
+    /// Like PgBouncer's `0x<pointer>` connection ids in log lines.
+    var hexPrefix: String { "0x" + String(UInt(bitPattern: self), radix: 16) }
+}

@@ -1,0 +1,161 @@
+import NIOCore
+import PostgresWire
+
+/// Lifeguard's side of a client login: which challenge to send for `auth_type` and the user's userlist
+/// secret, and whether the answers prove the password. Pure: the caller moves the bytes.
+///
+/// As in PgBouncer, an unknown user is challenged like a known one and fails at the end (no user
+/// enumeration), and `auth_type = md5` switches to SCRAM when the stored secret is a SCRAM secret.
+public struct ClientAuthentication {
+    public enum Step: Equatable, Sendable {
+        case awaitingPassword
+        case authenticated
+    }
+
+    private enum State {
+        case initial
+        case cleartext
+        case md5(salt: [UInt8])
+        case scramInitial(SCRAMServerExchange, isMock: Bool, fromStoredSecret: Bool)
+        case scramFinal(SCRAMServerExchange, isMock: Bool, fromStoredSecret: Bool)
+        case done
+    }
+
+    public let startup: ClientStartup
+    private let authType: AuthType
+    private let secret: PasswordSecret?
+    private let requireUserListEntry: Bool
+    private let mockKey: [UInt8]
+    private let derive: (String, String) -> SCRAMSecret
+    private let random: (Int) -> [UInt8]
+    private var state = State.initial
+
+    /// Keys recovered from a SCRAM login against a stored SCRAM secret: they let Lifeguard log in to a server
+    /// holding the same secret without knowing the password (SCRAM pass-through).
+    public private(set) var scramKeys: (clientKey: [UInt8], serverKey: [UInt8])?
+
+    /// - Parameters:
+    ///   - secret: the userlist entry for the user, nil when the user is unknown.
+    ///   - requireUserListEntry: `trust` still demands that the user exists, when there is an auth_file.
+    ///   - derive: makes a SCRAM secret from a plain-text password (the caller caches it).
+    ///   - random: random bytes for salts and nonces.
+    public init(
+        startup: ClientStartup, authType: AuthType, secret: PasswordSecret?, requireUserListEntry: Bool,
+        mockKey: [UInt8], derive: @escaping (String, String) -> SCRAMSecret,
+        random: @escaping (Int) -> [UInt8] = ClientAuthentication.systemRandom
+    ) {
+        self.startup = startup
+        self.authType = authType
+        self.secret = secret
+        self.requireUserListEntry = requireUserListEntry
+        self.mockKey = mockKey
+        self.derive = derive
+        self.random = random
+    }
+
+    public static func systemRandom(_ count: Int) -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    }
+
+    private var user: String { startup.user }
+
+    /// Writes the first challenge (if any) into `reply`.
+    public mutating func start(into reply: inout ByteBuffer) throws(PoolerError) -> Step {
+        switch authType {
+        case .any:
+            state = .done
+            return .authenticated
+        case .trust:
+            guard secret != nil || !requireUserListEntry else { throw .trustFailed }
+            state = .done
+            return .authenticated
+        case .plain:
+            reply.writeAuthenticationCleartext()
+            state = .cleartext
+        case .md5:
+            if case .scram(let stored) = secret {
+                startSCRAM(stored, isMock: false, fromStoredSecret: true, into: &reply)
+            } else {
+                let salt = random(4)
+                reply.writeAuthenticationMD5(salt: salt)
+                state = .md5(salt: salt)
+            }
+        case .scramSHA256:
+            switch secret {
+            case .scram(let stored):
+                startSCRAM(stored, isMock: false, fromStoredSecret: true, into: &reply)
+            case .plain(let password):
+                startSCRAM(derive(user, password), isMock: false, fromStoredSecret: false, into: &reply)
+            case .md5, nil:
+                // An md5 hash cannot answer SCRAM; like an unknown user, run the exchange and fail at the end.
+                startSCRAM(SCRAMSecret.mock(user: user, key: mockKey), isMock: true, fromStoredSecret: false, into: &reply)
+            }
+        }
+        return .awaitingPassword
+    }
+
+    private mutating func startSCRAM(
+        _ secret: SCRAMSecret, isMock: Bool, fromStoredSecret: Bool, into reply: inout ByteBuffer
+    ) {
+        reply.writeAuthenticationSASL(mechanisms: ["SCRAM-SHA-256"])
+        state = .scramInitial(
+            SCRAMServerExchange(secret: secret, nonceBytes: random(18)), isMock: isMock,
+            fromStoredSecret: fromStoredSecret)
+    }
+
+    /// Handles the body of one `p` message; writes the next challenge or the SASL final message into `reply`.
+    public mutating func receive(_ body: ByteBuffer, into reply: inout ByteBuffer) throws(PoolerError) -> Step {
+        switch state {
+        case .cleartext:
+            guard let password = FrontendMessage.password(body), let secret,
+                Self.verify(password: password, user: user, against: secret)
+            else { throw .passwordFailed }
+        case .md5(let salt):
+            guard let answer = FrontendMessage.password(body) else { throw .passwordFailed }
+            let expected: String?
+            switch secret {
+            case .plain(let password): expected = MD5Password.response(password: password, user: user, salt: salt)
+            case .md5(let hash): expected = MD5Password.response(forStoredHash: hash, salt: salt)
+            case .scram, nil: expected = nil
+            }
+            guard let expected, expected == answer else { throw .passwordFailed }
+        case .scramInitial(var exchange, let isMock, let fromStoredSecret):
+            guard let (mechanism, data) = FrontendMessage.saslInitialResponse(body), mechanism == "SCRAM-SHA-256"
+            else { throw .saslFailed }
+            switch exchange.receiveClientFirst(data) {
+            case .success(let serverFirst):
+                reply.writeAuthenticationSASLContinue(serverFirst)
+                state = .scramFinal(exchange, isMock: isMock, fromStoredSecret: fromStoredSecret)
+                return .awaitingPassword
+            case .failure:
+                throw .saslFailed
+            }
+        case .scramFinal(var exchange, let isMock, let fromStoredSecret):
+            guard case .success(let serverFinal) = exchange.receiveClientFinal(Array(body.readableBytesView)),
+                !isMock
+            else { throw .saslFailed }
+            reply.writeAuthenticationSASLFinal(serverFinal)
+            if fromStoredSecret, case .scram(let stored) = secret, let clientKey = exchange.recoveredClientKey {
+                scramKeys = (clientKey, stored.serverKey)
+            }
+        case .initial, .done:
+            throw PoolerError("unexpected password packet")
+        }
+        state = .done
+        return .authenticated
+    }
+
+    /// A clear-text password checked against any form of stored secret.
+    static func verify(password: String, user: String, against secret: PasswordSecret) -> Bool {
+        switch secret {
+        case .plain(let stored):
+            return stored == password
+        case .md5(let hash):
+            return MD5Password.hash(password: password, user: user) == hash
+        case .scram(let stored):
+            let derived = SCRAMSecret.derive(password: password, salt: stored.salt, iterations: stored.iterations)
+            return derived.storedKey == stored.storedKey && derived.serverKey == stored.serverKey
+        }
+    }
+}

@@ -1,0 +1,268 @@
+import Foundation
+
+/// When a server connection goes back to the pool (see the PgBouncer reference, section 1.1).
+public enum PoolMode: String, Sendable, Equatable, CaseIterable {
+    case session, transaction, statement
+}
+
+/// How clients prove who they are. PgBouncer's other methods are recognised but refused for now.
+public enum AuthType: String, Sendable, Equatable, CaseIterable {
+    case trust, any, plain, md5
+    case scramSHA256 = "scram-sha-256"
+
+    /// Valid PgBouncer auth types that Lifeguard does not implement yet; they get a clear error
+    /// instead of "invalid value" so users know the config is right but the feature is missing.
+    static let unsupportedPgBouncerTypes: Set<String> = ["cert", "hba", "pam", "ldap"]
+}
+
+/// The `[pgbouncer]` section (also accepted as `[lifeguard]`). Defaults are PgBouncer's.
+public struct Settings: Sendable, Equatable {
+    /// `listen_addr`; `*` stays `*` (all addresses). Empty means no TCP listener.
+    public var listenAddresses: [String] = []
+    public var listenPort: Int = 6432
+    /// Directory of the listening Unix socket and the default server socket directory; "" disables.
+    public var unixSocketDir: String = "/tmp"
+    public var unixSocketMode: Int = 0o777
+    public var authType: AuthType = .md5
+    public var authFile: String? = nil
+    public var poolMode: PoolMode = .session
+    public var maxClientConn: Int = 100
+    /// 0 means unlimited (PgBouncer 1.24+).
+    public var defaultPoolSize: Int = 20
+    public var minPoolSize: Int = 0
+    public var reservePoolSize: Int = 0
+    /// Seconds a client waits before the reserve pool may be used.
+    public var reservePoolTimeout: Double = 5.0
+    /// 0 = unlimited.
+    public var maxDBConnections: Int = 0
+    /// 0 = unlimited.
+    public var maxUserConnections: Int = 0
+    public var serverResetQuery: String = "DISCARD ALL"
+    public var serverResetQueryAlways: Bool = false
+    public var ignoreStartupParameters: [String] = []
+    public var applicationNameAddHost: Bool = false
+    public var logfile: String? = nil
+    public var pidfile: String? = nil
+    /// setuid target when started as root.
+    public var user: String? = nil
+    public var verbose: Int = 0
+    public var logConnections: Bool = true
+    public var logDisconnections: Bool = true
+    public var logPoolerErrors: Bool = true
+    public var tcpKeepalive: Bool = true
+    public var maxPacketSize: Int = 2_147_483_647
+    public var listenBacklog: Int = 128
+    public var soReuseport: Bool = false
+    public var pktBuf: Int = 4096
+    public var adminUsers: [String] = []
+    public var statsUsers: [String] = []
+
+    public init() {}
+
+    /// Every `[pgbouncer]` key PgBouncer knows, in its own (alphabetical) order, with the default as
+    /// PgBouncer prints it and whether RELOAD can change it. SHOW CONFIG lists exactly these rows.
+    public static let knownKeys: [(name: String, defaultValue: String, reloadable: Bool)] =
+        keySpecs.map { (name: $0.name, defaultValue: $0.defaultValue, reloadable: $0.reloadable) }
+
+    /// How a key's value is checked, and whether Lifeguard acts on it.
+    struct KeySpec: Sendable {
+        enum Kind: Sendable {
+            case string, integer, boolean, seconds, sslMode
+        }
+
+        var name: String
+        var defaultValue: String
+        var reloadable: Bool
+        /// Used only to validate keys Lifeguard does not implement; implemented keys are read in `apply`.
+        var kind: Kind
+        var implemented: Bool
+    }
+
+    private static func key(
+        _ name: String, _ defaultValue: String, _ kind: KeySpec.Kind,
+        implemented: Bool = false, restart: Bool = false
+    ) -> KeySpec {
+        KeySpec(name: name, defaultValue: defaultValue, reloadable: !restart, kind: kind, implemented: implemented)
+    }
+
+    static let defaultAuthQuery =
+        "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
+
+    // Order, defaults and reload flags follow PgBouncer 1.25 (reference section 1.2).
+    static let keySpecs: [KeySpec] = [
+        key("admin_users", "", .string, implemented: true),
+        key("application_name_add_host", "0", .boolean, implemented: true),
+        key("auth_dbname", "", .string),
+        key("auth_file", "", .string, implemented: true),
+        key("auth_hba_file", "", .string),
+        key("auth_ident_file", "", .string),
+        key("auth_ldap_options", "", .string),
+        key("auth_query", defaultAuthQuery, .string),
+        key("auth_type", "md5", .string, implemented: true),
+        key("auth_user", "", .string),
+        key("autodb_idle_timeout", "3600", .seconds),
+        key("cancel_wait_timeout", "10", .seconds),
+        key("client_idle_timeout", "0", .seconds),
+        key("client_login_timeout", "60", .seconds),
+        key("client_tls13_ciphers", "", .string),
+        key("client_tls_ca_file", "", .string),
+        key("client_tls_cert_file", "", .string),
+        key("client_tls_ciphers", "default", .string),
+        key("client_tls_dheparams", "auto", .string),
+        key("client_tls_ecdhcurve", "auto", .string),
+        key("client_tls_key_file", "", .string),
+        key("client_tls_protocols", "secure", .string),
+        key("client_tls_sslmode", "disable", .sslMode),
+        key("conffile", "", .string),
+        key("default_pool_size", "20", .integer, implemented: true),
+        key("disable_pqexec", "0", .boolean, restart: true),
+        key("dns_max_ttl", "15", .seconds),
+        key("dns_nxdomain_ttl", "15", .seconds),
+        key("dns_zone_check_period", "0", .seconds),
+        key("idle_transaction_timeout", "0", .seconds),
+        key("ignore_startup_parameters", "", .string, implemented: true),
+        key("job_name", "pgbouncer", .string, restart: true),
+        key("listen_addr", "", .string, implemented: true, restart: true),
+        key("listen_backlog", "128", .integer, implemented: true, restart: true),
+        key("listen_port", "6432", .integer, implemented: true, restart: true),
+        key("log_connections", "1", .boolean, implemented: true),
+        key("log_disconnections", "1", .boolean, implemented: true),
+        key("log_pooler_errors", "1", .boolean, implemented: true),
+        key("log_stats", "1", .boolean),
+        key("logfile", "", .string, implemented: true),
+        key("login_notify_message", "", .string),
+        key("max_client_conn", "100", .integer, implemented: true),
+        key("max_db_client_connections", "0", .integer),
+        key("max_db_connections", "0", .integer, implemented: true),
+        key("max_packet_size", "2147483647", .integer, implemented: true),
+        key("max_prepared_statements", "200", .integer),
+        key("max_user_client_connections", "0", .integer),
+        key("max_user_connections", "0", .integer, implemented: true),
+        key("min_pool_size", "0", .integer, implemented: true),
+        key("peer_id", "0", .integer),
+        key("pidfile", "", .string, implemented: true, restart: true),
+        key("pkt_buf", "4096", .integer, implemented: true, restart: true),
+        key("pool_idle_timeout", "0", .seconds),
+        key("pool_mode", "session", .string, implemented: true),
+        key("query_timeout", "0", .seconds),
+        key("query_wait_notify", "5", .integer),
+        key("query_wait_timeout", "120", .seconds),
+        key("reserve_pool_size", "0", .integer, implemented: true),
+        key("reserve_pool_timeout", "5", .seconds, implemented: true),
+        key("resolv_conf", "", .string, restart: true),
+        key("sbuf_loopcnt", "5", .integer),
+        key("scram_iterations", "4096", .integer),
+        key("server_check_delay", "30", .seconds),
+        key("server_check_query", "<empty>", .string),
+        key("server_connect_timeout", "15", .seconds),
+        key("server_fast_close", "0", .boolean),
+        key("server_idle_timeout", "600", .seconds),
+        key("server_lifetime", "3600", .seconds),
+        key("server_login_retry", "15", .seconds),
+        key("server_reset_query", "DISCARD ALL", .string, implemented: true),
+        key("server_reset_query_always", "0", .boolean, implemented: true),
+        key("server_round_robin", "0", .boolean),
+        key("server_tls13_ciphers", "", .string),
+        key("server_tls_ca_file", "", .string),
+        key("server_tls_cert_file", "", .string),
+        key("server_tls_ciphers", "default", .string),
+        key("server_tls_key_file", "", .string),
+        key("server_tls_protocols", "secure", .string),
+        key("server_tls_sslmode", "prefer", .sslMode),
+        key("so_reuseport", "0", .boolean, implemented: true, restart: true),
+        key("stats_period", "60", .integer),
+        key("stats_users", "", .string, implemented: true),
+        key("suspend_timeout", "10", .seconds),
+        key("syslog", "0", .boolean),
+        key("syslog_facility", "daemon", .string),
+        key("syslog_ident", "pgbouncer", .string),
+        key("tcp_defer_accept", "1", .integer),
+        key("tcp_keepalive", "1", .boolean, implemented: true),
+        key("tcp_keepcnt", "0", .integer),
+        key("tcp_keepidle", "0", .integer),
+        key("tcp_keepintvl", "0", .integer),
+        key("tcp_socket_buffer", "0", .integer),
+        key("tcp_user_timeout", "0", .integer),
+        key("track_extra_parameters", "IntervalStyle", .string, restart: true),
+        key("transaction_timeout", "0", .seconds),
+        key("unix_socket_dir", "/tmp", .string, implemented: true, restart: true),
+        key("unix_socket_group", "", .string, restart: true),
+        key("unix_socket_mode", "0777", .string, implemented: true, restart: true),
+        key("user", "", .string, implemented: true, restart: true),
+        key("verbose", "0", .integer, implemented: true),
+    ]
+
+    /// Keys PgBouncer accepts under another name. `service_name` is its Windows spelling of `job_name`.
+    static let keyAliases: [String: String] = ["service_name": "job_name"]
+
+    static let specsByName: [String: KeySpec] =
+        Dictionary(uniqueKeysWithValues: keySpecs.map { ($0.name, $0) })
+
+    /// Outcome of one `key = value` line in the settings section.
+    enum ApplyResult: Equatable {
+        case applied
+        case acceptedNotImplemented
+        case unknown
+    }
+
+    /// Validates one `[pgbouncer]` line and stores it if Lifeguard uses the key.
+    /// `key` must already be lower-cased and de-aliased.
+    mutating func apply(key: String, value: String, at location: SourceLocation) throws -> ApplyResult {
+        let parse = ValueParser(key: key, value: value, location: location)
+        switch key {
+        case "listen_addr": listenAddresses = parse.list()
+        case "listen_port": listenPort = try parse.integer(in: 1...65535)
+        case "unix_socket_dir": unixSocketDir = value
+        case "unix_socket_mode": unixSocketMode = try parse.octalMode()
+        case "auth_type": authType = try parse.authType()
+        case "auth_file": authFile = parse.optionalString()
+        case "pool_mode": poolMode = try parse.poolMode()
+        case "max_client_conn": maxClientConn = try parse.integer()
+        case "default_pool_size": defaultPoolSize = try parse.integer()
+        case "min_pool_size": minPoolSize = try parse.integer()
+        case "reserve_pool_size": reservePoolSize = try parse.integer()
+        case "reserve_pool_timeout": reservePoolTimeout = try parse.seconds()
+        case "max_db_connections": maxDBConnections = try parse.integer()
+        case "max_user_connections": maxUserConnections = try parse.integer()
+        case "server_reset_query": serverResetQuery = value
+        case "server_reset_query_always": serverResetQueryAlways = try parse.boolean()
+        case "ignore_startup_parameters": ignoreStartupParameters = parse.list()
+        case "application_name_add_host": applicationNameAddHost = try parse.boolean()
+        case "logfile": logfile = parse.optionalString()
+        case "pidfile": pidfile = parse.optionalString()
+        case "user": user = parse.optionalString()
+        case "verbose": verbose = try parse.integer()
+        case "log_connections": logConnections = try parse.boolean()
+        case "log_disconnections": logDisconnections = try parse.boolean()
+        case "log_pooler_errors": logPoolerErrors = try parse.boolean()
+        case "tcp_keepalive": tcpKeepalive = try parse.boolean()
+        // PgBouncer reads this as an unsigned 32-bit value; anything above Int32.max is meaningless for
+        // a protocol whose length field is a signed 32-bit integer.
+        case "max_packet_size": maxPacketSize = try parse.integer(in: 1...2_147_483_647)
+        case "listen_backlog": listenBacklog = try parse.integer(in: 1...Int.max)
+        case "so_reuseport": soReuseport = try parse.boolean()
+        case "pkt_buf": pktBuf = try parse.integer(in: 1...Int.max)
+        case "admin_users": adminUsers = parse.list()
+        case "stats_users": statsUsers = parse.list()
+        default:
+            guard let spec = Self.specsByName[key] else {
+                return .unknown
+            }
+            try Self.validateLoosely(spec, parse)
+            return .acceptedNotImplemented
+        }
+        return .applied
+    }
+
+    /// Unimplemented keys are still type-checked so a typo fails now rather than when support lands.
+    private static func validateLoosely(_ spec: KeySpec, _ parse: ValueParser) throws {
+        switch spec.kind {
+        case .string: break
+        case .integer: _ = try parse.integer(in: Int.min...Int.max)
+        case .boolean: _ = try parse.boolean()
+        // Negative durations mean "unset" for some PgBouncer keys, so only the number is checked.
+        case .seconds: _ = try parse.seconds(allowNegative: true)
+        case .sslMode: _ = try parse.sslMode()
+        }
+    }
+}

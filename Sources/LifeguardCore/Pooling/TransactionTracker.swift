@@ -1,0 +1,55 @@
+import PostgresWire
+
+/// Decides when a server connection may go back to the pool, from the messages seen in both directions.
+///
+/// Every client message that the server answers with exactly one ReadyForQuery (Query, Sync, FunctionCall)
+/// is counted when it has been sent; each ReadyForQuery settles one. The server is free again only when nothing
+/// is outstanding and the last status was idle, so a pipelined batch or an open transaction keeps its server.
+public struct TransactionTracker: Sendable, Equatable {
+    public enum Decision: Sendable, Equatable {
+        /// Keep the server linked to this client.
+        case keep
+        /// The transaction is over: the server may serve another client.
+        case release
+        /// Statement mode saw a transaction stay open: PgBouncer's error, then close.
+        case transactionBlockInStatementMode
+    }
+
+    public let poolMode: PoolMode
+    public private(set) var outstandingRequests = 0
+    public private(set) var status: TransactionStatus = .idle
+
+    public init(poolMode: PoolMode) {
+        self.poolMode = poolMode
+    }
+
+    /// True when the server is between transactions with nothing in flight: safe to hand to another client.
+    public var isIdle: Bool {
+        outstandingRequests == 0 && status == .idle
+    }
+
+    /// A complete client message of type `id` was forwarded.
+    @inline(__always)
+    public mutating func clientSent(_ id: UInt8) {
+        if id == FrontendID.query || id == FrontendID.sync || id == FrontendID.functionCall {
+            outstandingRequests += 1
+        }
+    }
+
+    /// The server sent ReadyForQuery with `newStatus`.
+    public mutating func serverReady(_ newStatus: TransactionStatus) -> Decision {
+        if outstandingRequests > 0 { outstandingRequests -= 1 }
+        status = newStatus
+        guard outstandingRequests == 0 else { return .keep }
+        switch (poolMode, newStatus) {
+        case (.session, _):
+            return .keep
+        case (_, .idle):
+            return .release
+        case (.statement, _):
+            return .transactionBlockInStatementMode
+        case (.transaction, _):
+            return .keep
+        }
+    }
+}

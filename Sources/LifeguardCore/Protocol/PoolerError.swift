@@ -1,0 +1,44 @@
+/// An error Lifeguard itself reports to a client, with PgBouncer's wording and SQLSTATE.
+public struct PoolerError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var message: String
+    /// PgBouncer uses 08P01 (protocol violation) for nearly everything it generates itself.
+    public var sqlState: String
+
+    public init(_ message: String, sqlState: String = "08P01") {
+        self.message = message
+        self.sqlState = sqlState
+    }
+
+    public var description: String { message }
+
+    public static let maxClientConnections = PoolerError("no more connections allowed (max_client_conn)")
+    public static let passwordFailed = PoolerError("password authentication failed")
+    public static let saslFailed = PoolerError("SASL authentication failed")
+    public static let trustFailed = PoolerError("\"trust\" authentication failed")
+    public static let noUsername = PoolerError("no username supplied")
+    public static let oldProtocol = PoolerError("old V2 protocol not supported")
+    public static let statementModeTransaction = PoolerError(
+        "transaction blocks not allowed in statement pooling mode")
+    public static let serverCrashed = PoolerError("server conn crashed?")
+    public static let badPacket = PoolerError("bad packet header")
+    public static let shuttingDown = PoolerError("pooler is shutting down")
+
+    public static func noSuchDatabase(_ name: String) -> PoolerError {
+        PoolerError("no such database: \(name)")
+    }
+
+    public static func unsupportedStartupParameter(_ name: String) -> PoolerError {
+        PoolerError("unsupported startup parameter: \(name)")
+    }
+
+    public static func unsupportedOptionsParameter(_ name: String) -> PoolerError {
+        PoolerError("unsupported startup parameter in options: \(name)")
+    }
+
+    public static let unsupportedOptionsSyntax = PoolerError(
+        "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed")
+
+    public static func packetTooLarge(_ length: Int) -> PoolerError {
+        PoolerError("packet too large: \(length) bytes (max_packet_size)")
+    }
+}

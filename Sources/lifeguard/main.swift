@@ -1,0 +1,163 @@
+import ArgumentParser
+import Dispatch
+import Glibc
+import Lifeguard
+import LifeguardCore
+import Logging
+
+/// `lifeguard [-d] [-q] [-v]... [-u USER] [-V] [-h] CONFIG`, with PgBouncer's meanings.
+struct LifeguardCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lifeguard",
+        abstract: "A PostgreSQL connection pooler, configured like PgBouncer.",
+        discussion: """
+            CONFIG is a pgbouncer.ini-format file. Lifeguard runs in the foreground and logs to standard error \
+            (and to `logfile`) unless -d is given.
+            """)
+
+    @Flag(name: [.customShort("d"), .customLong("daemon")], help: "Run in the background (needs pidfile in CONFIG).")
+    var daemon = false
+
+    @Flag(name: [.short, .long], help: "Do not log to standard error.")
+    var quiet = false
+
+    @Flag(name: [.short, .long], help: "More detailed logging; repeat for more.")
+    var verbose: Int
+
+    @Option(name: [.short, .long], help: "Switch to USER after binding the listeners (when started as root).")
+    var user: String?
+
+    @Flag(name: [.customShort("V"), .customLong("version")], help: "Print the version and exit.")
+    var showVersion = false
+
+    @Argument(help: "The configuration file.")
+    var config: String?
+
+    func validate() throws {
+        if !showVersion && config == nil {
+            throw ValidationError("Missing expected argument '<config>'")
+        }
+    }
+
+    func run() throws {
+        if showVersion {
+            print(LifeguardVersion.line)
+            print("PgBouncer-compatible configuration, console and protocol handling")
+            return
+        }
+        let configuration: Configuration
+        let userList: UserList
+        do {
+            configuration = try Configuration.load(path: config!)
+            if let authFile = configuration.settings.authFile {
+                userList = try UserList.load(path: authFile)
+            } else {
+                userList = UserList(secrets: [:])
+            }
+        } catch {
+            fail("\(error)")
+        }
+        let settings = configuration.settings
+
+        if daemon {
+            guard let pidfile = settings.pidfile, !pidfile.isEmpty else {
+                fail("-d needs pidfile to be set in the configuration")
+            }
+            _ = pidfile
+            daemonize()
+        }
+
+        let sink: LogSink
+        do {
+            sink = try LogSink(toStandardError: !quiet && !daemon, logfile: settings.logfile)
+        } catch {
+            fail("\(error)")
+        }
+        let level: Logger.Level
+        switch settings.verbose + verbose {
+        case 0: level = .info
+        case 1: level = .debug
+        default: level = .trace
+        }
+        LoggingSystem.bootstrap { _ in PgBouncerLogHandler(sink: sink, level: level) }
+        let logger = Logger(label: "lifeguard")
+        for warning in configuration.warnings { logger.warning("\(warning)") }
+
+        if let pidfile = settings.pidfile, !pidfile.isEmpty {
+            writePidfile(pidfile)
+        }
+        let server = LifeguardServer(configuration: configuration, userList: userList, logger: logger)
+        do {
+            try server.start()
+        } catch {
+            logger.critical("\(error)")
+            fail("\(error)")
+        }
+        if let name = user ?? settings.user, getuid() == 0 {
+            switchUser(name)
+        }
+        logger.info("process up: \(LifeguardVersion.line), pid \(getpid())")
+
+        let stop = DispatchSemaphore(value: 0)
+        var sources: [DispatchSourceSignal] = []
+        for signalNumber in [SIGTERM, SIGINT, SIGQUIT] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber)
+            source.setEventHandler {
+                logger.info("got signal \(signalNumber), shutting down")
+                stop.signal()
+            }
+            source.resume()
+            sources.append(source)
+        }
+        signal(SIGHUP, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
+        stop.wait()
+        server.shutdown()
+        if let pidfile = settings.pidfile, !pidfile.isEmpty { unlink(pidfile) }
+        logger.info("shutdown complete")
+    }
+
+    private func fail(_ message: String) -> Never {
+        FileHandleStandardError.write("lifeguard: \(message)\n")
+        Glibc.exit(1)
+    }
+
+    /// Classic double-fork-free daemonizing: fork, let the parent exit, start a new session, detach stdio.
+    private func daemonize() {
+        let pid = fork()
+        if pid < 0 { fail("fork failed: \(String(cString: strerror(errno)))") }
+        if pid > 0 { Glibc.exit(0) }
+        setsid()
+        let devNull = open("/dev/null", O_RDWR)
+        if devNull >= 0 {
+            dup2(devNull, 0)
+            dup2(devNull, 1)
+            dup2(devNull, 2)
+            if devNull > 2 { close(devNull) }
+        }
+    }
+
+    private func writePidfile(_ path: String) {
+        let text = "\(getpid())\n"
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { fail("cannot write pidfile \(path): \(String(cString: strerror(errno)))") }
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+    }
+
+    private func switchUser(_ name: String) {
+        guard let entry = getpwnam(name) else { fail("unknown user: \(name)") }
+        if setgid(entry.pointee.pw_gid) != 0 || setuid(entry.pointee.pw_uid) != 0 {
+            fail("cannot switch to user \(name): \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+enum FileHandleStandardError {
+    static func write(_ text: String) {
+        _ = text.withCString { Glibc.write(2, $0, strlen($0)) }
+    }
+}
+
+LifeguardCommand.main()

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Starts or stops a throwaway PostgreSQL cluster for tests and benchmarks.
+#
+#   scripts/pg-cluster.sh start DIR PORT   initdb in DIR, start on 127.0.0.1:PORT and a Unix socket in DIR,
+#                                          create the test roles and databases
+#   scripts/pg-cluster.sh stop DIR         stop it and delete DIR
+#
+# PostgreSQL refuses to run as root, so when run as root the server runs as the `postgres` user.
+# Roles: lg_md5/md5pass (md5 hash, md5 auth), lg_scram/scrampass (SCRAM secret, scram-sha-256 auth),
+# lg_clear/clearpass (clear-text "password" auth), lg_trust (trust). Databases: lgtest, lgbench.
+set -euo pipefail
+
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+action=${1:?usage: pg-cluster.sh start DIR PORT | stop DIR}
+dir=${2:?missing DIR}
+
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then
+        su postgres -s /bin/bash -c "$*"
+    else
+        bash -c "$*"
+    fi
+}
+
+case "$action" in
+start)
+    port=${3:?missing PORT}
+    mkdir -p "$dir"
+    chmod 755 "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+    as_postgres "$PGBIN/initdb -D '$dir/data' -A trust -U postgres >'$dir/initdb.log' 2>&1"
+    cat >>"$dir/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = 300
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 128MB
+log_min_messages = warning
+CONF
+    cat >"$dir/data/pg_hba.conf" <<HBA
+local all all trust
+host all lg_md5   127.0.0.1/32 md5
+host all lg_scram 127.0.0.1/32 scram-sha-256
+host all lg_clear 127.0.0.1/32 password
+host all all      127.0.0.1/32 trust
+HBA
+    as_postgres "$PGBIN/pg_ctl -D '$dir/data' -l '$dir/server.log' -w start >/dev/null"
+    psql -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres <<SQL
+SET password_encryption = 'md5';
+CREATE ROLE lg_md5 LOGIN PASSWORD 'md5pass';
+SET password_encryption = 'scram-sha-256';
+CREATE ROLE lg_scram LOGIN PASSWORD 'scrampass';
+CREATE ROLE lg_clear LOGIN PASSWORD 'clearpass';
+CREATE ROLE lg_trust LOGIN;
+CREATE DATABASE lgtest;
+CREATE DATABASE lgbench;
+GRANT ALL ON DATABASE lgtest TO PUBLIC;
+\c lgtest
+GRANT ALL ON SCHEMA public TO PUBLIC;
+\c lgbench
+GRANT ALL ON SCHEMA public TO PUBLIC;
+SQL
+    ;;
+stop)
+    if [ -d "$dir/data" ]; then
+        as_postgres "$PGBIN/pg_ctl -D '$dir/data' -m immediate -w stop >/dev/null 2>&1" || true
+    fi
+    rm -rf "$dir"
+    ;;
+*)
+    echo "usage: pg-cluster.sh start DIR PORT | stop DIR" >&2
+    exit 2
+    ;;
+esac

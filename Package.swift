@@ -79,7 +79,10 @@ let package = Package(
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["CLibPQ", "LifeguardCore"]
+            dependencies: [
+                "CLibPQ", "LifeguardCore",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
         ),
     ]
 )

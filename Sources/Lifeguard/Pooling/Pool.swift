@@ -88,6 +88,13 @@ final class Pool {
 
     var waitingCount: Int { waitingClients.count }
 
+    /// Closes one idle server, if this pool has any; returns whether it did.
+    func closeOneIdleServer(reason: String) -> Bool {
+        guard let server = idleServers.popLast() else { return false }
+        server.close(reason: reason)
+        return true
+    }
+
     // MARK: Servers
 
     /// A server finished its login (and connect_query).
@@ -169,12 +176,16 @@ final class Pool {
             else { return }
             logger.info("\(logPrefix) taking connection from reserve_pool")
         }
+        // At a database or user limit, an idle server of another pool is closed to make room (PgBouncer's
+        // eviction); this pool opens its server on a later janitor round.
         if maxDatabaseConnections > 0,
             shard.counts.serversPerDatabase[key.database, default: 0] >= maxDatabaseConnections
         {
+            if hasDemand { shard.evictIdleServer(excluding: self) { $0.key.database == key.database } }
             return
         }
         if maxUserConnections > 0, shard.counts.serversPerUser[key.user, default: 0] >= maxUserConnections {
+            if hasDemand { shard.evictIdleServer(excluding: self) { $0.key.user == key.user } }
             return
         }
         serverCount += 1

@@ -73,7 +73,14 @@ final class PoolShard {
         return pool
     }
 
-    var allPools: Dictionary<PoolKey, Pool>.Values { pools.values }
+    /// Closes an idle server of some other pool that `matches`, to free a slot under a shared limit.
+    func evictIdleServer(excluding requester: Pool, where matches: (Pool) -> Bool) {
+        for pool in pools.values where pool !== requester && matches(pool) {
+            if pool.closeOneIdleServer(reason: "evicted to make room (max_db_connections/max_user_connections)") {
+                return
+            }
+        }
+    }
 
     /// The secret the userlist holds for `user`, if any.
     func secret(for user: String) -> PasswordSecret? {

@@ -239,7 +239,11 @@ final class ServerConnection: ChannelDuplexHandler {
                 return true
             }
         }
-        let end = stop ?? buffer.writerIndex
+        var end = stop ?? buffer.writerIndex
+        if decision == .transactionBlockInStatementMode {
+            // The client gets the FATAL error instead of this ReadyForQuery (6 bytes), as with PgBouncer.
+            end = max(buffer.readerIndex, end - 6)
+        }
         client.forwardFromServer(buffer.getSlice(at: buffer.readerIndex, length: end - buffer.readerIndex)!)
         clientNeedsFlush = true
         switch decision {

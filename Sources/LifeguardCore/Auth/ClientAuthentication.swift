@@ -85,10 +85,11 @@ public struct ClientAuthentication {
             switch secret {
             case .scram(let stored):
                 startSCRAM(stored, isMock: false, fromStoredSecret: true, into: &reply)
-            case .plain(let password):
+            case .plain(let password) where !password.isEmpty:
                 startSCRAM(derive(user, password), isMock: false, fromStoredSecret: false, into: &reply)
-            case .md5, nil:
-                // An md5 hash cannot answer SCRAM; like an unknown user, run the exchange and fail at the end.
+            case .plain, .md5, nil:
+                // An md5 hash (or an empty password) cannot answer SCRAM; like an unknown user, run the exchange and
+                // fail at the end.
                 startSCRAM(SCRAMSecret.mock(user: user, key: mockKey), isMock: true, fromStoredSecret: false, into: &reply)
             }
         }
@@ -108,7 +109,10 @@ public struct ClientAuthentication {
     public mutating func receive(_ body: ByteBuffer, into reply: inout ByteBuffer) throws(PoolerError) -> Step {
         switch state {
         case .cleartext:
-            guard let password = FrontendMessage.password(body), let secret,
+            guard let password = FrontendMessage.password(body) else { throw .passwordFailed }
+            // PostgreSQL and PgBouncer never accept an empty password, whatever is stored.
+            guard !password.isEmpty else { throw PoolerError("empty password returned by client") }
+            guard let secret,
                 Self.verify(password: password, user: user, against: secret)
             else { throw .passwordFailed }
         case .md5(let salt):
@@ -119,10 +123,12 @@ public struct ClientAuthentication {
             case .md5(let hash): expected = MD5Password.response(forStoredHash: hash, salt: salt)
             case .scram, nil: expected = nil
             }
-            guard let expected, expected == answer else { throw .passwordFailed }
+            guard let expected, expected == answer, secret != .plain("") else { throw .passwordFailed }
         case .scramInitial(var exchange, let isMock, let fromStoredSecret):
-            guard let (mechanism, data) = FrontendMessage.saslInitialResponse(body), mechanism == "SCRAM-SHA-256"
-            else { throw .saslFailed }
+            guard let (mechanism, data) = FrontendMessage.saslInitialResponse(body) else { throw .saslFailed }
+            guard mechanism == "SCRAM-SHA-256" else {
+                throw PoolerError("client selected an invalid SASL authentication mechanism")
+            }
             switch exchange.receiveClientFirst(data) {
             case .success(let serverFirst):
                 reply.writeAuthenticationSASLContinue(serverFirst)

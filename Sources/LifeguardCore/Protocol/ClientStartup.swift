@@ -99,8 +99,9 @@ public struct ClientStartup: Sendable, Equatable {
             case "database":
                 database = value
             case "options":
-                if ignoredNames.contains("options") { continue }
-                try Self.applyOptions(value, to: &parameters, ignoredNames: ignoredNames)
+                try Self.applyOptions(
+                    value, to: &parameters, ignoredNames: ignoredNames,
+                    ignoreUnknown: ignoredNames.contains("options"))
             default:
                 if name.hasPrefix("_pq_.") {
                     protocolOptions.append(name)
@@ -118,11 +119,12 @@ public struct ClientStartup: Sendable, Equatable {
         self.unsupportedProtocolOptions = protocolOptions
     }
 
-    /// `options` may only carry `-c name=value` / `--name=value` of tracked or ignored parameters.
+    /// `options` may only carry `-c name=value` / `--name=value` of tracked or ignored parameters; with
+    /// `options` itself in ignore_startup_parameters, the tracked ones still apply and the rest are dropped.
     private static func applyOptions(
-        _ options: String, to parameters: inout ParameterSet, ignoredNames: Set<String>
+        _ options: String, to parameters: inout ParameterSet, ignoredNames: Set<String>, ignoreUnknown: Bool
     ) throws(PoolerError) {
-        var words = options.split(separator: " ", omittingEmptySubsequences: true).map(String.init)[...]
+        var words = splitOptions(options)[...]
         while let word = words.popFirst() {
             let setting: String
             if word == "-c" {
@@ -139,8 +141,31 @@ public struct ClientStartup: Sendable, Equatable {
             let name = String(setting[..<equals]).replacingOccurrences(of: "-", with: "_")
             let value = String(setting[setting.index(after: equals)...])
             if parameters.update(name: name, value: value) { continue }
-            if ignoredNames.contains(name.lowercased()) { continue }
+            if ignoreUnknown || ignoredNames.contains(name.lowercased()) { continue }
             throw .unsupportedOptionsParameter(name)
         }
+    }
+
+    /// Splits `options` at unescaped spaces; a backslash makes the next character literal, as libpq and
+    /// PostgreSQL read it (`-c datestyle=German,\ YMD`).
+    static func splitOptions(_ options: String) -> [String] {
+        var words: [String] = []
+        var current = ""
+        var escaped = false
+        for character in options {
+            if escaped {
+                current.append(character)
+                escaped = false
+            } else if character == "\\" {
+                escaped = true
+            } else if character == " " {
+                if !current.isEmpty { words.append(current) }
+                current = ""
+            } else {
+                current.append(character)
+            }
+        }
+        if !current.isEmpty { words.append(current) }
+        return words
     }
 }

@@ -1,0 +1,190 @@
+import Dispatch
+import Foundation
+import Glibc
+import NIOConcurrencyHelpers
+import Testing
+
+/// Pool modes and limits, observed through real libpq clients and PostgreSQL's own view of its backends.
+extension IntegrationTests {
+@Suite struct PoolingTests {
+    @Test func fiftyConcurrentClientsShareAPoolOfFive() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 5\nmax_client_conn = 100")
+        let backends = NIOLockedValueBox<Set<String>>([])
+        let failures = NIOLockedValueBox<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 50) { index in
+            do {
+                let connection = try lifeguard.connect()
+                for round in 0..<20 {
+                    let row = try connection.query("SELECT pg_backend_pid(), \(index * 100 + round)")
+                    guard row.first?[1] == String(index * 100 + round) else {
+                        failures.withLockedValue { $0.append("client \(index) got a wrong answer: \(row)") }
+                        return
+                    }
+                    backends.withLockedValue { _ = $0.insert(row.first![0]!) }
+                }
+            } catch {
+                failures.withLockedValue { $0.append("client \(index): \(error)") }
+            }
+        }
+        #expect(failures.withLockedValue { $0 } == [])
+        let distinct = backends.withLockedValue { $0.count }
+        #expect(distinct >= 1 && distinct <= 5, "used \(distinct) backends")
+    }
+
+    @Test func transactionKeepsItsBackendWhileOtherClientsRun() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 3")
+        let mismatches = NIOLockedValueBox(0)
+        let errors = NIOLockedValueBox<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 12) { _ in
+            do {
+                let connection = try lifeguard.connect()
+                for _ in 0..<10 {
+                    try connection.query("BEGIN")
+                    let first = connection.backendPID
+                    try connection.query("SELECT pg_sleep(0.002)")
+                    let second = connection.backendPID
+                    try connection.query("COMMIT")
+                    if first == nil || first != second { mismatches.withLockedValue { $0 += 1 } }
+                }
+            } catch {
+                errors.withLockedValue { $0.append("\(error)") }
+            }
+        }
+        #expect(errors.withLockedValue { $0 } == [])
+        #expect(mismatches.withLockedValue { $0 } == 0)
+    }
+
+    @Test func transactionModeMovesAutocommitStatementsBetweenBackends() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 2")
+        // One client holds a backend in a transaction; the other's statements must run on the remaining one.
+        let holder = try lifeguard.connect()
+        try holder.query("BEGIN")
+        let held = holder.backendPID
+        let other = try lifeguard.connect()
+        let otherPID = other.backendPID
+        #expect(otherPID != nil && otherPID != held)
+        try holder.query("COMMIT")
+    }
+
+    @Test func sessionModeResetsTheServerBeforeTheNextClient() throws {
+        let lifeguard = try LifeguardProcess(settings: "pool_mode = session\ndefault_pool_size = 1")
+        var firstPID: String?
+        do {
+            let first = try lifeguard.connect()
+            firstPID = first.backendPID
+            try first.query("SET work_mem = '7MB'")
+            try first.query("CREATE TEMP TABLE scratch (x int)")
+        }
+        usleep(100_000)  // the reset runs after the client has gone
+        let second = try lifeguard.connect()
+        #expect(second.backendPID == firstPID, "pool_size 1 must reuse the same server")
+        #expect(try second.value("SHOW work_mem") == "4MB")
+        #expect(try second.value("SELECT count(*) FROM pg_class WHERE relname = 'scratch'") == "0")
+    }
+
+    @Test func sessionModeKeepsOneServerForTheWholeSession() throws {
+        let lifeguard = try LifeguardProcess(settings: "pool_mode = session\ndefault_pool_size = 2")
+        let client = try lifeguard.connect()
+        try client.query("SET work_mem = '9MB'")
+        let other = try lifeguard.connect()
+        _ = try other.query("SELECT 1")
+        #expect(try client.value("SHOW work_mem") == "9MB")
+    }
+
+    @Test func statementModeRejectsTransactionBlocks() throws {
+        let lifeguard = try LifeguardProcess(settings: "pool_mode = statement\nauth_type = trust")
+        let client = try lifeguard.connect(user: "lg_trust", password: nil)
+        #expect(try client.value("SELECT 5") == "5")
+        let socket = try RawSocket(port: lifeguard.port)
+        socket.send(RawSocket.startupMessage([("user", "lg_trust"), ("database", "lgtest")]))
+        _ = socket.read { $0.count >= 6 && $0.suffix(6).first == UInt8(ascii: "Z") }
+        let begin = Array("BEGIN".utf8) + [0]
+        socket.send([UInt8(ascii: "Q")] + RawSocket.bigEndian(Int32(begin.count + 4)) + begin)
+        let (bytes, closed) = socket.readUntilClosed()
+        #expect(closed)
+        let error = RawSocket.errorMessage(in: bytes)
+        #expect(error?.severity == "FATAL")
+        #expect(error?.message == "transaction blocks not allowed in statement pooling mode")
+        // The ReadyForQuery that reported the open transaction is not passed on.
+        #expect(!bytes.contains(UInt8(ascii: "Z")))
+        #expect(try client.value("SELECT 6") == "6")
+    }
+
+    @Test func perDatabasePoolModeOverridesTheGlobalOne() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "pool_mode = transaction\ndefault_pool_size = 2",
+            databases: "lgtest = {PG} pool_mode=session")
+        let client = try lifeguard.connect()
+        try client.query("SET work_mem = '11MB'")
+        let others = try (0..<3).map { _ in try lifeguard.connect() }
+        _ = others  // would steal the server in transaction mode
+        #expect(try client.value("SHOW work_mem") == "11MB")
+    }
+
+    @Test func maxClientConnRejectsTheClientOverTheLimit() throws {
+        let lifeguard = try LifeguardProcess(settings: "max_client_conn = 3")
+        let held = try (0..<3).map { _ in try lifeguard.connect() }
+        do {
+            _ = try lifeguard.connect()
+            Issue.record("a fourth client was accepted")
+        } catch let failure as PGConnection.Failure {
+            #expect(failure.message.contains("no more connections allowed (max_client_conn)"))
+        }
+        #expect(try held[0].value("SELECT 1") == "1")
+    }
+
+    @Test func maxDBConnectionsCapsServersAcrossUsers() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "max_db_connections = 1\ndefault_pool_size = 5",
+            databases: "lgtest = {PG}")
+        let a = try lifeguard.connect()
+        try a.query("BEGIN")
+        // Another user's pool of the same database must wait for the single allowed server.
+        let waiterResult = NIOLockedValueBox<String?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            let value = try? lifeguard.connect(user: "lg_scram", password: "scrampass", extra: "application_name=maxdb_waiter")
+                .value("SELECT 1")
+            waiterResult.withLockedValue { $0 = value }
+            done.signal()
+        }
+        #expect(done.wait(timeout: .now() + 0.5) == .timedOut, "second user got a server over max_db_connections")
+        let count = try TestEnvironment.direct().value(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'maxdb_waiter'")
+        #expect(count == "0")
+        try a.query("COMMIT")
+        // Now a's server is idle: Lifeguard closes it so the waiting pool can open its own, as PgBouncer does.
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        #expect(waiterResult.withLockedValue { $0 } == "1")
+    }
+
+    @Test func reservePoolOpensAfterTheTimeout() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "default_pool_size = 1\nreserve_pool_size = 1\nreserve_pool_timeout = 0.3")
+        let holder = try lifeguard.connect()
+        try holder.query("BEGIN")
+        let start = Date()
+        let second = try lifeguard.connect()
+        #expect(try second.value("SELECT 1") == "1")
+        #expect(Date().timeIntervalSince(start) >= 0.25)
+        #expect(lifeguard.log.contains("taking connection from reserve_pool"))
+        try holder.query("COMMIT")
+    }
+
+    @Test func clientParametersFollowTheClientAcrossServers() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let a = try lifeguard.connect(extra: "application_name=alpha options='-c TimeZone=Asia/Tokyo'")
+        let b = try lifeguard.connect(extra: "application_name=beta")
+        for _ in 0..<3 {
+            #expect(try a.value("SHOW application_name") == "alpha")
+            #expect(try a.value("SHOW TimeZone") == "Asia/Tokyo")
+            #expect(try b.value("SHOW application_name") == "beta")
+            #expect(try b.value("SHOW TimeZone") != "Asia/Tokyo")
+        }
+        // A SET of a tracked parameter in transaction mode survives moving to another server.
+        try b.query("SET application_name = 'gamma'")
+        _ = try a.query("SELECT 1")
+        #expect(try b.value("SHOW application_name") == "gamma")
+    }
+}
+}

@@ -1,0 +1,96 @@
+import Dispatch
+import Foundation
+import Glibc
+import Testing
+
+/// Protocol features a pooler must carry through untouched: cancel, COPY, large results, errors, extended queries.
+extension IntegrationTests {
+@Suite struct ProtocolTests {
+    @Test func cancelRequestStopsARunningQuery() throws {
+        let lifeguard = try LifeguardProcess()
+        let client = try lifeguard.connect()
+        let started = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            started.signal()
+            usleep(300_000)
+            _ = client.cancel()
+        }
+        started.wait()
+        let start = Date()
+        do {
+            try client.query("SELECT pg_sleep(20)")
+            Issue.record("pg_sleep was not cancelled")
+        } catch let failure as PGConnection.Failure {
+            #expect(failure.sqlState == "57014")
+        }
+        #expect(Date().timeIntervalSince(start) < 10)
+        #expect(try client.value("SELECT 'still usable'") == "still usable")
+    }
+
+    @Test func copyInAndOutGoThroughTheTransactionPool() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        try client.query("DROP TABLE IF EXISTS copy_test; CREATE TABLE copy_test (id int, name text)")
+        let lines = (1...5000).map { "\($0)\tname \($0)" }
+        try client.copyIn("COPY copy_test FROM STDIN", lines: lines)
+        // Another client in between: the server went back to the pool after COPY finished.
+        let other = try lifeguard.connect()
+        #expect(try other.value("SELECT count(*) FROM copy_test") == "5000")
+        let out = try client.copyOut("COPY (SELECT * FROM copy_test ORDER BY id) TO STDOUT")
+        #expect(out == lines)
+        try client.query("DROP TABLE copy_test")
+    }
+
+    @Test func largeResultArrivesWhole() throws {
+        let lifeguard = try LifeguardProcess()
+        let client = try lifeguard.connect()
+        let rows = try client.query("SELECT i, repeat('x', 100) FROM generate_series(1, 200000) AS i")
+        #expect(rows.count == 200_000)
+        #expect(rows.last?.first == "200000")
+    }
+
+    @Test func errorsInsideATransactionKeepTheServerUntilRollback() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        try client.query("BEGIN")
+        #expect(throws: PGConnection.Failure.self) { try client.query("SELECT 1/0") }
+        do {
+            try client.query("SELECT 1")
+            Issue.record("aborted transaction accepted a query")
+        } catch let failure as PGConnection.Failure {
+            #expect(failure.sqlState == "25P02")
+        }
+        try client.query("ROLLBACK")
+        let other = try lifeguard.connect()
+        #expect(try other.value("SELECT 2") == "2")
+        #expect(try client.value("SELECT 3") == "3")
+    }
+
+    @Test func extendedProtocolQueriesWorkInTransactionMode() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 2")
+        let clients = try (0..<4).map { _ in try lifeguard.connect() }
+        for round in 0..<25 {
+            for (index, client) in clients.enumerated() {
+                let rows = try client.query("SELECT $1::int + $2::int", parameters: ["\(round)", "\(index)"])
+                #expect(rows.first?.first == "\(round + index)")
+            }
+        }
+    }
+
+    @Test func clientVanishingMidTransactionNeverLeaksItToAnotherClient() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let setup = try lifeguard.connect()
+        try setup.query("DROP TABLE IF EXISTS vanish_test; CREATE TABLE vanish_test (x int)")
+        do {
+            let doomed = try lifeguard.connect()
+            try doomed.query("BEGIN")
+            try doomed.query("INSERT INTO vanish_test VALUES (1)")
+            // PQfinish sends Terminate mid-transaction; the server must not be handed on as it is.
+        }
+        let next = try lifeguard.connect()
+        #expect(try next.value("SELECT count(*) FROM vanish_test") == "0")
+        #expect(try next.value("SELECT txid_current_if_assigned() IS NULL") == "t")
+        try next.query("DROP TABLE vanish_test")
+    }
+}
+}

@@ -1,0 +1,133 @@
+import CLibPQ
+import Foundation
+
+/// A thin libpq client: the real PostgreSQL client library, as applications use it.
+/// Unchecked: each test drives a connection from one thread at a time; only `cancel()` (which libpq makes
+/// safe to call from another thread) crosses over.
+final class PGConnection: @unchecked Sendable {
+    let handle: OpaquePointer
+
+    struct Failure: Error, CustomStringConvertible {
+        var message: String
+        var sqlState: String?
+        var description: String { "\(sqlState ?? "-----"): \(message)" }
+    }
+
+    /// Connects with a libpq connection string; throws libpq's error text.
+    init(_ conninfo: String) throws {
+        guard let handle = PQconnectdb(conninfo) else { throw Failure(message: "out of memory") }
+        guard PQstatus(handle) == CONNECTION_OK else {
+            let message = String(cString: PQerrorMessage(handle))
+            PQfinish(handle)
+            throw Failure(message: message.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        self.handle = handle
+    }
+
+    deinit { PQfinish(handle) }
+
+    /// Runs `sql` with the simple query protocol and returns the last result's rows as text.
+    @discardableResult
+    func query(_ sql: String) throws -> [[String?]] {
+        guard let result = PQexec(handle, sql) else { throw lastFailure() }
+        defer { PQclear(result) }
+        return try rows(of: result)
+    }
+
+    /// Runs `sql` with the extended protocol (Parse/Bind/Execute/Sync) and text parameters.
+    @discardableResult
+    func query(_ sql: String, parameters: [String]) throws -> [[String?]] {
+        var cStrings = parameters.map { strdup($0) }
+        defer { cStrings.forEach { free($0) } }
+        let result = cStrings.withUnsafeMutableBufferPointer { buffer -> OpaquePointer? in
+            buffer.withMemoryRebound(to: UnsafePointer<CChar>?.self) { pointers in
+                PQexecParams(handle, sql, Int32(parameters.count), nil, pointers.baseAddress, nil, nil, 0)
+            }
+        }
+        guard let result else { throw lastFailure() }
+        defer { PQclear(result) }
+        return try rows(of: result)
+    }
+
+    /// The first column of the first row.
+    func value(_ sql: String) throws -> String? {
+        try query(sql).first?.first ?? nil
+    }
+
+    private func rows(of result: OpaquePointer) throws -> [[String?]] {
+        switch PQresultStatus(result) {
+        case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
+            break
+        default:
+            throw failure(of: result)
+        }
+        let rowCount = PQntuples(result)
+        let columnCount = PQnfields(result)
+        return (0..<rowCount).map { row in
+            (0..<columnCount).map { column in
+                PQgetisnull(result, row, column) == 1 ? nil : String(cString: PQgetvalue(result, row, column))
+            }
+        }
+    }
+
+    func failure(of result: OpaquePointer) -> Failure {
+        let message = String(cString: PQresultErrorMessage(result)).trimmingCharacters(in: .whitespacesAndNewlines)
+        let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
+        return Failure(message: message, sqlState: state)
+    }
+
+    func lastFailure() -> Failure {
+        Failure(message: String(cString: PQerrorMessage(handle)).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    var backendPID: String? { try? value("SELECT pg_backend_pid()") }
+
+    /// Sends a CancelRequest for the running query, as psql's Ctrl-C does.
+    func cancel() -> Bool {
+        guard let cancel = PQgetCancel(handle) else { return false }
+        defer { PQfreeCancel(cancel) }
+        var errorBuffer = [CChar](repeating: 0, count: 256)
+        return PQcancel(cancel, &errorBuffer, 256) == 1
+    }
+
+    /// COPY ... FROM STDIN with `lines` as the data.
+    func copyIn(_ sql: String, lines: [String]) throws {
+        guard let start = PQexec(handle, sql) else { throw lastFailure() }
+        let status = PQresultStatus(start)
+        PQclear(start)
+        guard status == PGRES_COPY_IN else { throw Failure(message: "COPY did not start: \(status)") }
+        for line in lines {
+            let bytes = Array((line + "\n").utf8)
+            guard PQputCopyData(handle, bytes.map { CChar(bitPattern: $0) }, Int32(bytes.count)) == 1 else {
+                throw lastFailure()
+            }
+        }
+        guard PQputCopyEnd(handle, nil) == 1 else { throw lastFailure() }
+        while let result = PQgetResult(handle) {
+            defer { PQclear(result) }
+            if PQresultStatus(result) != PGRES_COMMAND_OK { throw failure(of: result) }
+        }
+    }
+
+    /// COPY ... TO STDOUT; returns the lines.
+    func copyOut(_ sql: String) throws -> [String] {
+        guard let start = PQexec(handle, sql) else { throw lastFailure() }
+        let status = PQresultStatus(start)
+        PQclear(start)
+        guard status == PGRES_COPY_OUT else { throw Failure(message: "COPY did not start: \(status)") }
+        var lines: [String] = []
+        while true {
+            var buffer: UnsafeMutablePointer<CChar>?
+            let length = PQgetCopyData(handle, &buffer, 0)
+            if length == -1 { break }
+            guard length >= 0, let buffer else { throw lastFailure() }
+            lines.append(String(cString: buffer).trimmingCharacters(in: .newlines))
+            PQfreemem(buffer)
+        }
+        while let result = PQgetResult(handle) {
+            defer { PQclear(result) }
+            if PQresultStatus(result) != PGRES_COMMAND_OK { throw failure(of: result) }
+        }
+        return lines
+    }
+}

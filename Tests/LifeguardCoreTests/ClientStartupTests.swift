@@ -1,0 +1,235 @@
+import Testing
+
+@testable import LifeguardCore
+import PostgresWire
+
+private let v3 = StartupPacket.protocolVersion3
+
+private func startup(
+    _ parameters: [(String, String)], ignored: [String] = [], version: Int32 = v3
+) throws(PoolerError) -> ClientStartup {
+    try ClientStartup(protocolVersion: version, parameters: parameters, ignored: ignored)
+}
+
+/// The PoolerError thrown for these parameters, or nil when they are accepted.
+private func startupError(
+    _ parameters: [(String, String)], ignored: [String] = [], version: Int32 = v3
+) -> PoolerError? {
+    do {
+        _ = try startup(parameters, ignored: ignored, version: version)
+        return nil
+    } catch {
+        return error
+    }
+}
+
+@Suite struct ClientStartupTests {
+    // MARK: User and database
+
+    @Test func userAndDatabase() throws {
+        let s = try startup([("user", "alice"), ("database", "shop")])
+        #expect(s.user == "alice")
+        #expect(s.database == "shop")
+        #expect(s.parameters.isEmpty)
+        #expect(s.unsupportedProtocolOptions.isEmpty)
+        #expect(s.minorProtocolVersion == 0)
+    }
+
+    @Test func databaseDefaultsToUser() throws {
+        #expect(try startup([("user", "alice")]).database == "alice")
+        #expect(try startup([("user", "alice"), ("database", "")]).database == "alice")
+        #expect(try startup([("database", ""), ("user", "bob")]).database == "bob")
+    }
+
+    @Test func missingOrEmptyUserIsAnError() {
+        #expect(startupError([("database", "shop")]) == .noUsername)
+        #expect(startupError([("user", ""), ("database", "shop")]) == .noUsername)
+        #expect(startupError([]) == .noUsername)
+        #expect(PoolerError.noUsername.message == "no username supplied")
+        #expect(PoolerError.noUsername.sqlState == "08P01")
+    }
+
+    @Test func lastValueOfARepeatedUserWins() throws {
+        #expect(try startup([("user", "a"), ("user", "b")]).user == "b")
+    }
+
+    // MARK: Protocol version
+
+    @Test func protocolTwoIsOld() {
+        #expect(startupError([("user", "u")], version: 2 << 16) == .oldProtocol)
+        #expect(startupError([("user", "u")], version: 1 << 16) == .oldProtocol)
+        #expect(PoolerError.oldProtocol.message == "old V2 protocol not supported")
+    }
+
+    @Test func protocolFourIsABadPacket() {
+        #expect(startupError([("user", "u")], version: 4 << 16) == .badPacket)
+    }
+
+    @Test func minorVersionIsKept() throws {
+        #expect(try startup([("user", "u")], version: 3 << 16 | 2).minorProtocolVersion == 2)
+        #expect(try startup([("user", "u")], version: 3 << 16 | 0xFFFF).minorProtocolVersion == 0xFFFF)
+    }
+
+    // MARK: Parameters
+
+    @Test func unknownParameterIsRejectedWithPgBouncersText() {
+        let error = startupError([("user", "u"), ("extra_float_digits", "3")])
+        #expect(error == .unsupportedStartupParameter("extra_float_digits"))
+        #expect(error?.message == "unsupported startup parameter: extra_float_digits")
+        #expect(error?.sqlState == "08P01")
+    }
+
+    @Test func ignoredStartupParametersAreCaseInsensitive() throws {
+        let s = try startup(
+            [("user", "u"), ("extra_float_digits", "3"), ("Search_Path", "x")],
+            ignored: ["EXTRA_FLOAT_DIGITS", "search_path"])
+        #expect(s.parameters.isEmpty)
+        #expect(s.user == "u")
+    }
+
+    @Test func trackedParametersAreCanonicalised() throws {
+        let s = try startup([
+            ("user", "u"), ("datestyle", "ISO, MDY"), ("TIMEZONE", "UTC"), ("client_encoding", "UTF8"),
+            ("Application_Name", "psql"), ("intervalstyle", "postgres"), ("standard_conforming_strings", "on"),
+        ])
+        #expect(s.parameters["DateStyle"] == "ISO, MDY")
+        #expect(s.parameters["TimeZone"] == "UTC")
+        #expect(s.parameters["client_encoding"] == "UTF8")
+        #expect(s.parameters["application_name"] == "psql")
+        #expect(s.parameters["IntervalStyle"] == "postgres")
+        #expect(s.parameters["standard_conforming_strings"] == "on")
+        #expect(s.parameters["datestyle"] == nil)
+    }
+
+    @Test func trackedParameterEvenWhenAlsoIgnored() throws {
+        let s = try startup([("user", "u"), ("TimeZone", "UTC")], ignored: ["timezone"])
+        #expect(s.parameters["TimeZone"] == "UTC")
+    }
+
+    @Test func protocolOptionsAreCollected() throws {
+        let s = try startup([("user", "u"), ("_pq_.compression", "on"), ("_pq_.other", "1")])
+        #expect(s.unsupportedProtocolOptions == ["_pq_.compression", "_pq_.other"])
+        #expect(s.parameters.isEmpty)
+    }
+
+    // MARK: options
+
+    @Test func optionsDashCSetsTrackedParameters() throws {
+        let s = try startup([("user", "u"), ("options", "-c DateStyle=ISO")])
+        #expect(s.parameters["DateStyle"] == "ISO")
+        let glued = try startup([("user", "u"), ("options", "-ctimezone=UTC   -c    datestyle=SQL")])
+        #expect(glued.parameters["TimeZone"] == "UTC")
+        #expect(glued.parameters["DateStyle"] == "SQL")
+    }
+
+    @Test func optionsDoubleDashSetsTrackedParametersWithDashesAsUnderscores() throws {
+        let s = try startup([("user", "u"), ("options", "--client-encoding=LATIN1 --application_name=x=y")])
+        #expect(s.parameters["client_encoding"] == "LATIN1")
+        #expect(s.parameters["application_name"] == "x=y")
+    }
+
+    @Test func emptyOptionsAreFine() throws {
+        #expect(try startup([("user", "u"), ("options", "")]).parameters.isEmpty)
+        #expect(try startup([("user", "u"), ("options", "   ")]).parameters.isEmpty)
+    }
+
+    @Test func untrackedParameterInOptions() {
+        let error = startupError([("user", "u"), ("options", "--search_path=x")])
+        #expect(error == .unsupportedOptionsParameter("search_path"))
+        #expect(error?.message == "unsupported startup parameter in options: search_path")
+        #expect(startupError([("user", "u"), ("options", "-c enable_seqscan=false")])?.message
+            == "unsupported startup parameter in options: enable_seqscan")
+    }
+
+    @Test func ignoredParameterInOptions() throws {
+        let s = try startup([("user", "u"), ("options", "-c search_path=x -c DateStyle=ISO")], ignored: ["Search_Path"])
+        #expect(s.parameters["DateStyle"] == "ISO")
+        #expect(s.parameters["search_path"] == nil)
+    }
+
+    @Test(arguments: ["-d", "foo", "-c", "-c timezone", "--timezone", "-c DateStyle=ISO x", "-"])
+    func badOptionsSyntax(options: String) {
+        let error = startupError([("user", "u"), ("options", options)])
+        #expect(error == .unsupportedOptionsSyntax, "options \(options)")
+        #expect(error?.message
+            == "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed")
+    }
+
+    @Test func ignoringOptionsAcceptsAnyUnknownOptionsParameter() throws {
+        // PgBouncer: with "options" in ignore_startup_parameters, unknown settings in options are ignored.
+        let s = try startup([("user", "u"), ("options", "-c enable_seqscan=false")], ignored: ["options"])
+        #expect(s.parameters["enable_seqscan"] == nil)
+    }
+
+    /// PgBouncer still parses options when "options" is ignored and applies the tracked settings
+    /// (its test_options_startup_param: "Even though we have options in ignore_startup_parameters, we still
+    /// parse and configure any values in it that we support").
+    @Test func ignoringOptionsStillAppliesTrackedSettings() throws {
+        let s = try startup([("user", "u"), ("options", "-c timezone=Portugal -c enable_seqscan=off")], ignored: ["options"])
+        #expect(s.parameters["TimeZone"] == "Portugal")
+    }
+
+    /// PgBouncer's options parser honours backslash escapes, as PostgreSQL does
+    /// (`-c datestyle=German,\ YMD` sets "German, YMD").
+    @Test func optionsBackslashEscapedSpace() throws {
+        let s = try startup([("user", "u"), ("options", #"-c timezone=Portugal  -c    datestyle=German,\ YMD"#)])
+        #expect(s.parameters["TimeZone"] == "Portugal")
+        #expect(s.parameters["DateStyle"] == "German, YMD")
+    }
+
+    // MARK: ParameterSet
+
+    @Test func setStatementsQuoteValues() throws {
+        var client = ParameterSet()
+        client.update(name: "application_name", value: "it's")
+        #expect(client.setStatements(toMatch: ParameterSet()) == "SET application_name='it''s';")
+    }
+
+    @Test func setStatementsFollowTrackedOrderAndSkipEqualValues() {
+        var client = ParameterSet()
+        client.update(name: "IntervalStyle", value: "iso_8601")
+        client.update(name: "TimeZone", value: "UTC")
+        client.update(name: "DateStyle", value: "iso, mdy")
+        client.update(name: "client_encoding", value: "UTF8")
+        var server = ParameterSet()
+        server.update(name: "DateStyle", value: "ISO, MDY")  // same value, different case: no SET
+        server.update(name: "TimeZone", value: "Europe/Paris")
+        server.update(name: "client_encoding", value: "utf8")
+        #expect(client.setStatements(toMatch: server) == "SET TimeZone='UTC';SET IntervalStyle='iso_8601';")
+    }
+
+    @Test func caseInsensitiveEqualityMeansNoSet() {
+        var client = ParameterSet()
+        client.update(name: "datestyle", value: "ISO, MDY")
+        var server = ParameterSet()
+        server.update(name: "DateStyle", value: "iso, mdy")
+        #expect(client.setStatements(toMatch: server) == nil)
+        #expect(ParameterSet().setStatements(toMatch: server) == nil)
+    }
+
+    @Test func updateOnlyAcceptsTrackedNames() {
+        var set = ParameterSet()
+        let tracked = set.update(name: "TIMEZONE", value: "UTC")
+        let untracked = set.update(name: "search_path", value: "x")
+        #expect(tracked)
+        #expect(!untracked)
+        #expect(set["TimeZone"] == "UTC")
+        #expect(set["search_path"] == nil)
+        #expect(TrackedParameter.canonicalName("dateSTYLE") == "DateStyle")
+        #expect(TrackedParameter.canonicalName("work_mem") == nil)
+    }
+
+    @Test func fillUnsetKeepsExistingValues() {
+        var client = ParameterSet()
+        client.update(name: "TimeZone", value: "UTC")
+        var defaults = ParameterSet()
+        defaults.update(name: "TimeZone", value: "Europe/Paris")
+        defaults.update(name: "client_encoding", value: "UTF8")
+        defaults.update(name: "DateStyle", value: "ISO, MDY")
+        client.fillUnset(from: defaults)
+        #expect(client["TimeZone"] == "UTC")
+        #expect(client["client_encoding"] == "UTF8")
+        #expect(client["DateStyle"] == "ISO, MDY")
+        #expect(client.setStatements(toMatch: defaults) == "SET TimeZone='UTC';")
+    }
+}

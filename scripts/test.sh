@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Runs every test of Lifeguard on this machine, installing what is missing first:
+#   1. builds Lifeguard and its tests;
+#   2. starts a throwaway PostgreSQL 15 cluster (scripts/pg-cluster.sh) with md5, SCRAM and clear-text roles;
+#   3. smoke-tests the real binary with psql and pgbench (simple, extended, connect-per-transaction);
+#   4. runs `swift test`: unit tests, handler tests and the integration tests, which start their own
+#      Lifeguard processes in front of that cluster and drive them with libpq.
+# Everything it starts is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_install=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need_install+=(postgresql-15)
+command -v psql >/dev/null || need_install+=(postgresql-client-15)
+command -v pgbench >/dev/null || need_install+=(postgresql-contrib)
+[ -f /usr/include/postgresql/libpq-fe.h ] || need_install+=(libpq-dev)
+command -v pkg-config >/dev/null || need_install+=(pkg-config)
+if [ ${#need_install[@]} -gt 0 ]; then
+    echo "== installing ${need_install[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_install[@]}" >/dev/null
+fi
+
+echo "== building"
+swift build --build-tests 2>&1 | tail -n 3
+bin_path=$(swift build --show-bin-path)
+
+work=$(mktemp -d /tmp/lifeguard-test.XXXXXX)
+chmod 755 "$work"
+pg_port=$((20000 + RANDOM % 20000))
+lifeguard_port=$((pg_port + 1))
+lifeguard_pid=""
+cleanup() {
+    [ -n "$lifeguard_pid" ] && kill "$lifeguard_pid" 2>/dev/null && wait "$lifeguard_pid" 2>/dev/null
+    scripts/pg-cluster.sh stop "$work/pg" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== starting PostgreSQL on port $pg_port"
+scripts/pg-cluster.sh start "$work/pg" "$pg_port"
+
+echo "== smoke test: psql and pgbench through Lifeguard"
+cat >"$work/userlist.txt" <<USERS
+"lg_md5" "md5pass"
+"lg_scram" "scrampass"
+USERS
+cat >"$work/lifeguard.ini" <<INI
+[databases]
+lgbench = host=127.0.0.1 port=$pg_port
+lgtest = host=127.0.0.1 port=$pg_port
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $lifeguard_port
+unix_socket_dir = $work
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = 10
+max_client_conn = 200
+INI
+"$bin_path/lifeguard" "$work/lifeguard.ini" 2>"$work/lifeguard.log" &
+lifeguard_pid=$!
+for _ in $(seq 1 100); do
+    pg_isready -q -h 127.0.0.1 -p "$lifeguard_port" && break
+    sleep 0.1
+done
+export PGPASSWORD=scrampass
+psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$lifeguard_port" -U lg_scram -d lgtest \
+    -c "SELECT 'psql through lifeguard: ' || version()" -tA
+pgbench -i -q -s 1 -h "$work/pg" -p "$pg_port" -U postgres lgbench >/dev/null 2>&1
+psql -X -q -h "$work/pg" -p "$pg_port" -U postgres -d lgbench \
+    -c "GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC" >/dev/null
+for mode in "-S" "-S -M extended" "-M extended" "-S -C"; do
+    # pgbench exits non-zero when a client fails, which fails this script.
+    out=$(pgbench -n $mode -c 20 -j 2 -T 3 -h 127.0.0.1 -p "$lifeguard_port" -U lg_scram lgbench 2>&1) || {
+        echo "$out"
+        echo "pgbench $mode failed; Lifeguard log:"
+        tail -n 50 "$work/lifeguard.log"
+        exit 1
+    }
+    echo "pgbench $mode: $(echo "$out" | grep -E '^tps' | head -n 1)"
+done
+kill "$lifeguard_pid"
+wait "$lifeguard_pid" 2>/dev/null || true
+lifeguard_pid=""
+unset PGPASSWORD
+
+echo "== swift test"
+export LIFEGUARD_TEST_PGPORT=$pg_port LIFEGUARD_TEST_PGDIR="$work/pg" LIFEGUARD_BINARY="$bin_path/lifeguard"
+swift test --skip-build 2>&1 | grep -vE '^(◇|↳)' 
+exit "${PIPESTATUS[0]}"

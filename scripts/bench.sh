@@ -14,7 +14,7 @@
 #
 # What it does:
 #   1. installs postgresql-15 (server + pgbench), postgresql-client and pgbouncer if missing
-#   2. builds Lifeguard in release mode (swift build -c release --product lifeguard)
+#   2. builds Lifeguard in release mode (scripts/build-release.sh)
 #   3. starts ONE PostgreSQL cluster via scripts/pg-cluster.sh and runs pgbench -i on lgbench
 #   4. starts Lifeguard and PgBouncer, each from its own generated ini (md5 auth as lg_md5,
 #      transaction pooling, default_pool_size=20, max_client_conn=200)
@@ -58,8 +58,7 @@ command -v swift >/dev/null || die "swift is not installed (needed to build Life
 # 2. Build Lifeguard (release)
 # ---------------------------------------------------------------------------------------------
 log "building Lifeguard (release)"
-(cd "$repo" && swift build -c release --product lifeguard >&2)
-LIFEGUARD="$repo/.build/release/lifeguard"
+LIFEGUARD=$("$repo/scripts/build-release.sh")
 [ -x "$LIFEGUARD" ] || die "build did not produce $LIFEGUARD"
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 export PGBIN
 LIFEGUARD_PORT=${LIFEGUARD_PORT:-6432}
 pg_port=${LIFEGUARD_PG_PORT:-54329}
-LIFEGUARD="$repo/.build/release/lifeguard"
+LIFEGUARD=""
 
 log() { printf '[run] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -35,7 +35,7 @@ port_in_use() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
 build() {
     command -v swift >/dev/null || die "swift is not installed (needed to build Lifeguard)"
     log "building Lifeguard (release)"
-    (cd "$repo" && swift build -c release --product lifeguard >&2)
+    LIFEGUARD=$("$repo/scripts/build-release.sh")
     [ -x "$LIFEGUARD" ] || die "build did not produce $LIFEGUARD"
 }
 

@@ -98,7 +98,9 @@ private func startupError(
         #expect(s.parameters["application_name"] == "psql")
         #expect(s.parameters["IntervalStyle"] == "postgres")
         #expect(s.parameters["standard_conforming_strings"] == "on")
-        #expect(s.parameters["datestyle"] == nil)
+        // Lookups fold case too, as PostgreSQL does for parameter names.
+        #expect(s.parameters["datestyle"] == "ISO, MDY")
+        #expect(s.parameters["search_path"] == nil)
     }
 
     @Test func trackedParameterEvenWhenAlsoIgnored() throws {

@@ -45,8 +45,8 @@ final class ClientSession: ChannelDuplexHandler {
     private var cancelKey: CancelKey?
     private var closeReason: String?
     private let connectedAt = NIODeadline.now()
-    private var logPrefix = "C-0x0: (nodb)/(nouser)@unknown"
-    private var peerDescription = "unknown"
+    /// "db/user", once the startup packet named them.
+    private var logTarget = "(nodb)/(nouser)"
     var parameters = ParameterSet()
 
     init(shard: PoolShard) {
@@ -65,14 +65,19 @@ final class ClientSession: ChannelDuplexHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         shard.counts.clients += 1
-        if let remote = context.channel.remoteAddress {
-            if let ip = remote.ipAddress {
-                peerDescription = "\(ip):\(remote.port ?? 0)"
-            } else {
-                peerDescription = "unix"
-            }
-        }
-        logPrefix = "C-\(ObjectIdentifier(self).hashValue.hexPrefix): (nodb)/(nouser)@\(peerDescription)"
+    }
+
+    /// The peer as PgBouncer prints it: "addr:port", or "unix" for a Unix-socket client. Built only when
+    /// needed (logging, application_name_add_host), not for every connection.
+    private var peerDescription: String {
+        guard let remote = context?.channel.remoteAddress else { return "unknown" }
+        if let ip = remote.ipAddress { return "\(ip):\(remote.port ?? 0)" }
+        return "unix"
+    }
+
+    /// PgBouncer's `C-0x...: db/user@addr:port` prefix of every log line about this client.
+    private var logPrefix: String {
+        "C-\(ObjectIdentifier(self).hashValue.hexPrefix): \(logTarget)@\(peerDescription)"
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -184,7 +189,7 @@ final class ClientSession: ChannelDuplexHandler {
                 }
                 let startup = try ClientStartup(
                     protocolVersion: version, parameters: raw, ignored: settings.ignoreStartupParameters)
-                logPrefix = "C-\(ObjectIdentifier(self).hashValue.hexPrefix): \(startup.database)/\(startup.user)@\(peerDescription)"
+                logTarget = "\(startup.database)/\(startup.user)"
                 try beginAuthentication(startup)
             }
         }
@@ -283,13 +288,14 @@ final class ClientSession: ChannelDuplexHandler {
 
     /// AuthenticationOk, the pool's ParameterStatus set with this client's own values, a Lifeguard
     /// BackendKeyData and ReadyForQuery: the whole greeting, without touching a server.
-    func sendWelcome(parameters welcome: [(String, String)], defaults: ParameterSet) {
+    func sendWelcome(prefix: ByteBuffer, defaults: ParameterSet) {
         guard case .awaitingWelcome = phase, let context, let cancelKey else { return }
         parameters.fillUnset(from: defaults)
-        var buffer = context.channel.allocator.buffer(capacity: 512)
-        buffer.writeAuthenticationOK()
-        for (name, value) in welcome {
-            buffer.writeParameterStatus(name: name, value: parameters[name] ?? value)
+        var buffer = prefix
+        for index in TrackedParameter.names.indices {
+            if let value = parameters.value(at: index) {
+                buffer.writeParameterStatus(name: TrackedParameter.names[index], value: value)
+            }
         }
         buffer.writeBackendKeyData(processID: cancelKey.processID, secretKey: cancelKey.secretKey)
         buffer.writeReadyForQuery(.idle)
@@ -390,9 +396,7 @@ final class ClientSession: ChannelDuplexHandler {
     /// After a parameter sync, the server's spelling of each value becomes the client's, so later
     /// comparisons match (PostgreSQL reports "UTF8" for a client that asked for "utf-8").
     func adoptServerParameters(_ serverParameters: ParameterSet) {
-        for name in TrackedParameter.names {
-            if let value = serverParameters[name], parameters[name] != nil { parameters[name] = value }
-        }
+        parameters.adoptSpelling(from: serverParameters)
     }
 
     func forwardFromServer(_ buffer: ByteBuffer) {

@@ -2,6 +2,7 @@ import DequeModule
 import LifeguardCore
 import Logging
 import NIOCore
+import PostgresWire
 
 /// The server connections of one (database, user) pair and the clients queued for them.
 ///
@@ -20,8 +21,9 @@ final class Pool {
     let resetQuery: String
     let resetQueryAlways: Bool
 
-    /// ParameterStatus set of the first server login, replayed to every client that logs in.
-    private(set) var welcomeParameters: [(String, String)]?
+    /// AuthenticationOk and the untracked ParameterStatus messages of the first server login, encoded once
+    /// and replayed to every client that logs in; the tracked ones are written per client.
+    private(set) var welcomePrefix: ByteBuffer?
     /// The tracked subset of `welcomeParameters`: what a client that set nothing expects.
     private(set) var defaultParameters = ParameterSet()
     /// ClientKey and ServerKey learned from a client's SCRAM login, to log in to the server the same way.
@@ -60,8 +62,8 @@ final class Pool {
 
     /// Greets `client` from the cached ParameterStatus set, or queues it until the first server has logged in.
     func welcome(_ client: ClientSession) {
-        if let welcomeParameters {
-            client.sendWelcome(parameters: welcomeParameters, defaults: defaultParameters)
+        if let welcomePrefix {
+            client.sendWelcome(prefix: welcomePrefix, defaults: defaultParameters)
         } else {
             clientsWaitingForWelcome.append(client)
             launchIfNeeded(now: .now())
@@ -100,13 +102,18 @@ final class Pool {
     /// A server finished its login (and connect_query).
     func serverLoggedIn(_ server: ServerConnection) {
         serversLoggingIn -= 1
-        if welcomeParameters == nil {
-            welcomeParameters = server.reportedParameters
+        if welcomePrefix == nil {
+            var prefix = ByteBuffer()
+            prefix.writeAuthenticationOK()
+            for (name, value) in server.reportedParameters where TrackedParameter.index(of: name) == nil {
+                prefix.writeParameterStatus(name: name, value: value)
+            }
+            welcomePrefix = prefix
             defaultParameters = server.parameters
             let waiting = clientsWaitingForWelcome
             clientsWaitingForWelcome = []
             for client in waiting {
-                client.sendWelcome(parameters: server.reportedParameters, defaults: defaultParameters)
+                client.sendWelcome(prefix: prefix, defaults: defaultParameters)
             }
         }
         serverAvailable(server)

@@ -18,7 +18,8 @@ struct CancelKey: Hashable {
 final class PoolShard {
     let eventLoop: EventLoop
     private(set) var configuration: Configuration
-    private(set) var userList: UserList
+    /// The userlist's secrets, classified once at load instead of at every login.
+    private var secrets: [String: PasswordSecret]
     let logger: Logger
     private var pools: [PoolKey: Pool] = [:]
     private var cancelTargets: [CancelKey: ClientSession] = [:]
@@ -32,7 +33,7 @@ final class PoolShard {
     init(eventLoop: EventLoop, configuration: Configuration, userList: UserList, logger: Logger) {
         self.eventLoop = eventLoop
         self.configuration = configuration
-        self.userList = userList
+        self.secrets = userList.secrets.mapValues(PasswordSecret.init(parsing:))
         self.logger = logger
         self.mockAuthenticationKey = randomBytes(32)
     }
@@ -84,7 +85,7 @@ final class PoolShard {
 
     /// The secret the userlist holds for `user`, if any.
     func secret(for user: String) -> PasswordSecret? {
-        userList.secrets[user].map(PasswordSecret.init(parsing:))
+        secrets[user]
     }
 
     /// A SCRAM secret for a user whose userlist entry is plain text, derived once per process.
@@ -132,6 +133,5 @@ struct ConnectionCounts {
 }
 
 func randomBytes(_ count: Int) -> [UInt8] {
-    var generator = SystemRandomNumberGenerator()
-    return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    ClientAuthentication.systemRandom(count)
 }

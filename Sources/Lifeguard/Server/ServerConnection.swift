@@ -37,7 +37,6 @@ final class ServerConnection: ChannelDuplexHandler {
     private var readHeld = false
     private var clientNeedsFlush = false
     private let connectedAt = NIODeadline.now()
-    private var logPrefix: String
 
     /// Every ParameterStatus of the login, in order: the welcome the pool replays to its clients.
     private(set) var reportedParameters: [(String, String)] = []
@@ -54,14 +53,17 @@ final class ServerConnection: ChannelDuplexHandler {
         self.pool = pool
         self.address = ServerAddress(database: pool.database, settings: pool.shard.settings)
         self.scanner = FrameScanner(capturedIDs: .all, maxMessageLength: Int(Int32.max))
-        self.logPrefix = "S-\(ObjectIdentifier(pool).hashValue.hexPrefix): \(pool.logPrefix)@\(address)"
+    }
+
+    /// PgBouncer's `S-0x...: db/user@host:port` prefix of every log line about this server.
+    private var logPrefix: String {
+        "S-\(ObjectIdentifier(self).hashValue.hexPrefix): \(pool.logPrefix)@\(address)"
     }
 
     /// Opens a new server connection for `pool`; the pool hears back through `serverLoggedIn`,
     /// `serverLoginFailed` and `serverClosed`.
     static func launch(for pool: Pool) {
         let server = ServerConnection(pool: pool)
-        server.logPrefix = "S-\(ObjectIdentifier(server).hashValue.hexPrefix): \(pool.logPrefix)@\(server.address)"
         let keepalive = pool.shard.settings.tcpKeepalive
         let bootstrap = ClientBootstrap(group: pool.shard.eventLoop)
             .connectTimeout(.seconds(15))

@@ -53,9 +53,16 @@ public struct ClientAuthentication {
         self.random = random
     }
 
+    /// Random bytes, eight per call to the system generator (each call is a getrandom system call).
     public static func systemRandom(_ count: Int) -> [UInt8] {
         var generator = SystemRandomNumberGenerator()
-        return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(count + 7)
+        while bytes.count < count {
+            withUnsafeBytes(of: generator.next()) { bytes.append(contentsOf: $0) }
+        }
+        bytes.removeLast(bytes.count - count)
+        return bytes
     }
 
     private var user: String { startup.user }
@@ -117,13 +124,14 @@ public struct ClientAuthentication {
             else { throw .passwordFailed }
         case .md5(let salt):
             guard let answer = FrontendMessage.password(body) else { throw .passwordFailed }
-            let expected: String?
+            let storedHash: String?
             switch secret {
-            case .plain(let password): expected = MD5Password.response(password: password, user: user, salt: salt)
-            case .md5(let hash): expected = MD5Password.response(forStoredHash: hash, salt: salt)
-            case .scram, nil: expected = nil
+            case .plain(let password) where !password.isEmpty: storedHash = MD5Password.hash(password: password, user: user)
+            case .md5(let hash): storedHash = hash
+            case .plain, .scram, nil: storedHash = nil
             }
-            guard let expected, expected == answer, secret != .plain("") else { throw .passwordFailed }
+            guard let storedHash, MD5Password.verify(clientResponse: answer, storedHash: storedHash, salt: salt)
+            else { throw .passwordFailed }
         case .scramInitial(var exchange, let isMock, let fromStoredSecret):
             guard let (mechanism, data) = FrontendMessage.saslInitialResponse(body) else { throw .saslFailed }
             guard mechanism == "SCRAM-SHA-256" else {

@@ -8,65 +8,85 @@ public enum TrackedParameter {
         "client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name",
         "IntervalStyle",
     ]
+    private static let lowercasedNames = names.map { $0.lowercased() }
+
+    /// The slot of `name` in `names`, in any case, or nil when the parameter is not tracked.
+    /// PostgreSQL reports the canonical spelling, so the exact match is tried first.
+    public static func index(of name: String) -> Int? {
+        if let exact = names.firstIndex(of: name) { return exact }
+        let lowered = name.lowercased()
+        return lowercasedNames.firstIndex(of: lowered)
+    }
 
     /// The canonical spelling for a name given in any case, or nil when the parameter is not tracked.
     public static func canonicalName(_ name: String) -> String? {
-        let lowered = name.lowercased()
-        return names.first { $0.lowercased() == lowered }
+        index(of: name).map { names[$0] }
     }
 }
 
-/// Tracked parameter values of one client or one server connection.
+/// Tracked parameter values of one client or one server connection, one slot per tracked name.
+///
+/// Compared on every link of a client to a server (every transaction in transaction mode), so it is a
+/// fixed array rather than a dictionary, and equal values compare without case folding.
 public struct ParameterSet: Sendable, Equatable {
-    private var values: [String: String] = [:]
+    private var values = [String?](repeating: nil, count: TrackedParameter.names.count)
 
     public init() {}
 
     public subscript(name: String) -> String? {
-        get { values[name] }
-        set { values[name] = newValue }
+        get { TrackedParameter.index(of: name).flatMap { values[$0] } }
+        set {
+            if let index = TrackedParameter.index(of: name) { values[index] = newValue }
+        }
+    }
+
+    /// The value in slot `index` of `TrackedParameter.names`.
+    public func value(at index: Int) -> String? {
+        values[index]
     }
 
     /// Sets `name` only if it is tracked; returns whether it was.
     @discardableResult
     public mutating func update(name: String, value: String) -> Bool {
-        guard let canonical = TrackedParameter.canonicalName(name) else { return false }
-        values[canonical] = value
+        guard let index = TrackedParameter.index(of: name) else { return false }
+        values[index] = value
         return true
     }
 
     /// The SET statements that turn a server with `server` values into one with these values, or nil when
     /// nothing differs. Values compare case-insensitively, as PostgreSQL spells them back in its own case.
     public func setStatements(toMatch server: ParameterSet) -> String? {
-        var sql = ""
-        for name in TrackedParameter.names {
-            guard let wanted = values[name] else { continue }
-            if let current = server.values[name], current.caseInsensitiveCompare(wanted) {
+        var sql: String?
+        for index in values.indices {
+            guard let wanted = values[index] else { continue }
+            if let current = server.values[index], current == wanted || current.lowercased() == wanted.lowercased() {
                 continue
             }
-            sql += "SET \(name)=\(Self.quoteLiteral(wanted));"
+            sql = (sql ?? "") + "SET \(TrackedParameter.names[index])=\(Self.quoteLiteral(wanted));"
         }
-        return sql.isEmpty ? nil : sql
+        return sql
     }
 
     static func quoteLiteral(_ value: String) -> String {
         "'" + value.replacingOccurrences(of: "'", with: "''") + "'"
     }
 
-    /// Fills in every tracked name this set lacks from `defaults`.
+    /// Fills in every tracked value this set lacks from `defaults`.
     public mutating func fillUnset(from defaults: ParameterSet) {
-        for (name, value) in defaults.values where values[name] == nil {
-            values[name] = value
+        for index in values.indices where values[index] == nil {
+            values[index] = defaults.values[index]
         }
     }
 
-    public var isEmpty: Bool { values.isEmpty }
-}
-
-extension String {
-    fileprivate func caseInsensitiveCompare(_ other: String) -> Bool {
-        self.lowercased() == other.lowercased()
+    /// Takes `other`'s value for every slot both sets have: after a parameter sync the server's spelling
+    /// becomes the client's, so later comparisons take the fast path.
+    public mutating func adoptSpelling(from other: ParameterSet) {
+        for index in values.indices where values[index] != nil && other.values[index] != nil {
+            values[index] = other.values[index]
+        }
     }
+
+    public var isEmpty: Bool { values.allSatisfy { $0 == nil } }
 }
 
 /// What a client asked for in its StartupMessage, validated the way PgBouncer validates it.

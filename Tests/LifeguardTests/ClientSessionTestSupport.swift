@@ -1,0 +1,224 @@
+import LifeguardCore
+import Logging
+import NIOCore
+import NIOEmbedded
+import PostgresWire
+import Testing
+
+@testable import Lifeguard
+
+// MARK: Configuration
+
+/// The database every test logs in to. Port 1 on 127.0.0.1: nothing listens there, and no test gets as far as
+/// opening a server connection (see `TestClient.blockServerLaunches`).
+let testDatabase = "lgtest"
+let testUser = "alice"
+let testPassword = "s3cret"
+
+func makeConfiguration(
+    authType: AuthType, authFile: String? = "/nonexistent/userlist.txt", maxClientConn: Int = 100
+) -> Configuration {
+    var settings = Settings()
+    settings.authType = authType
+    settings.authFile = authFile
+    settings.maxClientConn = maxClientConn
+    settings.logConnections = false
+    settings.logDisconnections = false
+    settings.logPoolerErrors = false
+    let database = DatabaseDefinition(name: testDatabase, host: "127.0.0.1", port: 1, maxDBConnections: 1)
+    return Configuration(settings: settings, databases: [testDatabase: database])
+}
+
+func makeUserList() -> UserList {
+    UserList(secrets: [testUser: testPassword])
+}
+
+/// A fresh shard on `loop`: ClientSession counts clients and registers cancel keys on it, so tests never share one.
+func makeShard(on loop: EmbeddedEventLoop, configuration: Configuration) -> PoolShard {
+    let logger = Logger(label: "lifeguard.tests", factory: { _ in SwiftLogNoOpLogHandler() })
+    let shard = PoolShard(eventLoop: loop, configuration: configuration, userList: makeUserList(), logger: logger)
+    // `ServerConnection.launch` builds a NIOPosix `ClientBootstrap` on the shard's event loop, which is a
+    // precondition failure on an EmbeddedEventLoop. Holding the database at its max_db_connections (1) keeps
+    // the pool from launching a server, so an authenticated client stays queued for its pool's first server.
+    shard.counts.serversPerDatabase[testDatabase] = 1
+    return shard
+}
+
+// MARK: A client channel
+
+/// One EmbeddedChannel running a ClientSession, connected (active) from 127.0.0.1:5555.
+final class TestClient {
+    let loop: EmbeddedEventLoop
+    let shard: PoolShard
+    let session: ClientSession
+    let channel: EmbeddedChannel
+
+    init(shard: PoolShard, loop: EmbeddedEventLoop) throws {
+        self.loop = loop
+        self.shard = shard
+        self.session = ClientSession(shard: shard)
+        self.channel = EmbeddedChannel(handler: session, loop: loop)
+        try channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 5555)).wait()
+    }
+
+    /// A new loop, shard and client in one step.
+    convenience init(configuration: Configuration) throws {
+        let loop = EmbeddedEventLoop()
+        try self.init(shard: makeShard(on: loop, configuration: configuration), loop: loop)
+    }
+
+    func send(_ buffer: ByteBuffer) throws {
+        try channel.writeInbound(buffer)
+        loop.run()
+    }
+
+    /// Sends `buffer` one byte per read.
+    func sendByteByByte(_ buffer: ByteBuffer, beforeLast: () throws -> Void = {}) throws {
+        let bytes = Array(buffer.readableBytesView)
+        for (index, byte) in bytes.enumerated() {
+            if index == bytes.count - 1 { try beforeLast() }
+            try send(ByteBuffer(bytes: [byte]))
+        }
+    }
+
+    /// Every outbound write so far, one ByteBuffer per write.
+    func outboundWrites() throws -> [ByteBuffer] {
+        var writes: [ByteBuffer] = []
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) {
+            writes.append(buffer)
+        }
+        return writes
+    }
+
+    /// Every outbound byte so far, parsed into backend messages (fails the test on a partial message).
+    func outboundMessages(sourceLocation: SourceLocation = #_sourceLocation) throws -> [BackendFrame] {
+        var all = ByteBuffer()
+        for var write in try outboundWrites() { all.writeBuffer(&write) }
+        return try BackendFrame.parseAll(all, sourceLocation: sourceLocation)
+    }
+
+    func finish() throws {
+        _ = try channel.finish(acceptAlreadyClosed: true)
+        loop.run()
+    }
+}
+
+// MARK: Client packets
+
+enum ClientPacket {
+    /// A StartupMessage with an arbitrary protocol version code.
+    static func startup(_ parameters: [(String, String)], protocolVersion: Int32 = 196_608) -> ByteBuffer {
+        var body = ByteBuffer()
+        body.writeInteger(protocolVersion)
+        for (name, value) in parameters {
+            body.writeNullTerminatedString(name)
+            body.writeNullTerminatedString(value)
+        }
+        body.writeInteger(UInt8(0))
+        var packet = ByteBuffer()
+        packet.writeInteger(Int32(4 + body.readableBytes))
+        packet.writeBuffer(&body)
+        return packet
+    }
+
+    static func startup(user: String = testUser, database: String = testDatabase) -> ByteBuffer {
+        startup([("user", user), ("database", database)])
+    }
+
+    /// An 8-byte request with only a code: SSLRequest (80877103) or GSSENCRequest (80877104).
+    static func request(code: Int32) -> ByteBuffer {
+        var packet = ByteBuffer()
+        packet.writeInteger(Int32(8))
+        packet.writeInteger(code)
+        return packet
+    }
+
+    static let sslRequest = request(code: 80_877_103)
+    static let gssEncRequest = request(code: 80_877_104)
+
+    static func cancel(processID: Int32, secretKey: Int32) -> ByteBuffer {
+        var packet = ByteBuffer()
+        packet.writeInteger(Int32(16))
+        packet.writeInteger(Int32(80_877_102))
+        packet.writeInteger(processID)
+        packet.writeInteger(secretKey)
+        return packet
+    }
+
+    /// PasswordMessage ('p').
+    static func password(_ text: String) -> ByteBuffer {
+        var packet = ByteBuffer()
+        packet.writeInteger(UInt8(ascii: "p"))
+        packet.writeInteger(Int32(4 + text.utf8.count + 1))
+        packet.writeNullTerminatedString(text)
+        return packet
+    }
+}
+
+// MARK: Backend messages
+
+/// One typed backend message read back from the handler's output.
+struct BackendFrame {
+    var id: UInt8
+    var body: ByteBuffer
+
+    var idCharacter: Character { Character(Unicode.Scalar(id)) }
+
+    static func parseAll(_ buffer: ByteBuffer, sourceLocation: SourceLocation = #_sourceLocation) throws -> [BackendFrame] {
+        var buffer = buffer
+        var frames: [BackendFrame] = []
+        while buffer.readableBytes > 0 {
+            let id = buffer.readInteger(as: UInt8.self)
+            let length = buffer.readInteger(as: Int32.self)
+            let body = length.flatMap { $0 >= 4 ? buffer.readSlice(length: Int($0) - 4) : nil }
+            guard let id, let body else {
+                throw MalformedOutput("partial or malformed backend message (length \(length.map(String.init) ?? "?"))")
+            }
+            frames.append(BackendFrame(id: id, body: body))
+        }
+        return frames
+    }
+
+    /// The code of an AuthenticationRequest ('R') and the bytes after it.
+    func authentication() throws -> (code: Int32, data: [UInt8]) {
+        guard id == UInt8(ascii: "R") else { throw MalformedOutput("expected 'R', got '\(idCharacter)'") }
+        var body = body
+        guard let code = body.readInteger(as: Int32.self) else { throw MalformedOutput("'R' without a code") }
+        return (code, Array(body.readableBytesView))
+    }
+
+    /// The fields of an ErrorResponse ('E'), by field type, parsed by hand.
+    func errorFields() throws -> [Character: String] {
+        guard id == UInt8(ascii: "E") else { throw MalformedOutput("expected 'E', got '\(idCharacter)'") }
+        var body = body
+        var fields: [Character: String] = [:]
+        while true {
+            guard let type = body.readInteger(as: UInt8.self) else { throw MalformedOutput("unterminated ErrorResponse") }
+            if type == 0 { break }
+            guard let value = body.readNullTerminatedString() else { throw MalformedOutput("unterminated field") }
+            fields[Character(Unicode.Scalar(type))] = value
+        }
+        guard body.readableBytes == 0 else { throw MalformedOutput("bytes after the ErrorResponse terminator") }
+        return fields
+    }
+}
+
+struct MalformedOutput: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Asserts the handler wrote exactly one FATAL ErrorResponse with `code` and `message` and closed the channel.
+func expectFatalAndClosed(
+    _ client: TestClient, code: String = "08P01", message: String,
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws {
+    let messages = try client.outboundMessages(sourceLocation: sourceLocation)
+    try #require(messages.count == 1, "expected one ErrorResponse, got \(messages.map(\.idCharacter))",
+                 sourceLocation: sourceLocation)
+    let fields = try messages[0].errorFields()
+    #expect(fields["S"] == "FATAL", sourceLocation: sourceLocation)
+    #expect(fields["C"] == code, sourceLocation: sourceLocation)
+    #expect(fields["M"] == message, sourceLocation: sourceLocation)
+    #expect(!client.channel.isActive, "channel still active after a FATAL error", sourceLocation: sourceLocation)
+}

@@ -28,12 +28,15 @@ public final class LifeguardServer {
         let shard = self.shard
         try shard.eventLoop.submit { shard.startJanitor() }.wait()
 
+        // Socket options go on the listening socket, which accepted sockets inherit (NIO already sets
+        // TCP_NODELAY there): NIO's per-child option list costs more per accepted client than the rest of
+        // accepting it, so the one NIO-level option, the write watermark, is set directly in the initializer.
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: Int32(settings.listenBacklog))
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 128 * 1024))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.syncOptions?.setOption(.writeBufferWaterMark, value: clientWriteWatermark)
                     try channel.pipeline.syncOperations.addHandler(ClientSession(shard: shard))
                 }
             }
@@ -43,8 +46,7 @@ public final class LifeguardServer {
             for host in hosts {
                 do {
                     var tcp = bootstrap
-                        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                        .childChannelOption(.socketOption(.so_keepalive), value: settings.tcpKeepalive ? 1 : 0)
+                        .serverChannelOption(.socketOption(.so_keepalive), value: settings.tcpKeepalive ? 1 : 0)
                     if settings.soReuseport {
                         tcp = tcp.serverChannelOption(ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)), value: 1)
                     }
@@ -88,6 +90,9 @@ public final class LifeguardServer {
         try? group.syncShutdownGracefully()
     }
 }
+
+/// Writes to a client beyond this stop reads from its server until the client catches up.
+private let clientWriteWatermark = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 128 * 1024)
 
 public struct StartupError: Error, CustomStringConvertible {
     public var message: String

@@ -136,6 +136,11 @@ struct LifeguardCommand: ParsableCommand {
             dup2(devNull, 2)
             if devNull > 2 { close(devNull) }
         }
+        // Inherited descriptors (a parent's pipe, say) would otherwise stay open for the daemon's lifetime.
+        let limit = min(max(Int32(sysconf(Int32(_SC_OPEN_MAX))), 3), 65536)
+        for descriptor in 3..<limit {
+            close(descriptor)
+        }
     }
 
     private func writePidfile(_ path: String) {

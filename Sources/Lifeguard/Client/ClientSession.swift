@@ -126,7 +126,7 @@ final class ClientSession: ChannelDuplexHandler {
         shard.counts.clients -= 1
         if let cancelKey { shard.unregisterCancelKey(cancelKey) }
         if settings.logDisconnections, wasLoggedIn || closeReason != nil {
-            let reason = closeReason ?? "client unexpected eof"
+            let reason = closeReason ?? (shard.isShuttingDown ? "pooler is shutting down" : "client unexpected eof")
             logger.info("\(logPrefix) closing because: \(reason) (age=\(ageSeconds)s)")
         }
     }

@@ -42,13 +42,22 @@ final class PoolShard {
 
     /// Starts the periodic check that opens reserve connections and keeps min_pool_size.
     func startJanitor() {
+        // A database with a forced user has one pool whatever the client; it exists from the start, so
+        // min_pool_size can open its servers before the first client arrives (as in PgBouncer).
+        for database in configuration.databases.values {
+            if let user = database.user { _ = pool(for: database, clientDatabase: database.name, clientUser: user) }
+        }
         janitor = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) {
             [weak self] _ in
             self?.runJanitor()
         }
     }
 
+    /// Set when the daemon stops, so connections closing with the event loop say why.
+    private(set) var isShuttingDown = false
+
     func stop() {
+        isShuttingDown = true
         janitor?.cancel()
         janitor = nil
     }

@@ -135,7 +135,7 @@ final class ServerConnection: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         let previous = state
         state = .closed
-        let reason = closeReason ?? "server conn crashed?"
+        let reason = closeReason ?? (pool.shard.isShuttingDown ? "pooler is shutting down" : "server conn crashed?")
         if pool.shard.settings.logDisconnections {
             logger.info("\(logPrefix) closing because: \(reason) (age=\(ageSeconds)s)")
         }

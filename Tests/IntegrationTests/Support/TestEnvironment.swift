@@ -107,6 +107,13 @@ final class LifeguardProcess: @unchecked Sendable {
 
     var isRunning: Bool { process.isRunning }
 
+    /// Resident memory of the Lifeguard process, from /proc.
+    var residentKilobytes: Int {
+        let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
+    }
+
     var log: String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
 
     /// libpq connection string for this Lifeguard.

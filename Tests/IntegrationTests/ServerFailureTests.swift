@@ -1,0 +1,76 @@
+import Foundation
+import Glibc
+import Testing
+
+extension IntegrationTests {
+/// What clients see when PostgreSQL misbehaves or is slow to read, and the settings that shape server logins.
+@Suite struct ServerFailureTests {
+    @Test func slowReaderOfAHugeResultDoesNotMakeLifeguardBuffer() throws {
+        let lifeguard = try LifeguardProcess(settings: "auth_type = trust")
+        let socket = try RawSocket(port: lifeguard.port)
+        socket.send(RawSocket.startupMessage([("user", "lg_trust"), ("database", "lgtest")]))
+        _ = socket.read { $0.count >= 6 && $0.suffix(6).first == UInt8(ascii: "Z") }
+        let before = lifeguard.residentKilobytes
+        // About 400 MB of rows, and the client reads none of them for two seconds.
+        let query = Array("SELECT repeat('x', 1000) FROM generate_series(1, 400000)".utf8) + [0]
+        socket.send([UInt8(ascii: "Q")] + RawSocket.bigEndian(Int32(query.count + 4)) + query)
+        usleep(2_000_000)
+        let during = lifeguard.residentKilobytes
+        #expect(during - before < 20_000, "Lifeguard grew from \(before) kB to \(during) kB while the client did not read")
+        socket.close()
+        let client = try lifeguard.connect(user: "lg_trust", password: nil)
+        #expect(try client.value("SELECT 'after'") == "after")
+    }
+
+    @Test func serverKilledMidTransactionFailsOnlyItsClient() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 2")
+        let victim = try lifeguard.connect()
+        try victim.query("BEGIN")
+        let pid = try #require(victim.backendPID)
+        _ = try TestEnvironment.direct().query("SELECT pg_terminate_backend(\(pid))")
+        #expect(throws: PGConnection.Failure.self) { try victim.query("SELECT 1") }
+        let other = try lifeguard.connect()
+        #expect(try other.value("SELECT 'unaffected'") == "unaffected")
+    }
+
+    @Test func idleServerKilledIsReplacedTransparently() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        let pid = try #require(client.backendPID)
+        _ = try TestEnvironment.direct().query("SELECT pg_terminate_backend(\(pid))")
+        usleep(200_000)
+        // The idle server's death was noticed; the next transaction gets a fresh one.
+        let newPID = client.backendPID
+        #expect(newPID != nil && newPID != pid)
+    }
+
+    @Test func connectQueryRunsOnEveryNewServer() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "auth_type = trust",
+            databases: "lgtest = {PG} connect_query='CREATE TEMP TABLE made_by_connect_query (x int)'")
+        let client = try lifeguard.connect(user: "lg_trust", password: nil)
+        #expect(try client.value("SELECT count(*) FROM pg_class WHERE relname = 'made_by_connect_query'") == "1")
+    }
+
+    @Test func applicationNameAddHostAppendsTheClientAddress() throws {
+        let lifeguard = try LifeguardProcess(settings: "application_name_add_host = 1")
+        let client = try lifeguard.connect(extra: "application_name=reporting")
+        let name = try #require(try client.value("SHOW application_name"))
+        #expect(name.hasPrefix("reporting - 127.0.0.1:"))
+    }
+
+    @Test func minPoolSizeOpensServersAheadOfDemand() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "auth_type = trust", databases: "lgtest = {PG} user=lg_trust min_pool_size=3")
+        let direct = try TestEnvironment.direct()
+        var count = "0"
+        for _ in 0..<40 {
+            count = try direct.value("SELECT count(*) FROM pg_stat_activity WHERE usename = 'lg_trust' AND datname = 'lgtest'") ?? "0"
+            if count == "3" { break }
+            usleep(100_000)
+        }
+        #expect(count == "3")
+        _ = lifeguard
+    }
+}
+}

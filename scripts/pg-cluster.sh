@@ -16,7 +16,7 @@ dir=${2:?missing DIR}
 
 as_postgres() {
     if [ "$(id -u)" = 0 ]; then
-        su postgres -s /bin/bash -c "$*"
+        su postgres -s /bin/bash -c "cd / && $*"
     else
         bash -c "$*"
     fi

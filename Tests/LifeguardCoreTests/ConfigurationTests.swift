@@ -17,16 +17,7 @@ import Testing
     }
 
     private func parseError(_ text: String) -> ConfigurationError? {
-        do {
-            _ = try parse(text)
-            Issue.record("expected an error")
-            return nil
-        } catch let error as ConfigurationError {
-            return error
-        } catch {
-            Issue.record("unexpected error type: \(error)")
-            return nil
-        }
+        configurationError { _ = try parse(text) }
     }
 
     // MARK: defaults

@@ -22,15 +22,7 @@ import Testing
     }
 
     private func parseError(_ text: String, includes: [String: String] = [:]) -> ConfigurationError? {
-        do {
-            _ = try entries(text, includes: includes)
-            return nil
-        } catch let error as ConfigurationError {
-            return error
-        } catch {
-            Issue.record("unexpected error type: \(error)")
-            return nil
-        }
+        configurationError { _ = try entries(text, includes: includes) }
     }
 
     @Test func sectionsAndKeys() throws {
@@ -197,11 +189,6 @@ import Testing
 extension IniParserTests {
     /// Lets a test supply its own include reader.
     private func parseError(_ text: String, readInclude: (String) throws -> String) -> ConfigurationError? {
-        do {
-            _ = try IniParser.parse(text, fileName: "test.ini", readInclude: readInclude)
-            return nil
-        } catch {
-            return error as? ConfigurationError
-        }
+        configurationError { _ = try IniParser.parse(text, fileName: "test.ini", readInclude: readInclude) }
     }
 }

@@ -4,16 +4,7 @@ import Testing
 
 @Suite struct UserListTests {
     private func parseError(_ text: String) -> ConfigurationError? {
-        do {
-            _ = try UserList.parse(text, fileName: "userlist.txt")
-            Issue.record("expected an error")
-            return nil
-        } catch let error as ConfigurationError {
-            return error
-        } catch {
-            Issue.record("unexpected error type: \(error)")
-            return nil
-        }
+        configurationError { _ = try UserList.parse(text, fileName: "userlist.txt") }
     }
 
     @Test func secretFormsAreKeptAsWritten() throws {

@@ -127,6 +127,20 @@ final class LifeguardProcess: @unchecked Sendable {
         try PGConnection(conninfo(user: user, password: password, database: database, extra: extra))
     }
 
+    /// libpq's error text for a login that must fail; records an issue (and returns "") when it succeeds.
+    func loginFailure(
+        user: String = "lg_md5", password: String? = "md5pass", database: String = "lgtest",
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) -> String {
+        do {
+            _ = try connect(user: user, password: password, database: database)
+            Issue.record("login as \(user) to \(database) succeeded", sourceLocation: sourceLocation)
+            return ""
+        } catch {
+            return "\(error)"
+        }
+    }
+
     private func waitUntilListening() throws {
         for _ in 0..<200 {
             if let socket = try? RawSocket(port: port) {

@@ -94,3 +94,36 @@ extension IntegrationTests {
     }
 }
 }
+
+extension IntegrationTests.ProtocolTests {
+    /// Parse/Bind/Execute/Flush without Sync leave an implicit transaction open on the server; a client that
+    /// leaves then must not hand that transaction to the next client.
+    @Test func clientLeavingBeforeSyncNeverLeaksItsImplicitTransaction() throws {
+        let lifeguard = try LifeguardProcess(settings: "auth_type = trust\ndefault_pool_size = 1")
+        let setup = try lifeguard.connect(user: "lg_trust", password: nil)
+        try setup.query("DROP TABLE IF EXISTS unsynced_test; CREATE TABLE unsynced_test (x int)")
+        do {
+            let socket = try RawSocket(port: lifeguard.port)
+            socket.send(RawSocket.startupMessage([("user", "lg_trust"), ("database", "lgtest")]))
+            _ = socket.read { $0.count >= 6 && $0.suffix(6).first == UInt8(ascii: "Z") }
+            func message(_ id: Character, _ body: [UInt8]) -> [UInt8] {
+                [UInt8(ascii: id.unicodeScalars.first!)] + RawSocket.bigEndian(Int32(body.count + 4)) + body
+            }
+            let insert = Array("INSERT INTO unsynced_test VALUES (1)".utf8)
+            socket.send(
+                message("P", [0] + insert + [0, 0, 0])  // unnamed statement, no parameter types
+                    + message("B", [0, 0, 0, 0, 0, 0, 0, 0])  // unnamed portal and statement, no formats/params
+                    + message("E", [0, 0, 0, 0, 0])
+                    + message("H", []))
+            // ParseComplete, BindComplete, CommandComplete arrive; no ReadyForQuery, as no Sync was sent.
+            _ = socket.read { $0.contains(UInt8(ascii: "C")) }
+            socket.send(message("X", []))
+            socket.close()
+        }
+        usleep(100_000)
+        let next = try lifeguard.connect(user: "lg_trust", password: nil)
+        #expect(try next.value("SELECT count(*) FROM unsynced_test") == "0")
+        #expect(try TestEnvironment.direct().value("SELECT count(*) FROM unsynced_test") == "0")
+        try next.query("DROP TABLE unsynced_test")
+    }
+}

@@ -49,7 +49,8 @@ private let c = UInt8(ascii: "c")
         var tracker = TransactionTracker(poolMode: .transaction)
         tracker.clientSent(id)
         #expect(tracker.outstandingRequests == 0)
-        #expect(tracker.isIdle)
+        // Extended-protocol messages leave an implicit transaction open until a Sync; the rest do not.
+        #expect(tracker.isIdle == ![P, B, D, E, H, C].contains(id))
     }
 
     @Test func extendedQueryCountsOnlyTheSync() {
@@ -149,6 +150,43 @@ private let c = UInt8(ascii: "c")
         #expect(tracker.serverReady(.inTransaction) == .keep)
         #expect(tracker.outstandingRequests == 0)
         #expect(!tracker.isIdle)  // inside a transaction
+    }
+
+    @Test func extendedMessagesWithoutSyncKeepTheServer() {
+        // Parse/Bind/Execute/Flush open an implicit transaction that only a Sync ends.
+        var tracker = TransactionTracker(poolMode: .transaction)
+        for id in [FrontendID.parse, FrontendID.bind, FrontendID.execute, FrontendID.flush] {
+            tracker.clientSent(id)
+        }
+        #expect(tracker.hasUnsyncedMessages)
+        #expect(!tracker.isIdle)
+        tracker.clientSent(FrontendID.sync)
+        #expect(!tracker.hasUnsyncedMessages)
+        #expect(tracker.serverReady(.idle) == .release)
+        #expect(tracker.isIdle)
+    }
+
+    @Test func nextBatchSentBeforeTheLastReadyForQueryKeepsTheServer() {
+        // A pipelining client has already sent the start of its next batch when the previous Sync is answered.
+        var tracker = TransactionTracker(poolMode: .transaction)
+        for id in [FrontendID.parse, FrontendID.bind, FrontendID.execute, FrontendID.sync] {
+            tracker.clientSent(id)
+        }
+        for id in [FrontendID.bind, FrontendID.execute] {
+            tracker.clientSent(id)
+        }
+        #expect(tracker.serverReady(.idle) == .keep)
+        tracker.clientSent(FrontendID.sync)
+        #expect(tracker.serverReady(.idle) == .release)
+    }
+
+    @Test func copyDataDoesNotNeedASync() {
+        var tracker = TransactionTracker(poolMode: .transaction)
+        tracker.clientSent(FrontendID.query)
+        for id in [FrontendID.copyData, FrontendID.copyData, FrontendID.copyDone] {
+            tracker.clientSent(id)
+        }
+        #expect(tracker.serverReady(.idle) == .release)
     }
 
     @Test func equatable() {

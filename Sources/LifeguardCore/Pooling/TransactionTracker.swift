@@ -3,8 +3,10 @@ import PostgresWire
 /// Decides when a server connection may go back to the pool, from the messages seen in both directions.
 ///
 /// Every client message that the server answers with exactly one ReadyForQuery (Query, Sync, FunctionCall)
-/// is counted when it has been sent; each ReadyForQuery settles one. The server is free again only when nothing
-/// is outstanding and the last status was idle, so a pipelined batch or an open transaction keeps its server.
+/// is counted when it has been sent; each ReadyForQuery settles one. Extended-protocol messages (Parse, Bind,
+/// Describe, Execute, Close, Flush) open an implicit transaction that only a later Sync settles, so they mark
+/// the server busy until one is sent. The server is free again only when nothing is outstanding or unsynced
+/// and the last status was idle, so a pipelined batch or an open transaction keeps its server.
 public struct TransactionTracker: Sendable, Equatable {
     public enum Decision: Sendable, Equatable {
         /// Keep the server linked to this client.
@@ -18,6 +20,8 @@ public struct TransactionTracker: Sendable, Equatable {
     public let poolMode: PoolMode
     public private(set) var outstandingRequests = 0
     public private(set) var status: TransactionStatus = .idle
+    /// Extended-protocol messages were sent after the last Sync (or Query).
+    public private(set) var hasUnsyncedMessages = false
 
     public init(poolMode: PoolMode) {
         self.poolMode = poolMode
@@ -25,14 +29,22 @@ public struct TransactionTracker: Sendable, Equatable {
 
     /// True when the server is between transactions with nothing in flight: safe to hand to another client.
     public var isIdle: Bool {
-        outstandingRequests == 0 && status == .idle
+        outstandingRequests == 0 && status == .idle && !hasUnsyncedMessages
     }
 
     /// A complete client message of type `id` was forwarded.
     @inline(__always)
     public mutating func clientSent(_ id: UInt8) {
-        if id == FrontendID.query || id == FrontendID.sync || id == FrontendID.functionCall {
+        switch id {
+        case FrontendID.query, FrontendID.sync, FrontendID.functionCall:
             outstandingRequests += 1
+            hasUnsyncedMessages = false
+        case FrontendID.parse, FrontendID.bind, FrontendID.describe, FrontendID.execute, FrontendID.close,
+            FrontendID.flush:
+            hasUnsyncedMessages = true
+        default:
+            // COPY data and the like belong to a request already counted.
+            break
         }
     }
 
@@ -40,7 +52,7 @@ public struct TransactionTracker: Sendable, Equatable {
     public mutating func serverReady(_ newStatus: TransactionStatus) -> Decision {
         if outstandingRequests > 0 { outstandingRequests -= 1 }
         status = newStatus
-        guard outstandingRequests == 0 else { return .keep }
+        guard outstandingRequests == 0, !hasUnsyncedMessages else { return .keep }
         switch (poolMode, newStatus) {
         case (.session, _):
             return .keep

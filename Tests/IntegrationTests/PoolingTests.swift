@@ -158,6 +158,24 @@ extension IntegrationTests {
         #expect(waiterResult.withLockedValue { $0 } == "1")
     }
 
+    @Test func maxUserConnectionsCapsServersAcrossDatabases() throws {
+        let lifeguard = try LifeguardProcess(settings: "max_user_connections = 1\ndefault_pool_size = 5")
+        let holder = try lifeguard.connect(database: "lgtest")
+        try holder.query("BEGIN")
+        // The same user's pool for another database must wait for the one allowed server.
+        let result = NIOLockedValueBox<String?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            let value = try? lifeguard.connect(database: "lgbench").value("SELECT current_database()")
+            result.withLockedValue { $0 = value }
+            done.signal()
+        }
+        #expect(done.wait(timeout: .now() + 0.5) == .timedOut, "a second server opened over max_user_connections")
+        try holder.query("COMMIT")
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        #expect(result.withLockedValue { $0 } == "lgbench")
+    }
+
     @Test func reservePoolOpensAfterTheTimeout() throws {
         let lifeguard = try LifeguardProcess(
             settings: "default_pool_size = 1\nreserve_pool_size = 1\nreserve_pool_timeout = 0.3")

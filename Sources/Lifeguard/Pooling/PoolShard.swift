@@ -109,9 +109,13 @@ final class PoolShard {
 
     func registerCancelKey(for client: ClientSession) -> CancelKey {
         while true {
-            // PgBouncer clears the sign bit so drivers that print the key as a signed pid see a positive one.
+            // One 64-bit draw gives both halves. PgBouncer clears the sign bit so drivers that print the key as
+            // a signed pid see a positive one.
+            var generator = SystemRandomNumberGenerator()
+            let bits = generator.next()
             let key = CancelKey(
-                processID: Int32.random(in: 1...Int32.max), secretKey: Int32.random(in: Int32.min...Int32.max))
+                processID: max(1, Int32(truncatingIfNeeded: bits >> 32) & Int32.max),
+                secretKey: Int32(truncatingIfNeeded: bits))
             if cancelTargets[key] == nil {
                 cancelTargets[key] = client
                 return key

@@ -8,7 +8,7 @@ private let v3 = StartupPacket.protocolVersion3
 private func startup(
     _ parameters: [(String, String)], ignored: [String] = [], version: Int32 = v3
 ) throws(PoolerError) -> ClientStartup {
-    try ClientStartup(protocolVersion: version, parameters: parameters, ignored: ignored)
+    try ClientStartup(protocolVersion: version, parameters: parameters, ignored: IgnoredStartupParameters(ignored))
 }
 
 /// The PoolerError thrown for these parameters, or nil when they are accepted.

@@ -55,7 +55,6 @@ final class ClientSession: ChannelDuplexHandler {
     }
 
     private var logger: Logger { shard.logger }
-    private var settings: Settings { shard.settings }
 
     // MARK: Channel events
 
@@ -85,8 +84,12 @@ final class ClientSession: ChannelDuplexHandler {
         do {
             switch phase {
             case .startup:
-                var buffer = buffer
-                startupBuffer.writeBuffer(&buffer)
+                if startupBuffer.readableBytes == 0 {
+                    startupBuffer = buffer
+                } else {
+                    var buffer = buffer
+                    startupBuffer.writeBuffer(&buffer)
+                }
                 try readStartup()
             case .authenticating:
                 try receiveAuthentication(buffer)
@@ -125,7 +128,7 @@ final class ClientSession: ChannelDuplexHandler {
         }
         shard.counts.clients -= 1
         if let cancelKey { shard.unregisterCancelKey(cancelKey) }
-        if settings.logDisconnections, wasLoggedIn || closeReason != nil {
+        if shard.settings.logDisconnections, wasLoggedIn || closeReason != nil {
             let reason = closeReason ?? (shard.isShuttingDown ? "pooler is shutting down" : "client unexpected eof")
             logger.info("\(logPrefix) closing because: \(reason) (age=\(ageSeconds)s)")
         }
@@ -184,11 +187,11 @@ final class ClientSession: ChannelDuplexHandler {
                 context?.close(promise: nil)
                 return
             case .startup(let version, let raw):
-                if shard.counts.clients > settings.maxClientConn {
+                if shard.counts.clients > shard.settings.maxClientConn {
                     throw PoolerError.maxClientConnections
                 }
                 let startup = try ClientStartup(
-                    protocolVersion: version, parameters: raw, ignored: settings.ignoreStartupParameters)
+                    protocolVersion: version, parameters: raw, ignored: shard.ignoredStartupParameters)
                 logTarget = "\(startup.database)/\(startup.user)"
                 try beginAuthentication(startup)
             }
@@ -214,8 +217,8 @@ final class ClientSession: ChannelDuplexHandler {
 
     private func beginAuthentication(_ startup: ClientStartup) throws {
         var authentication = ClientAuthentication(
-            startup: startup, authType: settings.authType, secret: shard.secret(for: startup.user),
-            requireUserListEntry: settings.authFile != nil, mockKey: shard.mockAuthenticationKey,
+            startup: startup, authType: shard.settings.authType, secret: shard.secret(for: startup.user),
+            requireUserListEntry: shard.settings.authFile != nil, mockKey: shard.mockAuthenticationKey,
             derive: { [shard] user, password in shard.derivedSCRAMSecret(user: user, password: password) })
         var reply = ByteBuffer()
         if startup.minorProtocolVersion > 0 || !startup.unsupportedProtocolOptions.isEmpty {
@@ -272,15 +275,15 @@ final class ClientSession: ChannelDuplexHandler {
         pool.clientCount += 1
         loggedIn = true
         tracker = TransactionTracker(poolMode: pool.mode)
-        scanner = FrameScanner(capturedIDs: MessageIDSet(), maxMessageLength: settings.maxPacketSize)
+        scanner = FrameScanner(capturedIDs: MessageIDSet(), maxMessageLength: shard.settings.maxPacketSize)
         parameters = startup.parameters
-        if settings.applicationNameAddHost {
+        if shard.settings.applicationNameAddHost {
             let name = parameters["application_name"] ?? ""
             parameters["application_name"] = name + " - " + peerDescription
         }
         cancelKey = shard.registerCancelKey(for: self)
         phase = .awaitingWelcome
-        if settings.logConnections {
+        if shard.settings.logConnections {
             logger.info("\(logPrefix) login attempt: db=\(startup.database) user=\(startup.user) tls=no")
         }
         pool.welcome(self)
@@ -419,7 +422,7 @@ final class ClientSession: ChannelDuplexHandler {
         if case .closed = phase { return }
         guard let context else { return }
         if closeReason == nil { closeReason = reason }
-        if settings.logPoolerErrors {
+        if shard.settings.logPoolerErrors {
             logger.warning("\(logPrefix) pooler error: \(error.message)")
         }
         if let pool { pool.removeWaiting(self) }

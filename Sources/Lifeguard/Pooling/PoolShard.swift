@@ -18,6 +18,9 @@ struct CancelKey: Hashable {
 final class PoolShard {
     let eventLoop: EventLoop
     private(set) var configuration: Configuration
+    /// `configuration.settings`, stored apart so the hot paths read single fields without copying the struct.
+    private(set) var settings: Settings
+    let ignoredStartupParameters: IgnoredStartupParameters
     /// The userlist's secrets, classified once at load instead of at every login.
     private var secrets: [String: PasswordSecret]
     let logger: Logger
@@ -33,12 +36,13 @@ final class PoolShard {
     init(eventLoop: EventLoop, configuration: Configuration, userList: UserList, logger: Logger) {
         self.eventLoop = eventLoop
         self.configuration = configuration
+        self.settings = configuration.settings
+        self.ignoredStartupParameters = IgnoredStartupParameters(configuration.settings.ignoreStartupParameters)
         self.secrets = userList.secrets.mapValues(PasswordSecret.init(parsing:))
         self.logger = logger
         self.mockAuthenticationKey = randomBytes(32)
     }
 
-    var settings: Settings { configuration.settings }
 
     /// Starts the periodic check that opens reserve connections and keeps min_pool_size.
     func startJanitor() {

@@ -89,6 +89,24 @@ public struct ParameterSet: Sendable, Equatable {
     public var isEmpty: Bool { values.allSatisfy { $0 == nil } }
 }
 
+/// `ignore_startup_parameters`: names a client may send that Lifeguard accepts and drops. Built once from the
+/// settings, compared without case.
+public struct IgnoredStartupParameters: Sendable, ExpressibleByArrayLiteral {
+    private let lowercasedNames: Set<String>
+
+    public init(_ names: [String]) {
+        lowercasedNames = Set(names.map { $0.lowercased() })
+    }
+
+    public init(arrayLiteral names: String...) {
+        self.init(names)
+    }
+
+    public func contains(_ name: String) -> Bool {
+        lowercasedNames.contains(name.lowercased())
+    }
+}
+
 /// What a client asked for in its StartupMessage, validated the way PgBouncer validates it.
 public struct ClientStartup: Sendable, Equatable {
     public var user: String
@@ -99,9 +117,9 @@ public struct ClientStartup: Sendable, Equatable {
     public var unsupportedProtocolOptions: [String]
     public var minorProtocolVersion: Int
 
-    /// Validates a startup packet. `ignored` is `ignore_startup_parameters`.
+    /// Validates a startup packet against `ignore_startup_parameters`.
     public init(
-        protocolVersion: Int32, parameters raw: [(String, String)], ignored: [String]
+        protocolVersion: Int32, parameters raw: [(String, String)], ignored ignoredNames: IgnoredStartupParameters
     ) throws(PoolerError) {
         let major = Int(protocolVersion >> 16)
         guard major == 3 else { throw major < 3 ? .oldProtocol : .badPacket }
@@ -110,7 +128,6 @@ public struct ClientStartup: Sendable, Equatable {
         var database: String?
         var parameters = ParameterSet()
         var protocolOptions: [String] = []
-        let ignoredNames = Set(ignored.map { $0.lowercased() })
 
         for (name, value) in raw {
             switch name {
@@ -127,7 +144,7 @@ public struct ClientStartup: Sendable, Equatable {
                     protocolOptions.append(name)
                 } else if parameters.update(name: name, value: value) {
                     continue
-                } else if !ignoredNames.contains(name.lowercased()) {
+                } else if !ignoredNames.contains(name) {
                     throw .unsupportedStartupParameter(name)
                 }
             }
@@ -142,7 +159,7 @@ public struct ClientStartup: Sendable, Equatable {
     /// `options` may only carry `-c name=value` / `--name=value` of tracked or ignored parameters; with
     /// `options` itself in ignore_startup_parameters, the tracked ones still apply and the rest are dropped.
     private static func applyOptions(
-        _ options: String, to parameters: inout ParameterSet, ignoredNames: Set<String>, ignoreUnknown: Bool
+        _ options: String, to parameters: inout ParameterSet, ignoredNames: IgnoredStartupParameters, ignoreUnknown: Bool
     ) throws(PoolerError) {
         var words = splitOptions(options)[...]
         while let word = words.popFirst() {
@@ -161,7 +178,7 @@ public struct ClientStartup: Sendable, Equatable {
             let name = String(setting[..<equals]).replacingOccurrences(of: "-", with: "_")
             let value = String(setting[setting.index(after: equals)...])
             if parameters.update(name: name, value: value) { continue }
-            if ignoreUnknown || ignoredNames.contains(name.lowercased()) { continue }
+            if ignoreUnknown || ignoredNames.contains(name) { continue }
             throw .unsupportedOptionsParameter(name)
         }
     }

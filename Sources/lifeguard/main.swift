@@ -110,7 +110,17 @@ struct LifeguardCommand: ParsableCommand {
             source.resume()
             sources.append(source)
         }
-        signal(SIGHUP, SIG_IGN)
+        // PgBouncer reloads on SIGHUP and pauses/resumes on SIGUSR1/SIGUSR2; until Lifeguard does, it says so
+        // instead of letting the default action kill the process.
+        for signalNumber in [SIGHUP, SIGUSR1, SIGUSR2] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber)
+            source.setEventHandler {
+                logger.warning("got signal \(signalNumber): reload, pause and resume are not implemented yet; ignored")
+            }
+            source.resume()
+            sources.append(source)
+        }
         signal(SIGPIPE, SIG_IGN)
         stop.wait()
         server.shutdown()

@@ -69,6 +69,17 @@ extension IntegrationTests {
         #expect(output.contains("pidfile"))
     }
 
+    @Test func reloadAndPauseSignalsAreLoggedNotFatal() throws {
+        let lifeguard = try LifeguardProcess()
+        for signalNumber in [SIGHUP, SIGUSR1, SIGUSR2] {
+            kill(lifeguard.pid, signalNumber)
+        }
+        usleep(300_000)
+        #expect(lifeguard.isRunning)
+        #expect(lifeguard.log.contains("not implemented yet; ignored"))
+        #expect(try lifeguard.connect().value("SELECT 1") == "1")
+    }
+
     @Test func daemonModeDetachesWritesThePidfileAndStopsOnSIGTERM() throws {
         let port = freePort()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("lifeguard-daemon-\(port)")

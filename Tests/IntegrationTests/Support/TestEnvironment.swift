@@ -107,6 +107,8 @@ final class LifeguardProcess: @unchecked Sendable {
 
     var isRunning: Bool { process.isRunning }
 
+    var pid: Int32 { process.processIdentifier }
+
     /// Resident memory of the Lifeguard process, from /proc.
     var residentKilobytes: Int {
         let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""

@@ -13,11 +13,7 @@ final class Pool {
     let database: DatabaseDefinition
     unowned let shard: PoolShard
     let mode: PoolMode
-    let size: Int
-    let reserveSize: Int
-    let minSize: Int
-    let maxUserConnections: Int
-    let maxDatabaseConnections: Int
+    let capacity: PoolCapacity
     let resetQuery: String
     let resetQueryAlways: Bool
 
@@ -41,11 +37,13 @@ final class Pool {
         self.database = database
         self.shard = shard
         self.mode = user?.poolMode ?? database.poolMode ?? settings.poolMode
-        self.size = user?.poolSize ?? database.poolSize ?? settings.defaultPoolSize
-        self.reserveSize = database.reservePoolSize ?? settings.reservePoolSize
-        self.minSize = database.minPoolSize ?? settings.minPoolSize
-        self.maxUserConnections = user?.maxUserConnections ?? settings.maxUserConnections
-        self.maxDatabaseConnections = database.maxDBConnections ?? settings.maxDBConnections
+        self.capacity = PoolCapacity(
+            size: user?.poolSize ?? database.poolSize ?? settings.defaultPoolSize,
+            reserveSize: database.reservePoolSize ?? settings.reservePoolSize,
+            minSize: database.minPoolSize ?? settings.minPoolSize,
+            reserveTimeoutNanoseconds: Int64(settings.reservePoolTimeout * 1e9),
+            maxDatabaseConnections: database.maxDBConnections ?? settings.maxDBConnections,
+            maxUserConnections: user?.maxUserConnections ?? settings.maxUserConnections)
         self.resetQuery = settings.serverResetQuery
         self.resetQueryAlways = settings.serverResetQueryAlways
     }
@@ -171,29 +169,31 @@ final class Pool {
 
     /// Opens one more server connection when clients need one and the limits allow it.
     private func launchIfNeeded(now: NIODeadline) {
-        guard serversLoggingIn == 0 else { return }
-        let hasDemand = !waitingClients.isEmpty || !clientsWaitingForWelcome.isEmpty
-        let belowMinimum = serverCount < minSize && (database.user != nil || clientCount > 0)
-        guard hasDemand || belowMinimum else { return }
+        var state = PoolCapacity.State()
+        state.servers = serverCount
+        state.serversLoggingIn = serversLoggingIn
+        state.waitingClients = waitingClients.count
+        state.clientsAwaitingWelcome = clientsWaitingForWelcome.count
+        state.longestWaitNanoseconds = waitingClients.first.map { (now - $0.since).nanoseconds } ?? 0
+        state.loggedInClients = clientCount
+        state.hasForcedUser = database.user != nil
+        state.serversOfDatabase = shard.counts.serversPerDatabase[key.database, default: 0]
+        state.serversOfUser = shard.counts.serversPerUser[key.user, default: 0]
 
-        if size > 0, serverCount >= size {
-            guard hasDemand, reserveSize > 0, serverCount < size + reserveSize,
-                let oldest = waitingClients.first,
-                now - oldest.since >= .nanoseconds(Int64(shard.settings.reservePoolTimeout * 1e9))
-            else { return }
+        switch capacity.decide(state) {
+        case .wait:
+            return
+        case .evictForDatabaseLimit:
+            // The freed slot is taken on a later janitor round.
+            shard.evictIdleServer(excluding: self) { $0.key.database == key.database }
+            return
+        case .evictForUserLimit:
+            shard.evictIdleServer(excluding: self) { $0.key.user == key.user }
+            return
+        case .launchFromReserve:
             logger.info("\(logPrefix) taking connection from reserve_pool")
-        }
-        // At a database or user limit, an idle server of another pool is closed to make room (PgBouncer's
-        // eviction); this pool opens its server on a later janitor round.
-        if maxDatabaseConnections > 0,
-            shard.counts.serversPerDatabase[key.database, default: 0] >= maxDatabaseConnections
-        {
-            if hasDemand { shard.evictIdleServer(excluding: self) { $0.key.database == key.database } }
-            return
-        }
-        if maxUserConnections > 0, shard.counts.serversPerUser[key.user, default: 0] >= maxUserConnections {
-            if hasDemand { shard.evictIdleServer(excluding: self) { $0.key.user == key.user } }
-            return
+        case .launch:
+            break
         }
         serverCount += 1
         serversLoggingIn += 1

@@ -32,7 +32,7 @@ final class ServerConnection: ChannelDuplexHandler {
     private var state = State.connecting
     private var context: ChannelHandlerContext?
     private var scanner: FrameScanner
-    private var scram: SCRAMClientExchange?
+    private var authentication: ServerAuthentication
     private var closeReason: String?
     private var readHeld = false
     private var clientNeedsFlush = false
@@ -53,6 +53,8 @@ final class ServerConnection: ChannelDuplexHandler {
         self.pool = pool
         self.address = ServerAddress(database: pool.database, settings: pool.shard.settings)
         self.scanner = FrameScanner(capturedIDs: .all, maxMessageLength: Int(Int32.max))
+        self.authentication = ServerAuthentication(
+            user: pool.key.user, secret: pool.serverSecret, scramKeys: pool.scramPassThroughKeys)
     }
 
     /// PgBouncer's `S-0x...: db/user@host:port` prefix of every log line about this server.
@@ -376,71 +378,19 @@ final class ServerConnection: ChannelDuplexHandler {
     // MARK: Server authentication
 
     private func authenticate(code: Int32, data: ByteBuffer) -> Bool {
-        let user = pool.key.user
-        let secret = pool.serverSecret
         var reply = ByteBuffer()
-        switch code {
-        case AuthenticationCode.ok:
-            state = .loggingIn
-            return true
-        case AuthenticationCode.cleartextPassword:
-            guard case .plain(let password) = secret else {
-                return failLogin("server requested a clear-text password, but the userlist has no plain password for \(user)")
+        do {
+            switch try authentication.receive(code: code, data: data, into: &reply) {
+            case .authenticated:
+                state = .loggingIn
+                return true
+            case .continueLogin:
+                if reply.readableBytes > 0 { context?.writeAndFlush(wrapOutboundOut(reply), promise: nil) }
+                return false
             }
-            reply.writePasswordMessage(password)
-        case AuthenticationCode.md5Password:
-            guard let salt = data.getBytes(at: data.readerIndex, length: 4) else {
-                return failLogin("bad md5 authentication request")
-            }
-            switch secret {
-            case .plain(let password):
-                reply.writePasswordMessage(MD5Password.response(password: password, user: user, salt: salt))
-            case .md5(let hash):
-                reply.writePasswordMessage(MD5Password.response(forStoredHash: hash, salt: salt))
-            default:
-                return failLogin("server requested md5 authentication, but no plain or md5 password is known for \(user)")
-            }
-        case AuthenticationCode.sasl:
-            var mechanisms = data
-            var offered: [String] = []
-            while let name = mechanisms.readNullTerminatedString(), !name.isEmpty { offered.append(name) }
-            guard offered.contains("SCRAM-SHA-256") else {
-                return failLogin("server offered no supported SASL mechanism: \(offered.joined(separator: ", "))")
-            }
-            let credentials: SCRAMClientExchange.Credentials
-            switch secret {
-            case .plain(let password):
-                credentials = .password(password)
-            case .scram:
-                guard let keys = pool.scramPassThroughKeys else {
-                    return failLogin("cannot do SCRAM authentication: password is SCRAM secret but client authentication did not provide SCRAM keys")
-                }
-                credentials = .keys(clientKey: keys.clientKey, serverKey: keys.serverKey)
-            default:
-                return failLogin("server requested SCRAM authentication, but no plain password or SCRAM keys are known for \(user)")
-            }
-            let exchange = SCRAMClientExchange(credentials: credentials, nonceBytes: randomBytes(18))
-            reply.writeSASLInitialResponse(mechanism: "SCRAM-SHA-256", data: exchange.clientFirstMessage())
-            scram = exchange
-        case AuthenticationCode.saslContinue:
-            guard var exchange = scram else { return failLogin("unexpected SASL continue") }
-            switch exchange.receiveServerFirst(Array(data.readableBytesView)) {
-            case .success(let final): reply.writeSASLResponse(final)
-            case .failure(let error): return failLogin("SCRAM: \(error.message)")
-            }
-            scram = exchange
-        case AuthenticationCode.saslFinal:
-            guard let exchange = scram else { return failLogin("unexpected SASL final") }
-            if case .failure(let error) = exchange.verifyServerFinal(Array(data.readableBytesView)) {
-                return failLogin("SCRAM: \(error.message)")
-            }
-            scram = nil
-            return false
-        default:
-            return failLogin("unsupported server authentication method \(code)")
+        } catch {
+            return failLogin(error.message)
         }
-        context?.writeAndFlush(wrapOutboundOut(reply), promise: nil)
-        return false
     }
 
     /// Lifeguard itself cannot log in: tell the waiting clients and close.

@@ -44,6 +44,23 @@ extension IntegrationTests {
         #expect(newPID != nil && newPID != pid)
     }
 
+    @Test func failingServerLoginIsRetriedOnlyAfterServerLoginRetry() throws {
+        // Lifeguard accepts clients (trust) but PostgreSQL rejects Lifeguard's password for lg_md5.
+        let lifeguard = try LifeguardProcess(
+            settings: "auth_type = trust\nserver_login_retry = 1", userList: "\"lg_md5\" \"not-the-password\"")
+        #expect(lifeguard.loginFailure(password: nil).contains("password authentication failed for user \"lg_md5\""))
+        // Within server_login_retry the next client fails at once with the cached error, without a new login.
+        for _ in 0..<5 {
+            #expect(lifeguard.loginFailure(password: nil).contains(
+                "server login has been failing, cached error: password authentication failed for user \"lg_md5\" (server_login_retry)"))
+        }
+        #expect(lifeguard.log.components(separatedBy: "new connection to server").count - 1 == 1)
+        usleep(1_100_000)
+        // After it, a new login is tried (and fails again with the server's own error).
+        #expect(lifeguard.loginFailure(password: nil).contains("FATAL:  password authentication failed for user \"lg_md5\""))
+        #expect(lifeguard.log.components(separatedBy: "new connection to server").count - 1 == 2)
+    }
+
     @Test func connectQueryRunsOnEveryNewServer() throws {
         let lifeguard = try LifeguardProcess(
             settings: "auth_type = trust",

@@ -22,6 +22,10 @@ import Testing
         #expect(capacity.decide(state { $0.clientsAwaitingWelcome = 1 }) == .launch)
     }
 
+    @Test func noLoginDuringTheRetryDelay() {
+        #expect(capacity.decide(state { $0.waitingClients = 1; $0.inLoginRetryDelay = true }) == .wait)
+    }
+
     @Test func onlyOneLoginAtATime() {
         #expect(capacity.decide(state { $0.waitingClients = 5; $0.servers = 1; $0.serversLoggingIn = 1 }) == .wait)
     }

@@ -29,6 +29,8 @@ final class Pool {
     private var waitingClients: Deque<(client: ClientSession, since: NIODeadline)> = []
     private var clientsWaitingForWelcome: [ClientSession] = []
     private(set) var serverCount = 0
+    /// The last failed server login, while `server_login_retry` has not passed since.
+    private var lastLoginFailure: (error: PoolerError, at: NIODeadline)?
     private var serversLoggingIn = 0
     var clientCount = 0
 
@@ -62,6 +64,8 @@ final class Pool {
     func welcome(_ client: ClientSession) {
         if let welcomePrefix {
             client.sendWelcome(prefix: welcomePrefix, defaults: defaultParameters)
+        } else if let cached = failingFast(now: .now()) {
+            client.closeWithError(cached, reason: cached.message)
         } else {
             clientsWaitingForWelcome.append(client)
             launchIfNeeded(now: .now())
@@ -72,6 +76,8 @@ final class Pool {
     func requestServer(for client: ClientSession) {
         if let server = idleServers.popLast() {
             server.assign(to: client)
+        } else if let cached = failingFast(now: .now()) {
+            client.closeWithError(cached, reason: cached.message)
         } else {
             waitingClients.append((client, .now()))
             launchIfNeeded(now: .now())
@@ -100,6 +106,7 @@ final class Pool {
     /// A server finished its login (and connect_query).
     func serverLoggedIn(_ server: ServerConnection) {
         serversLoggingIn -= 1
+        lastLoginFailure = nil
         if welcomePrefix == nil {
             var prefix = ByteBuffer()
             prefix.writeAuthenticationOK()
@@ -118,9 +125,23 @@ final class Pool {
         launchIfNeeded(now: .now())
     }
 
+    /// While logins are failing and no server is left to free up, a client would wait for nothing:
+    /// PgBouncer fails it at once with the cached error.
+    private func failingFast(now: NIODeadline) -> PoolerError? {
+        guard serverCount == 0, let failure = lastLoginFailure, isInLoginRetryDelay(now: now) else { return nil }
+        return PoolerError(
+            "server login has been failing, cached error: \(failure.error.message) (server_login_retry)")
+    }
+
+    private func isInLoginRetryDelay(now: NIODeadline) -> Bool {
+        guard let failure = lastLoginFailure else { return false }
+        return now - failure.at < .nanoseconds(Int64(shard.settings.serverLoginRetry * 1e9))
+    }
+
     /// A server login failed with `error`. When no server of this pool is left to serve them, the clients
     /// waiting on it get that error (with the server's SQLSTATE), as PgBouncer does.
     func serverLoginFailed(_ error: PoolerError) {
+        lastLoginFailure = (error, .now())
         let liveServers = serverCount - 1
         guard liveServers == 0 else { return }
         let waiting = clientsWaitingForWelcome + waitingClients.map(\.client)
@@ -179,6 +200,7 @@ final class Pool {
         state.hasForcedUser = database.user != nil
         state.serversOfDatabase = shard.counts.serversPerDatabase[key.database, default: 0]
         state.serversOfUser = shard.counts.serversPerUser[key.user, default: 0]
+        state.inLoginRetryDelay = isInLoginRetryDelay(now: now)
 
         switch capacity.decide(state) {
         case .wait:

@@ -33,6 +33,8 @@ public struct Settings: Sendable, Equatable {
     public var reservePoolSize: Int = 0
     /// Seconds a client waits before the reserve pool may be used.
     public var reservePoolTimeout: Double = 5.0
+    /// After a failed server login, how long a pool waits before trying again (and fails new clients fast).
+    public var serverLoginRetry: Double = 15.0
     /// 0 = unlimited.
     public var maxDBConnections: Int = 0
     /// 0 = unlimited.
@@ -158,7 +160,7 @@ public struct Settings: Sendable, Equatable {
         key("server_fast_close", "0", .boolean),
         key("server_idle_timeout", "600", .seconds),
         key("server_lifetime", "3600", .seconds),
-        key("server_login_retry", "15", .seconds),
+        key("server_login_retry", "15", .seconds, implemented: true),
         key("server_reset_query", "DISCARD ALL", .string, implemented: true),
         key("server_reset_query_always", "0", .boolean, implemented: true),
         key("server_round_robin", "0", .boolean),
@@ -222,6 +224,7 @@ public struct Settings: Sendable, Equatable {
         case "min_pool_size": minPoolSize = try parse.integer()
         case "reserve_pool_size": reservePoolSize = try parse.integer()
         case "reserve_pool_timeout": reservePoolTimeout = try parse.seconds()
+        case "server_login_retry": serverLoginRetry = try parse.seconds()
         case "max_db_connections": maxDBConnections = try parse.integer()
         case "max_user_connections": maxUserConnections = try parse.integer()
         case "server_reset_query": serverResetQuery = value

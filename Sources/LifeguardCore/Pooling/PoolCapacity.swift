@@ -1,6 +1,6 @@
 /// Whether a pool may open one more server connection, from its limits and what is waiting on it.
 ///
-/// PgBouncer's rules: at most one login at a time; open only for waiting clients or to reach
+/// PgBouncer's rules: at most one login at a time, none for `server_login_retry` after a failed one; open only for waiting clients or to reach
 /// `min_pool_size` (which counts only once a client came, or when the database has a forced user); beyond
 /// `pool_size` only from the reserve, for a client that waited `reserve_pool_timeout`; and never past
 /// `max_db_connections` or `max_user_connections`, where an idle server of another pool is closed instead.
@@ -37,6 +37,8 @@ public struct PoolCapacity: Sendable, Equatable {
         public var hasForcedUser = false
         public var serversOfDatabase = 0
         public var serversOfUser = 0
+        /// A login failed less than `server_login_retry` ago.
+        public var inLoginRetryDelay = false
 
         public init() {}
     }
@@ -52,7 +54,7 @@ public struct PoolCapacity: Sendable, Equatable {
     }
 
     public func decide(_ state: State) -> Decision {
-        guard state.serversLoggingIn == 0 else { return .wait }
+        guard state.serversLoggingIn == 0, !state.inLoginRetryDelay else { return .wait }
         let hasDemand = state.waitingClients > 0 || state.clientsAwaitingWelcome > 0
         let belowMinimum = state.servers < minSize && (state.hasForcedUser || state.loggedInClients > 0)
         guard hasDemand || belowMinimum else { return .wait }

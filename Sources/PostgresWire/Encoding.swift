@@ -69,6 +69,10 @@ extension ByteBuffer {
         writeMessage(BackendID.readyForQuery) { $0.writeInteger(status.rawValue) }
     }
 
+    public mutating func writeCommandComplete(_ tag: String) {
+        writeMessage(BackendID.commandComplete) { $0.writeNullTerminatedString(tag) }
+    }
+
     /// An ErrorResponse or NoticeResponse with the three fields PgBouncer sends: severity, code, message.
     public mutating func writeErrorResponse(severity: String, code: String, message: String, notice: Bool = false) {
         writeMessage(notice ? BackendID.noticeResponse : BackendID.errorResponse) {

@@ -48,6 +48,9 @@ final class ClientSession: ChannelDuplexHandler {
     /// "db/user", once the startup packet named them.
     private var logTarget = "(nodb)/(nouser)"
     var parameters = ParameterSet()
+    /// When the running query and transaction began, for the query and transaction times of SHOW STATS.
+    private var queryStart: NIODeadline?
+    private var transactionStart: NIODeadline?
 
     init(shard: PoolShard) {
         self.shard = shard
@@ -273,6 +276,7 @@ final class ClientSession: ChannelDuplexHandler {
         }
         self.pool = pool
         pool.clientCount += 1
+        pool.stats.clientLogins += 1
         loggedIn = true
         tracker = TransactionTracker(poolMode: pool.mode)
         scanner = FrameScanner(capturedIDs: MessageIDSet(), maxMessageLength: shard.settings.maxPacketSize)
@@ -330,6 +334,7 @@ final class ClientSession: ChannelDuplexHandler {
             data = buffer.getSlice(at: buffer.readerIndex, length: start - buffer.readerIndex)!
         }
         if data.readableBytes > 0 {
+            countRequest(bytes: data.readableBytes)
             if let server, serverReady {
                 server.forwardFromClient(data)
                 serverNeedsFlush = true
@@ -352,6 +357,35 @@ final class ClientSession: ChannelDuplexHandler {
         }
     }
 
+    /// PgBouncer's counting: a transaction and a query start with the first client bytes after the previous
+    /// one ended (a pipelined batch is one query).
+    @inline(__always)
+    private func countRequest(bytes: Int) {
+        guard let pool else { return }
+        pool.stats.bytesReceived &+= bytes
+        if queryStart == nil {
+            let now = NIODeadline.now()
+            queryStart = now
+            pool.stats.queries &+= 1
+            if transactionStart == nil {
+                transactionStart = now
+                pool.stats.transactions &+= 1
+            }
+        }
+    }
+
+    /// A ReadyForQuery ended the query (nothing outstanding) and, when idle, the transaction.
+    private func countCompletion(_ status: TransactionStatus) {
+        guard tracker.outstandingRequests == 0, let pool, let queryStart else { return }
+        let now = NIODeadline.now()
+        pool.stats.queryMicroseconds &+= Int((now - queryStart).nanoseconds / 1000)
+        self.queryStart = nil
+        if status == .idle, let transactionStart {
+            pool.stats.transactionMicroseconds &+= Int((now - transactionStart).nanoseconds / 1000)
+            self.transactionStart = nil
+        }
+    }
+
     private func requestServerIfNeeded() {
         guard case .active = phase, server == nil, !queued, let pool else { return }
         queued = true
@@ -360,6 +394,7 @@ final class ClientSession: ChannelDuplexHandler {
 
     /// The pool lent this client `server`; `ready` is false while the server is still syncing parameters.
     func serverAssigned(_ server: ServerConnection, ready: Bool) {
+        pool?.stats.serverAssignments &+= 1
         self.server = server
         queued = false
         serverReady = ready
@@ -384,6 +419,7 @@ final class ClientSession: ChannelDuplexHandler {
     /// between messages, so no half-sent message is left on it.
     func serverReady(_ status: TransactionStatus) -> TransactionTracker.Decision {
         let decision = tracker.serverReady(status)
+        countCompletion(status)
         if decision == .release, !scanner.isAtMessageBoundary || pendingData != nil {
             return .keep
         }
@@ -403,6 +439,7 @@ final class ClientSession: ChannelDuplexHandler {
     }
 
     func forwardFromServer(_ buffer: ByteBuffer) {
+        pool?.stats.bytesSent &+= buffer.readableBytes
         context?.write(wrapOutboundOut(buffer), promise: nil)
     }
 

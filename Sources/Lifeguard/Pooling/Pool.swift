@@ -29,6 +29,8 @@ final class Pool {
     private var waitingClients: Deque<(client: ClientSession, since: NIODeadline)> = []
     private var clientsWaitingForWelcome: [ClientSession] = []
     private(set) var serverCount = 0
+    /// Running totals for SHOW STATS; bumped by this pool's clients on the event loop.
+    var stats = PoolStatistics()
     /// The last failed server login, while `server_login_retry` has not passed since.
     private var lastLoginFailure: (error: PoolerError, at: NIODeadline)?
     private var serversLoggingIn = 0
@@ -155,6 +157,7 @@ final class Pool {
     /// `server` is between transactions: hand it to the next waiting client, or keep it idle.
     func serverAvailable(_ server: ServerConnection) {
         if let next = waitingClients.popFirst() {
+            stats.waitMicroseconds += Int((NIODeadline.now() - next.since).nanoseconds / 1000)
             server.assign(to: next.client)
         } else {
             server.becomeIdle()

@@ -35,6 +35,7 @@ let package = Package(
             dependencies: [
                 "LifeguardCore",
                 "PostgresWire",
+                "CLinuxShims",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -55,6 +56,8 @@ let package = Package(
             ],
             path: "Sources/lifeguard"
         ),
+        // glibc declarations Swift's Glibc module lacks: malloc_usable_size (SHOW MEM) and struct ucred.
+        .systemLibrary(name: "CLinuxShims"),
         // libpq, for integration tests that drive Lifeguard with the real PostgreSQL client library.
         .systemLibrary(
             name: "CLibPQ",

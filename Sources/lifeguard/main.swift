@@ -86,7 +86,10 @@ struct LifeguardCommand: ParsableCommand {
         if let pidfile = settings.pidfile, !pidfile.isEmpty {
             writePidfile(pidfile)
         }
-        let server = LifeguardServer(configuration: configuration, userList: userList, logger: logger)
+        let stop = DispatchSemaphore(value: 0)
+        let server = LifeguardServer(
+            configurationPath: config!, configuration: configuration, userList: userList, logger: logger,
+            reopenLog: { sink.reopen() }, requestExit: { stop.signal() })
         do {
             try server.start()
         } catch {
@@ -98,26 +101,12 @@ struct LifeguardCommand: ParsableCommand {
         }
         logger.info("process up: \(LifeguardVersion.line), pid \(getpid())")
 
-        let stop = DispatchSemaphore(value: 0)
+        // Signals arrive on a dispatch queue and are handed to the server, which acts on its event loop.
         var sources: [DispatchSourceSignal] = []
-        for signalNumber in [SIGTERM, SIGINT, SIGQUIT] {
+        for signalNumber in [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2] {
             signal(signalNumber, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signalNumber)
-            source.setEventHandler {
-                logger.info("got signal \(signalNumber), shutting down")
-                stop.signal()
-            }
-            source.resume()
-            sources.append(source)
-        }
-        // PgBouncer reloads on SIGHUP and pauses/resumes on SIGUSR1/SIGUSR2; until Lifeguard does, it says so
-        // instead of letting the default action kill the process.
-        for signalNumber in [SIGHUP, SIGUSR1, SIGUSR2] {
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber)
-            source.setEventHandler {
-                logger.warning("got signal \(signalNumber): reload, pause and resume are not implemented yet; ignored")
-            }
+            source.setEventHandler { server.handleSignal(signalNumber) }
             source.resume()
             sources.append(source)
         }

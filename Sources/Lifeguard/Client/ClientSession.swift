@@ -1,3 +1,5 @@
+import CLinuxShims
+import Glibc
 import LifeguardCore
 import Logging
 import NIOCore
@@ -5,8 +7,9 @@ import PostgresWire
 
 /// One client connection: startup and authentication, then its traffic relayed to whichever server the
 /// pool lends it for each transaction (or for the whole session).
-final class ClientSession: ChannelDuplexHandler {
+final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -45,9 +48,19 @@ final class ClientSession: ChannelDuplexHandler {
     private var cancelKey: CancelKey?
     private var closeReason: String?
     private let connectedAt = NIODeadline.now()
+    /// For SHOW CLIENTS: the connection's id, and wall-clock seconds of its connect and its latest request.
+    let id: Int
+    let connectTime = WallClock.seconds()
+    private(set) var requestTime = WallClock.seconds()
     /// "db/user", once the startup packet named them.
     private var logTarget = "(nodb)/(nouser)"
     var parameters = ParameterSet()
+    /// Console rights decided at startup for a login to the `pgbouncer` database.
+    private var adminRole: AdminRole?
+    /// Set once a console login handed the channel to an AdminSession; this handler then leaves.
+    private var adminSuccessor: AdminSession?
+    /// The peer's user id, for Unix-socket clients (the daemon's own user may enter the console as `pgbouncer`).
+    private var peerUID: uid_t?
     /// When the running query and transaction began, for the query and transaction times of SHOW STATS.
     private var queryStart: NIODeadline?
     private var transactionStart: NIODeadline?
@@ -55,6 +68,7 @@ final class ClientSession: ChannelDuplexHandler {
     init(shard: PoolShard) {
         self.shard = shard
         self.scanner = FrameScanner(capturedIDs: .all, maxMessageLength: shard.settings.maxPacketSize)
+        self.id = shard.nextConnectionID()
     }
 
     private var logger: Logger { shard.logger }
@@ -67,6 +81,13 @@ final class ClientSession: ChannelDuplexHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         shard.counts.clients += 1
+        shard.register(self)
+        if context.channel.remoteAddress?.ipAddress == nil,
+            let provider = context.channel as? SocketOptionProvider
+        {
+            provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+                .whenSuccess { (credentials: lifeguard_peer_credentials) in self.peerUID = credentials.uid }
+        }
     }
 
     /// The peer as PgBouncer prints it: "addr:port", or "unix" for a Unix-socket client. Built only when
@@ -79,7 +100,7 @@ final class ClientSession: ChannelDuplexHandler {
 
     /// PgBouncer's `C-0x...: db/user@addr:port` prefix of every log line about this client.
     private var logPrefix: String {
-        "C-\(ObjectIdentifier(self).hashValue.hexPrefix): \(logTarget)@\(peerDescription)"
+        "C-\(pointerText(self)): \(logTarget)@\(peerDescription)"
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -130,6 +151,7 @@ final class ClientSession: ChannelDuplexHandler {
             if wasLoggedIn { pool.clientCount -= 1 }
         }
         shard.counts.clients -= 1
+        shard.unregister(self)
         if let cancelKey { shard.unregisterCancelKey(cancelKey) }
         if shard.settings.logDisconnections, wasLoggedIn || closeReason != nil {
             let reason = closeReason ?? (shard.isShuttingDown ? "pooler is shutting down" : "client unexpected eof")
@@ -169,6 +191,31 @@ final class ClientSession: ChannelDuplexHandler {
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
+    // MARK: Admin console views
+
+    /// PgBouncer's state word for SHOW CLIENTS; nil while logging in or once closed.
+    var listState: String? {
+        switch phase {
+        case .awaitingWelcome: return "waiting"
+        case .active: return server != nil ? "active" : (queued ? "waiting" : "idle")
+        case .startup, .authenticating, .closed: return nil
+        }
+    }
+
+    /// Time since the current query began (PgBouncer's `wait`), in microseconds.
+    var waitMicroseconds: Int {
+        queryStart.map { Int((NIODeadline.now() - $0).nanoseconds / 1000) } ?? 0
+    }
+
+    var loginUser: String? { loggedIn ? logTarget.split(separator: "/", maxSplits: 1).last.map(String.init) : nil }
+    var remoteAddress: SocketAddress? { context?.channel.remoteAddress }
+    var localAddress: SocketAddress? { context?.channel.localAddress }
+
+    /// Disconnects the client with `error` (KILL, KILL_CLIENT, shutdown).
+    func kill(_ error: PoolerError) {
+        closeWithError(error, reason: error.message)
+    }
+
     private var ageSeconds: Int {
         Int((NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000)
     }
@@ -190,13 +237,31 @@ final class ClientSession: ChannelDuplexHandler {
                 context?.close(promise: nil)
                 return
             case .startup(let version, let raw):
-                if shard.counts.clients > shard.settings.maxClientConn {
-                    throw PoolerError.maxClientConnections
-                }
                 let startup = try ClientStartup(
                     protocolVersion: version, parameters: raw, ignored: shard.ignoredStartupParameters)
                 logTarget = "\(startup.database)/\(startup.user)"
+                if startup.database == AdminAccess.databaseName {
+                    // The console is exempt from max_client_conn; its rights are settled before any password.
+                    if startup.user == AdminAccess.databaseName, peerUID == getuid() {
+                        if shard.settings.logConnections { logger.info("\(logPrefix) pgbouncer access from unix socket") }
+                        handOverToAdmin(role: .admin, user: startup.user)
+                        completeAdminHandover(leftover: startupBuffer)
+                        return
+                    }
+                    guard let role = AdminAccess.role(for: startup.user, settings: shard.settings) else {
+                        throw AdminAccess.notAllowed
+                    }
+                    adminRole = role
+                } else if shard.isShuttingDown {
+                    throw PoolerError.shuttingDown
+                } else if shard.counts.clients > shard.settings.maxClientConn {
+                    throw PoolerError.maxClientConnections
+                }
                 try beginAuthentication(startup)
+                if adminSuccessor != nil {
+                    completeAdminHandover(leftover: startupBuffer)
+                    return
+                }
             }
         }
         // Bytes after the startup packet (a client that does not wait for the auth request) are auth traffic.
@@ -260,6 +325,11 @@ final class ClientSession: ChannelDuplexHandler {
         // The scanner is replaced at login, so login happens after the scan, never inside it.
         guard let authenticated else { return }
         try finishLogin(authenticated)
+        if adminSuccessor != nil {
+            let rest = stop.flatMap { buffer.getSlice(at: $0, length: buffer.writerIndex - $0) }
+            completeAdminHandover(leftover: rest)
+            return
+        }
         if let stop, stop < buffer.writerIndex {
             try receiveTraffic(buffer.getSlice(at: stop, length: buffer.writerIndex - stop)!)
         }
@@ -267,6 +337,13 @@ final class ClientSession: ChannelDuplexHandler {
 
     private func finishLogin(_ authentication: ClientAuthentication) throws {
         let startup = authentication.startup
+        if let adminRole {
+            handOverToAdmin(role: adminRole, user: startup.user)
+            return
+        }
+        if shard.control.disabledDatabases.contains(startup.database) {
+            throw PoolerError("database \"\(startup.database)\" is disabled")
+        }
         guard let database = shard.configuration.database(named: startup.database) else {
             throw PoolerError.noSuchDatabase(startup.database)
         }
@@ -291,6 +368,37 @@ final class ClientSession: ChannelDuplexHandler {
             logger.info("\(logPrefix) login attempt: db=\(startup.database) user=\(startup.user) tls=no")
         }
         pool.welcome(self)
+    }
+
+    // MARK: Admin console
+
+    /// Puts an AdminSession after this handler; `completeAdminHandover` then removes this one.
+    private func handOverToAdmin(role: AdminRole, user: String) {
+        guard let context else { return }
+        phase = .closed
+        // The console does not count against max_client_conn.
+        shard.counts.clients -= 1
+        shard.unregister(self)
+        var generator = SystemRandomNumberGenerator()
+        let bits = generator.next()
+        let key = CancelKey(
+            processID: max(1, Int32(truncatingIfNeeded: bits >> 32) & Int32.max), secretKey: Int32(truncatingIfNeeded: bits))
+        let session = AdminSession(
+            shard: shard, role: role, user: user, id: id, connectTime: connectTime, peer: peerDescription,
+            cancelKey: key)
+        do {
+            try context.pipeline.syncOperations.addHandler(session, position: .after(self))
+            adminSuccessor = session
+        } catch {
+            context.close(promise: nil)
+        }
+    }
+
+    /// Passes bytes that arrived with the login on to the console session, then leaves the pipeline.
+    private func completeAdminHandover(leftover: ByteBuffer?) {
+        guard let context else { return }
+        if let leftover, leftover.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(leftover)) }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 
     /// AuthenticationOk, the pool's ParameterStatus set with this client's own values, a Lifeguard

@@ -4,22 +4,40 @@ import Logging
 import NIOCore
 import NIOPosix
 
-/// The running daemon: the event loop, its pool shard and the TCP and Unix-socket listeners.
-public final class LifeguardServer {
-    public let configuration: Configuration
+/// The running daemon: the event loop, its pool shard and the TCP and Unix-socket listeners, and the
+/// process-level controls (reload, shutdown modes, signals).
+public final class LifeguardServer: DaemonControl {
+    public private(set) var configuration: Configuration
+    private let configurationPath: String
     private let group: MultiThreadedEventLoopGroup
     private let shard: PoolShard
-    private var listeners: [Channel] = []
+    private var tcpListeners: [Channel] = []
+    private var unixListener: Channel?
     private let logger: Logger
     private var unixSocketPath: String?
+    private let reopenLog: () -> Void
+    private let requestExit: () -> Void
+    private var drainTimer: RepeatedTask?
+    /// Set by the first SIGTERM / SIGINT, so that the second one exits at once.
+    private var drainMode: ShutdownMode?
 
-    public init(configuration: Configuration, userList: UserList, logger: Logger) {
+    /// - Parameters:
+    ///   - reopenLog: reopens the log file (SIGHUP and RELOAD, for log rotation).
+    ///   - requestExit: called once the daemon should exit; the caller then calls `shutdown()`.
+    public init(
+        configurationPath: String, configuration: Configuration, userList: UserList, logger: Logger,
+        reopenLog: @escaping () -> Void, requestExit: @escaping () -> Void
+    ) {
+        self.configurationPath = configurationPath
         self.configuration = configuration
         self.logger = logger
+        self.reopenLog = reopenLog
+        self.requestExit = requestExit
         // One loop for now; the shard is shaped so that each loop can later own its own.
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.shard = PoolShard(
             eventLoop: group.next(), configuration: configuration, userList: userList, logger: logger)
+        shard.control.daemon = self
     }
 
     /// Binds every listener; throws (with the address in the message) when one cannot be bound.
@@ -51,7 +69,7 @@ public final class LifeguardServer {
                         tcp = tcp.serverChannelOption(ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)), value: 1)
                     }
                     let channel = try tcp.bind(host: host, port: settings.listenPort).wait()
-                    listeners.append(channel)
+                    tcpListeners.append(channel)
                     logger.info("listening on \(host):\(settings.listenPort)")
                 } catch where address == "*" && host == "::" {
                     // IPv6 may be missing, or "::" may already cover IPv4: 0.0.0.0 is enough then.
@@ -68,26 +86,120 @@ public final class LifeguardServer {
             do {
                 let channel = try bootstrap.bind(unixDomainSocketPath: path).wait()
                 chmod(path, mode_t(settings.unixSocketMode))
-                listeners.append(channel)
+                unixListener = channel
                 unixSocketPath = path
                 logger.info("listening on unix:\(path)")
             } catch {
                 throw StartupError("cannot listen on unix:\(path): \(error)")
             }
         }
-        if listeners.isEmpty {
+        if tcpListeners.isEmpty && unixListener == nil {
             throw StartupError("nothing to listen on: set listen_addr or unix_socket_dir")
         }
     }
 
     /// Closes the listeners and the event loop; open connections are dropped.
     public func shutdown() {
-        for listener in listeners { try? listener.close().wait() }
-        listeners = []
+        for listener in tcpListeners + [unixListener].compactMap({ $0 }) { try? listener.close().wait() }
+        tcpListeners = []
+        unixListener = nil
         let shard = self.shard
         try? shard.eventLoop.submit { shard.stop() }.wait()
         if let unixSocketPath { unlink(unixSocketPath) }
         try? group.syncShutdownGracefully()
+    }
+
+    // MARK: Signals
+
+    /// PgBouncer's signals: HUP reload, TERM wait for clients, INT wait for servers (a second TERM or INT
+    /// exits at once), QUIT exit, USR1 pause, USR2 resume. Safe to call from any thread.
+    public func handleSignal(_ signalNumber: Int32) {
+        shard.eventLoop.execute { [self] in
+            switch signalNumber {
+            case SIGHUP:
+                logger.info("got SIGHUP, re-reading config")
+                _ = reload()
+            case SIGTERM, SIGINT:
+                if drainMode != nil {
+                    logger.info("got signal \(signalNumber) again, exiting now")
+                    shutdown(.immediate)
+                } else {
+                    logger.info(
+                        signalNumber == SIGTERM
+                            ? "got SIGTERM, shutting down, waiting for all clients to disconnect"
+                            : "got SIGINT, shutting down, waiting for all servers connections to be released")
+                    shutdown(signalNumber == SIGTERM ? .waitForClients : .waitForServers)
+                }
+            case SIGQUIT:
+                logger.info("got SIGQUIT, fast exit")
+                shutdown(.immediate)
+            case SIGUSR1:
+                logger.info("got SIGUSR1, pausing all activity")
+                shard.pause(database: nil)
+            case SIGUSR2:
+                logger.info("got SIGUSR2, continuing")
+                if !shard.isShuttingDown, shard.control.pauseMode != .running { shard.resume(database: nil) }
+            default:
+                break
+            }
+        }
+    }
+
+    // MARK: DaemonControl (on the event loop)
+
+    func reload() -> Bool {
+        reopenLog()
+        do {
+            let newConfiguration = try Configuration.load(path: configurationPath)
+            let userList = try newConfiguration.settings.authFile.map { try UserList.load(path: $0) } ?? UserList(secrets: [:])
+            for warning in newConfiguration.warnings { logger.warning("\(warning)") }
+            configuration = newConfiguration
+            shard.reload(configuration: newConfiguration, userList: userList)
+            logger.info("configuration reloaded from \(configurationPath)")
+            return true
+        } catch {
+            logger.error("RELOAD failed, keeping the running configuration: \(error)")
+            return false
+        }
+    }
+
+    func shutdown(_ mode: ShutdownMode) {
+        switch mode {
+        case .immediate:
+            requestExit()
+            return
+        case .waitForClients:
+            shard.control.draining = .waitForClients
+        case .waitForServers:
+            shard.control.draining = .waitForServers
+            shard.pause(database: nil)
+            for client in shard.clientSessions.values where client.listState == "waiting" {
+                client.kill(PoolerError("server shutting down"))
+            }
+        }
+        drainMode = mode
+        // Only the console stays reachable, over the Unix socket (as in PgBouncer 1.25).
+        for listener in tcpListeners { listener.close(promise: nil) }
+        tcpListeners = []
+        drainTimer?.cancel()
+        drainTimer = shard.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(100)) {
+            [weak self] _ in
+            self?.exitIfDrained()
+        }
+    }
+
+    private func exitIfDrained() {
+        let drained: Bool
+        switch drainMode {
+        case .waitForClients: drained = shard.clientSessions.values.allSatisfy { $0.listState == nil }
+        case .waitForServers: drained = shard.serverConnections.values.allSatisfy { $0.listState != "active" }
+        case .immediate, nil: drained = false
+        }
+        if drained {
+            drainTimer?.cancel()
+            drainTimer = nil
+            requestExit()
+        }
     }
 }
 

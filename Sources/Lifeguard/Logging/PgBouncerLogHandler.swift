@@ -60,13 +60,29 @@ public final class LogSink: @unchecked Sendable {
     private var fileDescriptor: Int32 = -1
 
     /// Opens `logfile` (if any) for appending; throws a readable message when it cannot be opened.
+    private let logfile: String?
+
     public init(toStandardError: Bool, logfile: String?) throws {
         self.toStandardError = toStandardError
-        if let logfile, !logfile.isEmpty {
-            let fd = open(logfile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
-            guard fd >= 0 else {
-                throw LogSinkError(message: "cannot open logfile \(logfile): \(String(cString: strerror(errno)))")
-            }
+        self.logfile = logfile.flatMap { $0.isEmpty ? nil : $0 }
+        if let path = self.logfile {
+            fileDescriptor = try Self.open(path)
+        }
+    }
+
+    private static func open(_ path: String) throws -> Int32 {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+        guard fd >= 0 else {
+            throw LogSinkError(message: "cannot open logfile \(path): \(String(cString: strerror(errno)))")
+        }
+        return fd
+    }
+
+    /// Reopens the log file under its name, so a rotated file is let go (SIGHUP, RELOAD).
+    public func reopen() {
+        guard let logfile, let fd = try? Self.open(logfile) else { return }
+        lock.withLock {
+            if fileDescriptor >= 0 { close(fileDescriptor) }
             fileDescriptor = fd
         }
     }

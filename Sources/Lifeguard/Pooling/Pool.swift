@@ -10,12 +10,12 @@ import PostgresWire
 /// most one new server login runs at a time, as in PgBouncer.
 final class Pool {
     let key: PoolKey
-    let database: DatabaseDefinition
+    private(set) var database: DatabaseDefinition
     unowned let shard: PoolShard
-    let mode: PoolMode
-    let capacity: PoolCapacity
-    let resetQuery: String
-    let resetQueryAlways: Bool
+    private(set) var mode: PoolMode
+    private(set) var capacity: PoolCapacity
+    private(set) var resetQuery: String
+    private(set) var resetQueryAlways: Bool
 
     /// AuthenticationOk and the untracked ParameterStatus messages of the first server login, encoded once
     /// and replayed to every client that logs in; the tracked ones are written per client.
@@ -38,18 +38,39 @@ final class Pool {
 
     init(key: PoolKey, database: DatabaseDefinition, user: UserDefinition?, settings: Settings, shard: PoolShard) {
         self.key = key
-        self.database = database
         self.shard = shard
-        self.mode = user?.poolMode ?? database.poolMode ?? settings.poolMode
-        self.capacity = PoolCapacity(
+        (self.database, self.mode, self.capacity, self.resetQuery, self.resetQueryAlways) =
+            Self.derive(database: database, user: user, settings: settings)
+    }
+
+    /// Takes a reloaded configuration. A changed connection string (host, port, dbname, forced user or its
+    /// password) closes the pool's servers as they come free, as PgBouncer does.
+    func apply(database newDatabase: DatabaseDefinition, user: UserDefinition?, settings: Settings) {
+        let connectionChanged =
+            newDatabase.host != database.host || newDatabase.port != database.port
+            || newDatabase.dbname != database.dbname || newDatabase.user != database.user
+            || newDatabase.password != database.password
+        (database, mode, capacity, resetQuery, resetQueryAlways) =
+            Self.derive(database: newDatabase, user: user, settings: settings)
+        if connectionChanged { shard.reconnect(pool: self) }
+        launchIfNeeded(now: .now())
+    }
+
+    /// Precedence: per-user settings, then per-database, then `[pgbouncer]`.
+    private static func derive(database: DatabaseDefinition, user: UserDefinition?, settings: Settings)
+        -> (DatabaseDefinition, PoolMode, PoolCapacity, String, Bool)
+    {
+        let capacity = PoolCapacity(
             size: user?.poolSize ?? database.poolSize ?? settings.defaultPoolSize,
             reserveSize: database.reservePoolSize ?? settings.reservePoolSize,
             minSize: database.minPoolSize ?? settings.minPoolSize,
             reserveTimeoutNanoseconds: Int64(settings.reservePoolTimeout * 1e9),
             maxDatabaseConnections: database.maxDBConnections ?? settings.maxDBConnections,
             maxUserConnections: user?.maxUserConnections ?? settings.maxUserConnections)
-        self.resetQuery = settings.serverResetQuery
-        self.resetQueryAlways = settings.serverResetQueryAlways
+        return (
+            database, user?.poolMode ?? database.poolMode ?? settings.poolMode, capacity, settings.serverResetQuery,
+            settings.serverResetQueryAlways
+        )
     }
 
     var logger: Logger { shard.logger }
@@ -76,7 +97,10 @@ final class Pool {
 
     /// `client` has a request and no server: give it an idle one or queue it.
     func requestServer(for client: ClientSession) {
-        if let server = idleServers.popLast() {
+        if shard.isPaused(key.database) {
+            // PAUSE: the client waits for RESUME.
+            waitingClients.append((client, .now()))
+        } else if let server = idleServers.popLast() {
             server.assign(to: client)
         } else if let cached = failingFast(now: .now()) {
             client.closeWithError(cached, reason: cached.message)
@@ -156,7 +180,11 @@ final class Pool {
 
     /// `server` is between transactions: hand it to the next waiting client, or keep it idle.
     func serverAvailable(_ server: ServerConnection) {
-        if let next = waitingClients.popFirst() {
+        if shard.isPaused(key.database) {
+            server.close(reason: "pause")
+        } else if server.closeNeeded {
+            server.close(reason: "server close needed (RECONNECT or configuration change)")
+        } else if let next = waitingClients.popFirst() {
             stats.waitMicroseconds += Int((NIODeadline.now() - next.since).nanoseconds / 1000)
             server.assign(to: next.client)
         } else {
@@ -183,7 +211,35 @@ final class Pool {
         shard.counts.serversPerDatabase[key.database, default: 1] -= 1
         shard.counts.serversPerUser[key.user, default: 1] -= 1
         idleServers.removeAll { $0 === server }
+        shard.unregister(server)
         launchIfNeeded(now: .now())
+        shard.completeDeferredReplies()
+    }
+
+    // MARK: Console control
+
+    func closeIdleServers(reason: String) {
+        let idle = idleServers
+        idleServers = []
+        for server in idle { server.close(reason: reason) }
+    }
+
+    /// RECONNECT: idle servers close now, busy ones when released (`closeNeeded`).
+    func reconnectServers() {
+        closeIdleServers(reason: "RECONNECT")
+    }
+
+    /// RESUME: serve the clients that queued during the pause.
+    func resumeAfterPause() {
+        while !waitingClients.isEmpty, let server = idleServers.popLast() {
+            server.assign(to: waitingClients.removeFirst().client)
+        }
+        launchIfNeeded(now: .now())
+    }
+
+    /// Logged-in clients waiting for a server, and how long the longest has waited (for SHOW POOLS).
+    var longestWaitMicroseconds: Int {
+        waitingClients.first.map { $0.client.waitMicroseconds } ?? 0
     }
 
     /// Periodic upkeep: reserve connections for clients that waited long enough, and min_pool_size.
@@ -204,6 +260,7 @@ final class Pool {
         state.serversOfDatabase = shard.counts.serversPerDatabase[key.database, default: 0]
         state.serversOfUser = shard.counts.serversPerUser[key.user, default: 0]
         state.inLoginRetryDelay = isInLoginRetryDelay(now: now)
+        state.paused = shard.isPaused(key.database)
 
         switch capacity.decide(state) {
         case .wait:

@@ -20,7 +20,7 @@ final class PoolShard {
     private(set) var configuration: Configuration
     /// `configuration.settings`, stored apart so the hot paths read single fields without copying the struct.
     private(set) var settings: Settings
-    let ignoredStartupParameters: IgnoredStartupParameters
+    private(set) var ignoredStartupParameters: IgnoredStartupParameters
     /// The userlist's secrets, classified once at load instead of at every login.
     private var secrets: [String: PasswordSecret]
     let logger: Logger
@@ -32,6 +32,13 @@ final class PoolShard {
     /// SCRAM secrets derived from plain-text userlist passwords; deriving costs thousands of HMACs.
     private var derivedSecrets: [String: SCRAMSecret] = [:]
     private var janitor: RepeatedTask?
+    /// Every client and server connection, for the admin console's lists and KILL_CLIENT.
+    private(set) var clientSessions: [ObjectIdentifier: ClientSession] = [:]
+    private(set) var serverConnections: [ObjectIdentifier: ServerConnection] = [:]
+    private var lastConnectionID = 0
+    private(set) var adminSessions: [ObjectIdentifier: AdminSession] = [:]
+    let control = ShardControl()
+    private var statsTimer: RepeatedTask?
 
     init(eventLoop: EventLoop, configuration: Configuration, userList: UserList, logger: Logger) {
         self.eventLoop = eventLoop
@@ -46,24 +53,35 @@ final class PoolShard {
 
     /// Starts the periodic check that opens reserve connections and keeps min_pool_size.
     func startJanitor() {
-        // A database with a forced user has one pool whatever the client; it exists from the start, so
-        // min_pool_size can open its servers before the first client arrives (as in PgBouncer).
-        for database in configuration.databases.values {
-            if let user = database.user { _ = pool(for: database, clientDatabase: database.name, clientUser: user) }
-        }
+        startForcedUserPools()
         janitor = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) {
             [weak self] _ in
             self?.runJanitor()
         }
+        let period = TimeAmount.nanoseconds(Int64(max(settings.statsPeriod, 1) * 1e9))
+        statsTimer = eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { [weak self] _ in
+            self?.refreshStatistics()
+        }
     }
 
-    /// Set when the daemon stops, so connections closing with the event loop say why.
-    private(set) var isShuttingDown = false
+    /// A database with a forced user has one pool whatever the client; it exists from the start, so
+    /// min_pool_size can open its servers before the first client arrives (as in PgBouncer).
+    private func startForcedUserPools() {
+        for database in configuration.databases.values {
+            if let user = database.user { _ = pool(for: database, clientDatabase: database.name, clientUser: user) }
+        }
+    }
+
+    /// Set when the daemon stops or drains, so logins are refused and closing connections say why.
+    private var stopped = false
+    var isShuttingDown: Bool { stopped || control.draining != nil }
 
     func stop() {
-        isShuttingDown = true
+        stopped = true
         janitor?.cancel()
         janitor = nil
+        statsTimer?.cancel()
+        statsTimer = nil
     }
 
     private func runJanitor() {
@@ -87,6 +105,8 @@ final class PoolShard {
         return pool
     }
 
+    var allPools: Dictionary<PoolKey, Pool>.Values { pools.values }
+
     /// Closes an idle server of some other pool that `matches`, to free a slot under a shared limit.
     func evictIdleServer(excluding requester: Pool, where matches: (Pool) -> Bool) {
         for pool in pools.values where pool !== requester && matches(pool) {
@@ -97,6 +117,35 @@ final class PoolShard {
     }
 
     /// The secret the userlist holds for `user`, if any.
+    /// RELOAD / SIGHUP: takes the new configuration and userlist. Pools of databases that are gone keep
+    /// serving their clients; new logins to them fail with `no such database`.
+    func reload(configuration newConfiguration: Configuration, userList: UserList) {
+        configuration = newConfiguration
+        settings = newConfiguration.settings
+        ignoredStartupParameters = IgnoredStartupParameters(settings.ignoreStartupParameters)
+        secrets = userList.secrets.mapValues(PasswordSecret.init(parsing:))
+        derivedSecrets = [:]
+        for pool in pools.values {
+            guard let database = newConfiguration.database(named: pool.key.database) else {
+                reconnect(pool: pool)
+                continue
+            }
+            let user = newConfiguration.users[pool.key.user]
+            pool.apply(database: database, user: user, settings: settings)
+        }
+        startForcedUserPools()
+    }
+
+    /// The console's `SET`: applies a reloadable setting to the running shard.
+    func applyRuntimeSetting(key: String, value: String) -> Bool {
+        guard configuration.setAtRuntime(key: key, value: value) else { return false }
+        settings = configuration.settings
+        return true
+    }
+
+    /// Users the userlist knows, for SHOW USERS.
+    var userNames: Set<String> { Set(secrets.keys) }
+
     func secret(for user: String) -> PasswordSecret? {
         secrets[user]
     }
@@ -107,6 +156,42 @@ final class PoolShard {
         let secret = SCRAMSecret.derive(password: password, salt: randomBytes(16), iterations: 4096)
         derivedSecrets[user] = secret
         return secret
+    }
+
+    // MARK: Connection registry
+
+    /// A new id for SHOW CLIENTS / SHOW SERVERS (`id`, which KILL_CLIENT takes).
+    func nextConnectionID() -> Int {
+        lastConnectionID += 1
+        return lastConnectionID
+    }
+
+    func register(_ client: ClientSession) {
+        clientSessions[ObjectIdentifier(client)] = client
+    }
+
+    func unregister(_ client: ClientSession) {
+        clientSessions[ObjectIdentifier(client)] = nil
+    }
+
+    func register(_ server: ServerConnection) {
+        serverConnections[ObjectIdentifier(server)] = server
+    }
+
+    func unregister(_ server: ServerConnection) {
+        serverConnections[ObjectIdentifier(server)] = nil
+    }
+
+    func register(_ session: AdminSession) {
+        adminSessions[ObjectIdentifier(session)] = session
+    }
+
+    func unregister(_ session: AdminSession) {
+        adminSessions[ObjectIdentifier(session)] = nil
+        if control.suspendingSession === session || (control.pauseMode == .suspended && control.suspendingSession == nil) {
+            logger.info("admin disappeared when suspended, doing RESUME")
+            resume(database: nil)
+        }
     }
 
     // MARK: Cancel keys

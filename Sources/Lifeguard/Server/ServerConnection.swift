@@ -44,6 +44,12 @@ final class ServerConnection: ChannelDuplexHandler {
     private(set) var parameters = ParameterSet()
     private(set) var backendKey: (processID: Int32, secretKey: Int32)?
     let address: ServerAddress
+    /// For SHOW SERVERS: the connection's id, and wall-clock seconds of its connect and its latest read.
+    let id: Int
+    let connectTime = WallClock.seconds()
+    private(set) var requestTime = WallClock.seconds()
+    /// Set by RECONNECT or a RELOAD that changed the database: closed when next released.
+    var closeNeeded = false
 
     private static let linkedCapturedIDs = MessageIDSet([
         BackendID.readyForQuery, BackendID.parameterStatus, BackendID.errorResponse,
@@ -53,19 +59,21 @@ final class ServerConnection: ChannelDuplexHandler {
         self.pool = pool
         self.address = ServerAddress(database: pool.database, settings: pool.shard.settings)
         self.scanner = FrameScanner(capturedIDs: .all, maxMessageLength: Int(Int32.max))
+        self.id = pool.shard.nextConnectionID()
         self.authentication = ServerAuthentication(
             user: pool.key.user, secret: pool.serverSecret, scramKeys: pool.scramPassThroughKeys)
     }
 
     /// PgBouncer's `S-0x...: db/user@host:port` prefix of every log line about this server.
     private var logPrefix: String {
-        "S-\(ObjectIdentifier(self).hashValue.hexPrefix): \(pool.logPrefix)@\(address)"
+        "S-\(pointerText(self)): \(pool.logPrefix)@\(address)"
     }
 
     /// Opens a new server connection for `pool`; the pool hears back through `serverLoggedIn`,
     /// `serverLoginFailed` and `serverClosed`.
     static func launch(for pool: Pool) {
         let server = ServerConnection(pool: pool)
+        pool.shard.register(server)
         let keepalive = pool.shard.settings.tcpKeepalive
         let bootstrap = ClientBootstrap(group: pool.shard.eventLoop)
             .connectTimeout(.seconds(15))
@@ -118,6 +126,7 @@ final class ServerConnection: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
+        requestTime = WallClock.seconds()
         do {
             try receive(buffer)
         } catch let error as WireError {
@@ -183,6 +192,29 @@ final class ServerConnection: ChannelDuplexHandler {
     }
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    // MARK: Admin console views
+
+    /// PgBouncer's state word for SHOW SERVERS and SHOW POOLS; nil once closed.
+    var listState: String? {
+        switch state {
+        case .connecting, .authenticating, .loggingIn, .runningConnectQuery: return "new"
+        case .idle: return "idle"
+        case .syncingParameters, .linked: return "active"
+        case .resetting: return "tested"
+        case .closed: return nil
+        }
+    }
+
+    var linkedClient: ClientSession? {
+        switch state {
+        case .syncingParameters(let client, _), .linked(let client): return client
+        default: return nil
+        }
+    }
+
+    var remoteAddress: SocketAddress? { context?.channel.remoteAddress }
+    var localAddress: SocketAddress? { context?.channel.localAddress }
 
     private var ageSeconds: Int {
         Int((NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000)
@@ -463,7 +495,7 @@ final class ServerConnection: ChannelDuplexHandler {
     }
 }
 
-extension Int {
-    /// Like PgBouncer's `0x<pointer>` connection ids in log lines.
-    var hexPrefix: String { "0x" + String(UInt(bitPattern: self), radix: 16) }
+/// A connection's address in PgBouncer's `%p` style (`0x55d5c1a2b3c0`), for log lines and SHOW lists.
+func pointerText(_ object: AnyObject) -> String {
+    "0x" + String(UInt(bitPattern: ObjectIdentifier(object)), radix: 16)
 }

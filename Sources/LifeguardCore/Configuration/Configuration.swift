@@ -168,6 +168,21 @@ public struct Configuration: Sendable, Equatable {
 
     /// The definition for a client-side database name: its own entry, else the "*" fallback aimed at
     /// that name (unless the fallback forces a `dbname` of its own), else nil.
+    /// The admin console's `SET key = value`: changes one `[pgbouncer]` setting at run time. Returns false
+    /// (PgBouncer only answers `SET failed`) for unknown keys, bad values and keys that need a restart.
+    public mutating func setAtRuntime(key rawKey: String, value: String) -> Bool {
+        let lowered = rawKey.lowercased()
+        let key = Settings.keyAliases[lowered] ?? lowered
+        guard Settings.knownKeys.contains(where: { $0.name == key && $0.reloadable }) else { return false }
+        var updated = settings
+        guard let result = try? updated.apply(key: key, value: value, at: SourceLocation(file: "SET", line: 0)),
+            result != .unknown
+        else { return false }
+        settings = updated
+        rawSettings[key] = value
+        return true
+    }
+
     public func database(named name: String) -> DatabaseDefinition? {
         if let exact = databases[name] {
             return exact

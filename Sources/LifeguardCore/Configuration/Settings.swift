@@ -56,6 +56,9 @@ public struct Settings: Sendable, Equatable {
     public var listenBacklog: Int = 128
     public var soReuseport: Bool = false
     public var pktBuf: Int = 4096
+    /// Averages in SHOW STATS and the `stats:` log line are computed over this period (seconds).
+    public var statsPeriod: Double = 60
+    public var logStats: Bool = true
     public var adminUsers: [String] = []
     public var statsUsers: [String] = []
 
@@ -130,7 +133,7 @@ public struct Settings: Sendable, Equatable {
         key("log_connections", "1", .boolean, implemented: true),
         key("log_disconnections", "1", .boolean, implemented: true),
         key("log_pooler_errors", "1", .boolean, implemented: true),
-        key("log_stats", "1", .boolean),
+        key("log_stats", "1", .boolean, implemented: true),
         key("logfile", "", .string, implemented: true),
         key("login_notify_message", "", .string),
         key("max_client_conn", "100", .integer, implemented: true),
@@ -172,7 +175,7 @@ public struct Settings: Sendable, Equatable {
         key("server_tls_protocols", "secure", .string),
         key("server_tls_sslmode", "prefer", .sslMode),
         key("so_reuseport", "0", .boolean, implemented: true, restart: true),
-        key("stats_period", "60", .integer),
+        key("stats_period", "60", .integer, implemented: true),
         key("stats_users", "", .string, implemented: true),
         key("suspend_timeout", "10", .seconds),
         key("syslog", "0", .boolean),
@@ -245,6 +248,8 @@ public struct Settings: Sendable, Equatable {
         case "listen_backlog": listenBacklog = try parse.integer(in: 1...Int.max)
         case "so_reuseport": soReuseport = try parse.boolean()
         case "pkt_buf": pktBuf = try parse.integer(in: 1...Int.max)
+        case "stats_period": statsPeriod = try parse.seconds()
+        case "log_stats": logStats = try parse.boolean()
         case "admin_users": adminUsers = parse.list()
         case "stats_users": statsUsers = parse.list()
         default:

@@ -39,6 +39,8 @@ public struct PoolCapacity: Sendable, Equatable {
         public var serversOfUser = 0
         /// A login failed less than `server_login_retry` ago.
         public var inLoginRetryDelay = false
+        /// PAUSE, SUSPEND or KILL: no new servers until RESUME.
+        public var paused = false
 
         public init() {}
     }
@@ -54,7 +56,7 @@ public struct PoolCapacity: Sendable, Equatable {
     }
 
     public func decide(_ state: State) -> Decision {
-        guard state.serversLoggingIn == 0, !state.inLoginRetryDelay else { return .wait }
+        guard state.serversLoggingIn == 0, !state.inLoginRetryDelay, !state.paused else { return .wait }
         let hasDemand = state.waitingClients > 0 || state.clientsAwaitingWelcome > 0
         let belowMinimum = state.servers < minSize && (state.hasForcedUser || state.loggedInClients > 0)
         guard hasDemand || belowMinimum else { return .wait }

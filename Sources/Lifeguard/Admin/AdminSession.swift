@@ -1,0 +1,165 @@
+import LifeguardCore
+import Logging
+import NIOCore
+import PostgresWire
+
+/// A logged-in session on the admin console (the virtual database `pgbouncer`). ClientSession does the
+/// startup and authentication, then hands the channel over to this handler.
+///
+/// Only the simple query protocol is served, one command per Query; replies follow PgBouncer's
+/// (console errors are ERROR 08P01 and the session stays open).
+final class AdminSession: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    unowned let shard: PoolShard
+    let role: AdminRole
+    let user: String
+    let id: Int
+    let connectTime: Int
+    private(set) var requestTime: Int
+    private let connectedAt = NIODeadline.now()
+    private let peer: String
+    private var scanner: FrameScanner
+    private var context: ChannelHandlerContext?
+    private var closeReason: String?
+    /// A PAUSE or WAIT_CLOSE whose reply waits until servers are gone.
+    private var pendingReply: AdminConsole.DeferredReply?
+    private let cancelKey: CancelKey
+
+    init(shard: PoolShard, role: AdminRole, user: String, id: Int, connectTime: Int, peer: String, cancelKey: CancelKey) {
+        self.shard = shard
+        self.role = role
+        self.user = user
+        self.id = id
+        self.connectTime = connectTime
+        self.requestTime = connectTime
+        self.peer = peer
+        self.cancelKey = cancelKey
+        self.scanner = FrameScanner(
+            capturedIDs: MessageIDSet([FrontendID.query]), maxMessageLength: shard.settings.maxPacketSize)
+    }
+
+    private var logPrefix: String {
+        "C-\(pointerText(self)): \(AdminAccess.databaseName)/\(user)@\(peer)"
+    }
+
+    var channel: Channel? { context?.channel }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        shard.register(self)
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        buffer.writeAuthenticationOK()
+        for (name, value) in [
+            ("server_version", "\(LifeguardVersion.number)/bouncer"), ("client_encoding", "UTF8"),
+            ("server_encoding", "UTF8"), ("DateStyle", "ISO"), ("TimeZone", "GMT"),
+            ("standard_conforming_strings", "on"), ("is_superuser", "on"),
+        ] {
+            buffer.writeParameterStatus(name: name, value: value)
+        }
+        buffer.writeBackendKeyData(processID: cancelKey.processID, secretKey: cancelKey.secretKey)
+        buffer.writeReadyForQuery(.idle)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        if shard.settings.logConnections {
+            shard.logger.info("\(logPrefix) login attempt: db=\(AdminAccess.databaseName) user=\(user) tls=no")
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        requestTime = WallClock.seconds()
+        do {
+            _ = try scanner.scan(buffer) { id, body in
+                try receive(id, body)
+            }
+        } catch let error as PoolerError {
+            closeWithFatal(error)
+        } catch {
+            closeWithFatal(PoolerError("bad packet"))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        shard.unregister(self)
+        shard.unregisterCancelKey(cancelKey)
+        if let pendingReply { shard.adminSessionLeft(waitingFor: pendingReply) }
+        if shard.settings.logDisconnections {
+            let age = (NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000
+            shard.logger.info("\(logPrefix) closing because: \(closeReason ?? "client unexpected eof") (age=\(age)s)")
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if closeReason == nil { closeReason = "client socket error: \(error)" }
+        context.close(promise: nil)
+    }
+
+    /// Returns false to stop reading the rest of the read (the session is closing).
+    private func receive(_ id: UInt8, _ body: ByteBuffer?) throws -> Bool {
+        switch id {
+        case FrontendID.query:
+            var body = body ?? ByteBuffer()
+            let sql = body.readNullTerminatedString() ?? ""
+            var reply = ByteBuffer()
+            let outcome = AdminConsole(shard: shard, session: self).execute(sql, into: &reply)
+            switch outcome {
+            case .done:
+                reply.writeReadyForQuery(.idle)
+                context?.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+            case .deferred(let deferred):
+                // The tag and ReadyForQuery come later; meanwhile no further command is read.
+                pendingReply = deferred
+            case .exit:
+                break
+            }
+            return true
+        case FrontendID.terminate:
+            closeReason = "client close request"
+            context?.close(promise: nil)
+            return false
+        case FrontendID.parse, FrontendID.bind, FrontendID.execute:
+            sendErrorThenClose("extended query protocol not supported by admin console")
+            return false
+        case FrontendID.functionCall, FrontendID.sync, FrontendID.flush, FrontendID.close, FrontendID.describe,
+            FrontendID.copyData, FrontendID.copyDone, FrontendID.copyFail:
+            sendErrorThenClose("unsupported packet type for admin console: \(id)")
+            return false
+        default:
+            throw PoolerError("unknown pkt")
+        }
+    }
+
+    /// Completes a deferred PAUSE or WAIT_CLOSE.
+    func finishDeferred(tag: String) {
+        pendingReply = nil
+        var reply = ByteBuffer()
+        reply.writeCommandComplete(tag)
+        reply.writeReadyForQuery(.idle)
+        context?.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+    }
+
+    /// ERROR + ReadyForQuery, then FATAL `bad packet` and a close, as PgBouncer answers protocol misuse.
+    private func sendErrorThenClose(_ message: String) {
+        guard let context else { return }
+        var reply = ByteBuffer()
+        reply.writeErrorResponse(severity: "ERROR", code: "08P01", message: message)
+        reply.writeReadyForQuery(.idle)
+        context.write(wrapOutboundOut(reply), promise: nil)
+        closeWithFatal(PoolerError("bad packet"))
+    }
+
+    func closeWithFatal(_ error: PoolerError) {
+        guard let context else { return }
+        if closeReason == nil { closeReason = error.message }
+        var reply = ByteBuffer()
+        reply.writeErrorResponse(severity: "FATAL", code: error.sqlState, message: error.message)
+        context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
+    }
+
+    var peerAddress: SocketAddress? { context?.channel.remoteAddress }
+    var localAddress: SocketAddress? { context?.channel.localAddress }
+    var waitMicroseconds: Int { 0 }
+}

@@ -49,6 +49,20 @@ final class PGConnection: @unchecked Sendable {
         return try rows(of: result)
     }
 
+    /// The column names of `sql`'s result, in order.
+    func columns(_ sql: String) throws -> [String] {
+        guard let result = PQexec(handle, sql) else { throw lastFailure() }
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_TUPLES_OK else { throw failure(of: result) }
+        return (0..<PQnfields(result)).map { String(cString: PQfname(result, $0)) }
+    }
+
+    /// Rows of `sql` as dictionaries keyed by column name.
+    func records(_ sql: String) throws -> [[String: String?]] {
+        let names = try columns(sql)
+        return try query(sql).map { Dictionary(uniqueKeysWithValues: zip(names, $0)) }
+    }
+
     /// The first column of the first row.
     func value(_ sql: String) throws -> String? {
         try query(sql).first?.first ?? nil

@@ -1,0 +1,94 @@
+import Dispatch
+import Foundation
+import Glibc
+import Testing
+
+extension IntegrationTests {
+/// PgBouncer's signals, sent to the real process.
+@Suite struct SignalTests {
+    private func start() throws -> LifeguardProcess {
+        try LifeguardProcess(settings: "admin_users = lg_md5\ndefault_pool_size = 2")
+    }
+
+    private func waitUntil(_ condition: () -> Bool) -> Bool {
+        for _ in 0..<100 {
+            if condition() { return true }
+            usleep(50_000)
+        }
+        return condition()
+    }
+
+    private func stateValue(_ lifeguard: LifeguardProcess, _ key: String) throws -> String? {
+        let console = try lifeguard.connect(database: "pgbouncer")
+        return try console.query("SHOW STATE").first { $0[0] == key }?[1] ?? nil
+    }
+
+    @Test func sighupReloadsTheConfiguration() throws {
+        let lifeguard = try start()
+        let ini = lifeguard.directory.appendingPathComponent("lifeguard.ini")
+        let text = try String(contentsOf: ini, encoding: .utf8)
+        try text.replacingOccurrences(of: "default_pool_size = 2", with: "default_pool_size = 6")
+            .write(to: ini, atomically: true, encoding: .utf8)
+        kill(lifeguard.pid, SIGHUP)
+        let reloaded = waitUntil {
+            let console = try? lifeguard.connect(database: "pgbouncer")
+            let rows = (try? console?.records("SHOW DATABASES")) ?? []
+            return rows.contains { $0["name"] == .some("lgtest") && $0["pool_size"] == .some("6") }
+        }
+        #expect(reloaded)
+        #expect(lifeguard.log.contains("got SIGHUP, re-reading config"))
+    }
+
+    @Test func sigusr1PausesAndSigusr2Resumes() throws {
+        let lifeguard = try start()
+        kill(lifeguard.pid, SIGUSR1)
+        #expect(waitUntil { (try? stateValue(lifeguard, "paused")) == "yes" })
+        kill(lifeguard.pid, SIGUSR2)
+        #expect(waitUntil { (try? stateValue(lifeguard, "active")) == "yes" })
+        #expect(try lifeguard.connect().value("SELECT 1") == "1")
+    }
+
+    @Test func sigtermWaitsForClientsThenExits() throws {
+        let lifeguard = try start()
+        var client: PGConnection? = try lifeguard.connect()
+        #expect(try client?.value("SELECT 1") == "1")
+        kill(lifeguard.pid, SIGTERM)
+        usleep(300_000)
+        #expect(lifeguard.isRunning, "exited while a client was connected")
+        #expect(throws: PGConnection.Failure.self) { try lifeguard.connect() }  // no longer listening on TCP
+        #expect(try client?.value("SELECT 2") == "2", "the connected client is still served")
+        client = nil
+        #expect(waitUntil { !lifeguard.isRunning })
+    }
+
+    @Test func secondSigtermExitsAtOnce() throws {
+        let lifeguard = try start()
+        let client = try lifeguard.connect()
+        _ = try client.value("SELECT 1")
+        kill(lifeguard.pid, SIGTERM)
+        usleep(200_000)
+        #expect(lifeguard.isRunning)
+        kill(lifeguard.pid, SIGTERM)
+        #expect(waitUntil { !lifeguard.isRunning })
+    }
+
+    @Test func sigintWaitsForServersToBeReleased() throws {
+        let lifeguard = try start()
+        let client = try lifeguard.connect()
+        try client.query("BEGIN")
+        kill(lifeguard.pid, SIGINT)
+        usleep(300_000)
+        #expect(lifeguard.isRunning, "exited with a transaction in progress")
+        try client.query("COMMIT")
+        #expect(waitUntil { !lifeguard.isRunning })
+    }
+
+    @Test func sigquitExitsAtOnce() throws {
+        let lifeguard = try start()
+        let client = try lifeguard.connect()
+        try client.query("BEGIN")
+        kill(lifeguard.pid, SIGQUIT)
+        #expect(waitUntil { !lifeguard.isRunning })
+    }
+}
+}

@@ -83,6 +83,33 @@ extension IntegrationTests {
         #expect(waitUntil { !lifeguard.isRunning })
     }
 
+    @Test func consoleShutdownExitsWithoutReply() throws {
+        let lifeguard = try start()
+        let console = try lifeguard.connect(database: "pgbouncer")
+        #expect(throws: PGConnection.Failure.self) { try console.query("SHUTDOWN") }
+        #expect(waitUntil { !lifeguard.isRunning })
+    }
+
+    @Test func consoleShutdownWaitForClientsWaits() throws {
+        let lifeguard = try start()
+        var client: PGConnection? = try lifeguard.connect()
+        _ = try client?.value("SELECT 1")
+        let console = try lifeguard.connect(database: "pgbouncer")
+        try console.query("SHUTDOWN WAIT_FOR_CLIENTS")
+        usleep(300_000)
+        #expect(lifeguard.isRunning)
+        client = nil
+        #expect(waitUntil { !lifeguard.isRunning })
+    }
+
+    @Test func statsLineIsLoggedEveryPeriod() throws {
+        let lifeguard = try LifeguardProcess(settings: "stats_period = 1")
+        let client = try lifeguard.connect()
+        for _ in 0..<5 { _ = try client.value("SELECT 1") }
+        #expect(waitUntil { lifeguard.log.contains("LOG stats: ") })
+        #expect(lifeguard.log.contains(" xacts/s, ") && lifeguard.log.contains(" queries/s, "))
+    }
+
     @Test func sigquitExitsAtOnce() throws {
         let lifeguard = try start()
         let client = try lifeguard.connect()

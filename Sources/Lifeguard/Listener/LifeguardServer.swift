@@ -98,13 +98,16 @@ public final class LifeguardServer: DaemonControl {
         }
     }
 
-    /// Closes the listeners and the event loop; open connections are dropped.
+    /// Closes the listeners, says goodbye to every connection (Terminate to servers) and stops the event loop.
     public func shutdown() {
         for listener in tcpListeners + [unixListener].compactMap({ $0 }) { try? listener.close().wait() }
         tcpListeners = []
         unixListener = nil
         let shard = self.shard
-        try? shard.eventLoop.submit { shard.stop() }.wait()
+        try? shard.eventLoop.submit {
+            shard.stop()
+            shard.closeAllConnections()
+        }.wait()
         if let unixSocketPath { unlink(unixSocketPath) }
         try? group.syncShutdownGracefully()
     }

@@ -99,6 +99,13 @@ extension PoolShard {
         }
     }
 
+    /// At exit: clients and console sessions are told the pooler is shutting down, servers get Terminate.
+    func closeAllConnections() {
+        for client in clientSessions.values { client.kill(.shuttingDown) }
+        for session in adminSessions.values { session.closeWithFatal(.shuttingDown) }
+        for server in serverConnections.values { server.terminate(reason: "pooler is shutting down") }
+    }
+
     /// Answers deferred PAUSE / WAIT_CLOSE replies whose condition now holds.
     func completeDeferredReplies() {
         guard !control.pendingReplies.isEmpty else { return }

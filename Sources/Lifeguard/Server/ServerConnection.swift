@@ -493,6 +493,16 @@ final class ServerConnection: ChannelDuplexHandler {
         if closeReason == nil { closeReason = reason }
         context?.close(promise: nil)
     }
+
+    /// A clean goodbye at shutdown: Terminate, then close.
+    func terminate(reason: String) {
+        guard let context else { return }
+        if closeReason == nil { closeReason = reason }
+        var buffer = context.channel.allocator.buffer(capacity: 5)
+        buffer.writeTerminate()
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        context.close(promise: nil)
+    }
 }
 
 /// A connection's address in PgBouncer's `%p` style (`0x55d5c1a2b3c0`), for log lines and SHOW lists.

@@ -82,7 +82,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     func channelActive(context: ChannelHandlerContext) {
         shard.counts.clients += 1
         shard.register(self)
-        if context.channel.remoteAddress?.ipAddress == nil,
+        if case .unixDomainSocket = context.channel.remoteAddress,
             let provider = context.channel as? SocketOptionProvider
         {
             provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))

@@ -273,6 +273,44 @@ extension IntegrationTests {
         #expect(paused.wait(timeout: .now() + 10) == .success)
     }
 
+    @Test func suspendStopsTrafficUntilResume() throws {
+        let lifeguard = try start()
+        let client = try lifeguard.connect()
+        _ = try client.value("SELECT 1")
+        let console = try admin(lifeguard)
+        try console.query("SUSPEND")
+        #expect(try row(console, "SHOW STATE", where: "key", is: "suspended")?["value"] == .some("yes"))
+        let result = NIOLockedValueBox<String?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            let value = try? client.value("SELECT 'resumed'")
+            result.withLockedValue { $0 = value }
+            done.signal()
+        }
+        #expect(done.wait(timeout: .now() + 0.5) == .timedOut, "a query ran while suspended")
+        try console.query("RESUME")
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        #expect(result.withLockedValue { $0 } == "resumed")
+    }
+
+    @Test func cancelOfAWaitingPauseResumes() throws {
+        let lifeguard = try start()
+        let holder = try lifeguard.connect()
+        try holder.query("BEGIN")
+        let console = try admin(lifeguard)
+        let finished = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            _ = try? console.query("PAUSE")
+            finished.signal()
+        }
+        #expect(finished.wait(timeout: .now() + 0.3) == .timedOut)
+        #expect(console.cancel())
+        #expect(finished.wait(timeout: .now() + 10) == .success)
+        let other = try admin(lifeguard)
+        #expect(try row(other, "SHOW STATE", where: "key", is: "active")?["value"] == .some("yes"))
+        try holder.query("COMMIT")
+    }
+
     @Test func disableRefusesLoginsUntilEnable() throws {
         let lifeguard = try start()
         let console = try admin(lifeguard)

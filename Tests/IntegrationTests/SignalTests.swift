@@ -110,6 +110,32 @@ extension IntegrationTests {
         #expect(lifeguard.log.contains(" xacts/s, ") && lifeguard.log.contains(" queries/s, "))
     }
 
+    @Test func sighupReopensTheLogFileForRotation() throws {
+        let lifeguard = try LifeguardProcess(settings: "logfile = {DIR}/rotating.log")
+        let logfile = lifeguard.directory.appendingPathComponent("rotating.log").path
+        let rotated = logfile + ".1"
+        #expect(waitUntil { FileManager.default.fileExists(atPath: logfile) })
+        try FileManager.default.moveItem(atPath: logfile, toPath: rotated)
+        kill(lifeguard.pid, SIGHUP)
+        #expect(waitUntil { (try? String(contentsOfFile: logfile, encoding: .utf8))?.contains("configuration reloaded") == true })
+    }
+
+    @Test func exitTellsClientsAndClosesServers() throws {
+        let lifeguard = try LifeguardProcess(settings: "auth_type = trust")
+        let socket = try RawSocket(port: lifeguard.port)
+        socket.send(RawSocket.startupMessage([("user", "lg_trust"), ("database", "lgtest")]))
+        _ = socket.read { $0.count >= 6 && $0.suffix(6).first == UInt8(ascii: "Z") }
+        let direct = try TestEnvironment.direct()
+        kill(lifeguard.pid, SIGQUIT)
+        let (bytes, closed) = socket.readUntilClosed()
+        #expect(closed)
+        #expect(RawSocket.errorMessage(in: bytes)?.message == "pooler is shutting down")
+        #expect(waitUntil { !lifeguard.isRunning })
+        #expect(waitUntil {
+            (try? direct.value("SELECT count(*) FROM pg_stat_activity WHERE usename = 'lg_trust'")) == "0"
+        })
+    }
+
     @Test func sigquitExitsAtOnce() throws {
         let lifeguard = try start()
         let client = try lifeguard.connect()

@@ -50,7 +50,7 @@ final class AdminSession: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        shard.register(self)
+        shard.register(self, cancelKey: cancelKey)
         var buffer = context.channel.allocator.buffer(capacity: 256)
         buffer.writeAuthenticationOK()
         for (name, value) in [
@@ -83,8 +83,7 @@ final class AdminSession: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        shard.unregister(self)
-        shard.unregisterCancelKey(cancelKey)
+        shard.unregister(self, cancelKey: cancelKey)
         if let pendingReply { shard.adminSessionLeft(waitingFor: pendingReply) }
         if shard.settings.logDisconnections {
             let age = (NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000
@@ -159,6 +158,7 @@ final class AdminSession: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
     }
 
+    var isWaitingForReply: Bool { pendingReply != nil }
     var peerAddress: SocketAddress? { context?.channel.remoteAddress }
     var localAddress: SocketAddress? { context?.channel.localAddress }
     var waitMicroseconds: Int { 0 }

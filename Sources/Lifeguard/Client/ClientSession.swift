@@ -178,7 +178,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private var shouldHoldReads: Bool {
-        if pendingData != nil { return true }
+        if pendingData != nil || (loggedIn && shard.isSuspended) { return true }
         if let server, serverReady, !server.isWritable { return true }
         return false
     }
@@ -273,6 +273,13 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func forwardCancel(_ key: CancelKey) {
+        // ^C on a console session waiting in PAUSE or SUSPEND resumes, as in PgBouncer.
+        if let console = shard.adminSession(forCancelKey: key) {
+            if console.isWaitingForReply, !shard.isShuttingDown, shard.control.pauseMode != .running {
+                shard.resume(database: nil)
+            }
+            return
+        }
         // Unknown keys and clients without a server are dropped silently, as PostgreSQL and PgBouncer do.
         guard let target = shard.client(forCancelKey: key), let server = target.server,
             let backend = server.backendKey
@@ -379,10 +386,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         // The console does not count against max_client_conn.
         shard.counts.clients -= 1
         shard.unregister(self)
-        var generator = SystemRandomNumberGenerator()
-        let bits = generator.next()
-        let key = CancelKey(
-            processID: max(1, Int32(truncatingIfNeeded: bits >> 32) & Int32.max), secretKey: Int32(truncatingIfNeeded: bits))
+        let key = shard.newCancelKey()
         let session = AdminSession(
             shard: shard, role: role, user: user, id: id, connectTime: connectTime, peer: peerDescription,
             cancelKey: key)

@@ -53,6 +53,9 @@ final class ShardControl {
 }
 
 extension PoolShard {
+    /// SUSPEND: no socket is read until RESUME (Lifeguard holds no buffered data, so nothing needs flushing).
+    var isSuspended: Bool { control.pauseMode == .suspended }
+
     func isPaused(_ database: String) -> Bool {
         control.pauseMode != .running || control.pausedDatabases.contains(database)
     }
@@ -68,9 +71,22 @@ extension PoolShard {
     }
 
     func resume(database: String?) {
+        let wasSuspended = isSuspended
         if let database { control.pausedDatabases.remove(database) } else { control.pauseMode = .running }
         control.suspendingSession = nil
+        if wasSuspended {
+            for client in clientSessions.values { client.resumeReads() }
+            for server in serverConnections.values { server.resumeReads() }
+        }
         for pool in pools(of: database) { pool.resumeAfterPause() }
+        // A PAUSE still waiting for servers has been overtaken by the RESUME.
+        control.pendingReplies.removeAll { pending in
+            if case .pause = pending.command {
+                pending.session.finishDeferred(tag: "PAUSE")
+                return true
+            }
+            return false
+        }
     }
 
     /// Marks every server of the scope to be closed when next released; idle ones close now.

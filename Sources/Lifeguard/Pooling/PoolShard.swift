@@ -26,6 +26,7 @@ final class PoolShard {
     let logger: Logger
     private var pools: [PoolKey: Pool] = [:]
     private var cancelTargets: [CancelKey: ClientSession] = [:]
+    private var adminCancelTargets: [CancelKey: AdminSession] = [:]
     var counts = ConnectionCounts()
     /// Secret for mock SCRAM exchanges with unknown users, so they look like real ones.
     let mockAuthenticationKey: [UInt8]
@@ -182,13 +183,15 @@ final class PoolShard {
         serverConnections[ObjectIdentifier(server)] = nil
     }
 
-    func register(_ session: AdminSession) {
+    func register(_ session: AdminSession, cancelKey: CancelKey) {
         adminSessions[ObjectIdentifier(session)] = session
+        adminCancelTargets[cancelKey] = session
     }
 
-    func unregister(_ session: AdminSession) {
+    func unregister(_ session: AdminSession, cancelKey: CancelKey) {
         adminSessions[ObjectIdentifier(session)] = nil
-        if control.suspendingSession === session || (control.pauseMode == .suspended && control.suspendingSession == nil) {
+        adminCancelTargets[cancelKey] = nil
+        if control.suspendingSession === session {
             logger.info("admin disappeared when suspended, doing RESUME")
             resume(database: nil)
         }
@@ -197,19 +200,27 @@ final class PoolShard {
     // MARK: Cancel keys
 
     func registerCancelKey(for client: ClientSession) -> CancelKey {
+        let key = newCancelKey()
+        cancelTargets[key] = client
+        return key
+    }
+
+    /// A key no client or console session holds yet.
+    func newCancelKey() -> CancelKey {
+        var generator = SystemRandomNumberGenerator()
         while true {
             // One 64-bit draw gives both halves. PgBouncer clears the sign bit so drivers that print the key as
             // a signed pid see a positive one.
-            var generator = SystemRandomNumberGenerator()
             let bits = generator.next()
             let key = CancelKey(
                 processID: max(1, Int32(truncatingIfNeeded: bits >> 32) & Int32.max),
                 secretKey: Int32(truncatingIfNeeded: bits))
-            if cancelTargets[key] == nil {
-                cancelTargets[key] = client
-                return key
-            }
+            if cancelTargets[key] == nil, adminCancelTargets[key] == nil { return key }
         }
+    }
+
+    func adminSession(forCancelKey key: CancelKey) -> AdminSession? {
+        adminCancelTargets[key]
     }
 
     func unregisterCancelKey(_ key: CancelKey) {

@@ -177,7 +177,9 @@ final class ServerConnection: ChannelDuplexHandler {
     /// Holds reads while the linked client cannot take more, so a slow reader never makes Lifeguard buffer a
     /// large result: the server's socket fills and PostgreSQL waits.
     func read(context: ChannelHandlerContext) {
-        if case .linked(let client) = state, !client.isWritable {
+        if pool.shard.isSuspended {
+            readHeld = true
+        } else if case .linked(let client) = state, !client.isWritable {
             readHeld = true
         } else {
             context.read()
@@ -185,7 +187,7 @@ final class ServerConnection: ChannelDuplexHandler {
     }
 
     func resumeReads() {
-        guard readHeld, let context else { return }
+        guard readHeld, let context, !pool.shard.isSuspended else { return }
         if case .linked(let client) = state, !client.isWritable { return }
         readHeld = false
         context.read()

@@ -80,7 +80,7 @@ final class LifeguardProcess: @unchecked Sendable {
             auth_type = md5
             pool_mode = transaction
             default_pool_size = 5
-            \(settings)
+            \(settings.replacingOccurrences(of: "{DIR}", with: directory.path))
             """
         try ini.write(to: directory.appendingPathComponent("lifeguard.ini"), atomically: true, encoding: .utf8)
         try userList.write(to: directory.appendingPathComponent("userlist.txt"), atomically: true, encoding: .utf8)

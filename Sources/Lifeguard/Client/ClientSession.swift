@@ -105,6 +105,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
+        requestTime = shard.clockSeconds
         do {
             switch phase {
             case .startup:

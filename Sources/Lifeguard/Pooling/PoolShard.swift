@@ -85,7 +85,12 @@ final class PoolShard {
         statsTimer = nil
     }
 
+    /// Wall-clock seconds, refreshed by the janitor: connections stamp their request time from it on every
+    /// read without a clock call.
+    private(set) var clockSeconds = WallClock.seconds()
+
     private func runJanitor() {
+        clockSeconds = WallClock.seconds()
         let now = NIODeadline.now()
         for pool in pools.values {
             pool.maintain(now: now)

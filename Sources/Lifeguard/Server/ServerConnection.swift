@@ -126,7 +126,7 @@ final class ServerConnection: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
-        requestTime = WallClock.seconds()
+        requestTime = pool.shard.clockSeconds
         do {
             try receive(buffer)
         } catch let error as WireError {

@@ -64,6 +64,10 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// When the running query and transaction began, for the query and transaction times of SHOW STATS.
     private var queryStart: NIODeadline?
     private var transactionStart: NIODeadline?
+    /// The last ReadyForQuery that ended a query (or the welcome): the start of an idle period.
+    private var lastReady: NIODeadline?
+    /// query_wait_notify's NOTICE went out for the current wait.
+    var queuedNoticeSent = false
 
     init(shard: PoolShard) {
         self.shard = shard
@@ -211,6 +215,33 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     var loginUser: String? { loggedIn ? logTarget.split(separator: "/", maxSplits: 1).last.map(String.init) : nil }
     var remoteAddress: SocketAddress? { context?.channel.remoteAddress }
     var localAddress: SocketAddress? { context?.channel.localAddress }
+
+    /// The clocks the timeout sweep judges this client by.
+    var timeoutClocks: Timeouts.ClientClocks {
+        var clocks = Timeouts.ClientClocks()
+        switch phase {
+        case .startup, .authenticating:
+            clocks.loginStartedAt = Int64(connectedAt.uptimeNanoseconds)
+        case .active:
+            clocks.queryStartedAt = queryStart.map { Int64($0.uptimeNanoseconds) }
+            clocks.transactionStartedAt = transactionStart.map { Int64($0.uptimeNanoseconds) }
+            if server != nil, queryStart == nil, tracker.status != .idle {
+                clocks.idleInTransactionSince = lastReady.map { Int64($0.uptimeNanoseconds) }
+            } else if server == nil, !queued, pendingData == nil, queryStart == nil {
+                clocks.idleSince = lastReady.map { Int64($0.uptimeNanoseconds) }
+            }
+        case .awaitingWelcome, .closed:
+            break
+        }
+        return clocks
+    }
+
+    /// Sends a NoticeResponse (query_wait_notify).
+    func sendNotice(_ message: String) {
+        var buffer = ByteBuffer()
+        buffer.writeErrorResponse(severity: "NOTICE", code: "00000", message: message, notice: true)
+        context?.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
 
     /// Disconnects the client with `error` (KILL, KILL_CLIENT, shutdown).
     func kill(_ error: PoolerError) {
@@ -421,6 +452,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         buffer.writeReadyForQuery(.idle)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         phase = .active
+        lastReady = .now()
         if pendingData != nil { requestServerIfNeeded() }
     }
 
@@ -493,6 +525,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         let now = NIODeadline.now()
         pool.stats.queryMicroseconds &+= Int((now - queryStart).nanoseconds / 1000)
         self.queryStart = nil
+        lastReady = now
         if status == .idle, let transactionStart {
             pool.stats.transactionMicroseconds &+= Int((now - transactionStart).nanoseconds / 1000)
             self.transactionStart = nil
@@ -508,6 +541,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// The pool lent this client `server`; `ready` is false while the server is still syncing parameters.
     func serverAssigned(_ server: ServerConnection, ready: Bool) {
         pool?.stats.serverAssignments &+= 1
+        queuedNoticeSent = false
         self.server = server
         queued = false
         serverReady = ready

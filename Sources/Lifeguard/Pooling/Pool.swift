@@ -184,6 +184,11 @@ final class Pool {
             server.close(reason: "pause")
         } else if server.closeNeeded {
             server.close(reason: "server close needed (RECONNECT or configuration change)")
+        } else if Timeouts.lifetimeOver(
+            connectedSeconds: server.connectTime, nowSeconds: shard.clockSeconds,
+            lifetimeSeconds: shard.settings.serverLifetime)
+        {
+            server.close(reason: "server lifetime over")
         } else if let next = waitingClients.popFirst() {
             stats.waitMicroseconds += Int((NIODeadline.now() - next.since).nanoseconds / 1000)
             server.assign(to: next.client)
@@ -235,6 +240,25 @@ final class Pool {
             server.assign(to: waitingClients.removeFirst().client)
         }
         launchIfNeeded(now: .now())
+    }
+
+    /// query_wait_timeout and query_wait_notify for the clients queued here.
+    func sweepWaitingClients(_ timeouts: Timeouts, now: NIODeadline) {
+        let nowNanoseconds = Int64(now.uptimeNanoseconds)
+        var expired: [ClientSession] = []
+        for (client, since) in waitingClients {
+            var clocks = Timeouts.ClientClocks()
+            clocks.waitingSince = Int64(since.uptimeNanoseconds)
+            if timeouts.expired(clocks, now: nowNanoseconds) == .queryWait {
+                expired.append(client)
+            } else if !client.queuedNoticeSent,
+                timeouts.shouldNotifyQueued(waitingSince: Int64(since.uptimeNanoseconds), now: nowNanoseconds)
+            {
+                client.queuedNoticeSent = true
+                client.sendNotice(Timeouts.queuedNotice)
+            }
+        }
+        for client in expired { client.kill(PoolerError(Timeouts.ClientExpiry.queryWait.message)) }
     }
 
     /// Logged-in clients waiting for a server, and how long the longest has waited (for SHOW POOLS).

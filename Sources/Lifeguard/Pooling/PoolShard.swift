@@ -95,6 +95,34 @@ final class PoolShard {
         for pool in pools.values {
             pool.maintain(now: now)
         }
+        sweepTimeouts(now: now)
+    }
+
+    /// Closes the clients and servers whose timeouts have run out (PgBouncer's janitor).
+    private func sweepTimeouts(now: NIODeadline) {
+        let timeouts = Timeouts(settings: settings)
+        let nowNanoseconds = Int64(now.uptimeNanoseconds)
+        for pool in pools.values { pool.sweepWaitingClients(timeouts, now: now) }
+        for client in Array(clientSessions.values) {
+            guard let expiry = timeouts.expired(client.timeoutClocks, now: nowNanoseconds) else { continue }
+            let error = PoolerError(expiry.message)
+            let server = client.server
+            client.kill(error)
+            // A server stopped mid-query or mid-transaction cannot be handed on.
+            if let server, expiry != .idle { server.close(reason: expiry.message) }
+        }
+        for server in Array(serverConnections.values) {
+            let clocks = server.timeoutClocks
+            let keep = server.pool.serverCount <= server.pool.capacity.minSize
+            switch timeouts.expiredServer(
+                loggingInSince: clocks.loggingInSince, idleSince: clocks.idleSince, keepForMinimum: keep,
+                now: nowNanoseconds)
+            {
+            case .connect: server.loginTimedOut()
+            case .idle: server.close(reason: Timeouts.ServerExpiry.idle.reason)
+            case nil: break
+            }
+        }
     }
 
     // MARK: Pools

@@ -36,7 +36,7 @@ final class ServerConnection: ChannelDuplexHandler {
     private var closeReason: String?
     private var readHeld = false
     private var clientNeedsFlush = false
-    private let connectedAt = NIODeadline.now()
+    let connectedAt = NIODeadline.now()
 
     /// Every ParameterStatus of the login, in order: the welcome the pool replays to its clients.
     private(set) var reportedParameters: [(String, String)] = []
@@ -76,7 +76,7 @@ final class ServerConnection: ChannelDuplexHandler {
         pool.shard.register(server)
         let keepalive = pool.shard.settings.tcpKeepalive
         let bootstrap = ClientBootstrap(group: pool.shard.eventLoop)
-            .connectTimeout(.seconds(15))
+            .connectTimeout(.nanoseconds(max(Int64(pool.shard.settings.serverConnectTimeout * 1e9), 1_000_000)))
             .channelOption(.socketOption(.so_keepalive), value: keepalive ? 1 : 0)
             .channelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 128 * 1024))
             .channelInitializer { channel in
@@ -476,7 +476,30 @@ final class ServerConnection: ChannelDuplexHandler {
 
     func becomeIdle() {
         state = .idle
+        idleSince = .now()
         resumeReads()
+    }
+
+    /// When this server went idle in its pool, for server_idle_timeout.
+    private var idleSince: NIODeadline?
+
+    /// The clocks the timeout sweep judges this server by: (logging in since, idle since).
+    var timeoutClocks: (loggingInSince: Int64?, idleSince: Int64?) {
+        switch state {
+        case .connecting, .authenticating, .loggingIn, .runningConnectQuery:
+            return (Int64(connectedAt.uptimeNanoseconds), nil)
+        case .idle:
+            return (nil, idleSince.map { Int64($0.uptimeNanoseconds) })
+        default:
+            return (nil, nil)
+        }
+    }
+
+    /// server_connect_timeout: the login did not finish in time.
+    func loginTimedOut() {
+        logger.warning("\(logPrefix) closing because: connect timeout")
+        pool.serverLoginFailed(PoolerError("server connect timeout"))
+        close(reason: "connect timeout")
     }
 
     func runResetQuery(_ query: String) {

@@ -56,6 +56,18 @@ public struct Settings: Sendable, Equatable {
     public var listenBacklog: Int = 128
     public var soReuseport: Bool = false
     public var pktBuf: Int = 4096
+    /// Timeouts in seconds; 0 disables the ones PgBouncer lets you disable.
+    public var clientIdleTimeout: Double = 0
+    public var clientLoginTimeout: Double = 60
+    public var idleTransactionTimeout: Double = 0
+    public var queryTimeout: Double = 0
+    public var queryWaitTimeout: Double = 120
+    public var serverConnectTimeout: Double = 15
+    public var serverIdleTimeout: Double = 600
+    public var serverLifetime: Double = 3600
+    public var transactionTimeout: Double = 0
+    /// Seconds a queued client waits before it is told so with a NOTICE; 0 disables.
+    public var queryWaitNotify: Int = 5
     /// Averages in SHOW STATS and the `stats:` log line are computed over this period (seconds).
     public var statsPeriod: Double = 60
     public var logStats: Bool = true
@@ -107,8 +119,8 @@ public struct Settings: Sendable, Equatable {
         key("auth_user", "", .string),
         key("autodb_idle_timeout", "3600", .seconds),
         key("cancel_wait_timeout", "10", .seconds),
-        key("client_idle_timeout", "0", .seconds),
-        key("client_login_timeout", "60", .seconds),
+        key("client_idle_timeout", "0", .seconds, implemented: true),
+        key("client_login_timeout", "60", .seconds, implemented: true),
         key("client_tls13_ciphers", "", .string),
         key("client_tls_ca_file", "", .string),
         key("client_tls_cert_file", "", .string),
@@ -124,7 +136,7 @@ public struct Settings: Sendable, Equatable {
         key("dns_max_ttl", "15", .seconds),
         key("dns_nxdomain_ttl", "15", .seconds),
         key("dns_zone_check_period", "0", .seconds),
-        key("idle_transaction_timeout", "0", .seconds),
+        key("idle_transaction_timeout", "0", .seconds, implemented: true),
         key("ignore_startup_parameters", "", .string, implemented: true),
         key("job_name", "pgbouncer", .string, restart: true),
         key("listen_addr", "", .string, implemented: true, restart: true),
@@ -149,9 +161,9 @@ public struct Settings: Sendable, Equatable {
         key("pkt_buf", "4096", .integer, implemented: true, restart: true),
         key("pool_idle_timeout", "0", .seconds),
         key("pool_mode", "session", .string, implemented: true),
-        key("query_timeout", "0", .seconds),
-        key("query_wait_notify", "5", .integer),
-        key("query_wait_timeout", "120", .seconds),
+        key("query_timeout", "0", .seconds, implemented: true),
+        key("query_wait_notify", "5", .integer, implemented: true),
+        key("query_wait_timeout", "120", .seconds, implemented: true),
         key("reserve_pool_size", "0", .integer, implemented: true),
         key("reserve_pool_timeout", "5", .seconds, implemented: true),
         key("resolv_conf", "", .string, restart: true),
@@ -159,10 +171,10 @@ public struct Settings: Sendable, Equatable {
         key("scram_iterations", "4096", .integer),
         key("server_check_delay", "30", .seconds),
         key("server_check_query", "<empty>", .string),
-        key("server_connect_timeout", "15", .seconds),
+        key("server_connect_timeout", "15", .seconds, implemented: true),
         key("server_fast_close", "0", .boolean),
-        key("server_idle_timeout", "600", .seconds),
-        key("server_lifetime", "3600", .seconds),
+        key("server_idle_timeout", "600", .seconds, implemented: true),
+        key("server_lifetime", "3600", .seconds, implemented: true),
         key("server_login_retry", "15", .seconds, implemented: true),
         key("server_reset_query", "DISCARD ALL", .string, implemented: true),
         key("server_reset_query_always", "0", .boolean, implemented: true),
@@ -189,7 +201,7 @@ public struct Settings: Sendable, Equatable {
         key("tcp_socket_buffer", "0", .integer),
         key("tcp_user_timeout", "0", .integer),
         key("track_extra_parameters", "IntervalStyle", .string, restart: true),
-        key("transaction_timeout", "0", .seconds),
+        key("transaction_timeout", "0", .seconds, implemented: true),
         key("unix_socket_dir", "/tmp", .string, implemented: true, restart: true),
         key("unix_socket_group", "", .string, restart: true),
         key("unix_socket_mode", "0777", .string, implemented: true, restart: true),
@@ -249,6 +261,16 @@ public struct Settings: Sendable, Equatable {
         case "so_reuseport": soReuseport = try parse.boolean()
         case "pkt_buf": pktBuf = try parse.integer(in: 1...Int.max)
         case "stats_period": statsPeriod = try parse.seconds()
+        case "client_idle_timeout": clientIdleTimeout = try parse.seconds()
+        case "client_login_timeout": clientLoginTimeout = try parse.seconds()
+        case "idle_transaction_timeout": idleTransactionTimeout = try parse.seconds()
+        case "query_timeout": queryTimeout = try parse.seconds()
+        case "query_wait_timeout": queryWaitTimeout = try parse.seconds()
+        case "server_connect_timeout": serverConnectTimeout = try parse.seconds()
+        case "server_idle_timeout": serverIdleTimeout = try parse.seconds()
+        case "server_lifetime": serverLifetime = try parse.seconds()
+        case "transaction_timeout": transactionTimeout = try parse.seconds()
+        case "query_wait_notify": queryWaitNotify = try parse.integer()
         case "log_stats": logStats = try parse.boolean()
         case "admin_users": adminUsers = parse.list()
         case "stats_users": statsUsers = parse.list()

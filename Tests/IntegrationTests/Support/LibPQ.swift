@@ -85,7 +85,13 @@ final class PGConnection: @unchecked Sendable {
     }
 
     func failure(of result: OpaquePointer) -> Failure {
-        let message = String(cString: PQresultErrorMessage(result)).trimmingCharacters(in: .whitespacesAndNewlines)
+        var message = String(cString: PQresultErrorMessage(result)).trimmingCharacters(in: .whitespacesAndNewlines)
+        // When the server sends a FATAL and closes, libpq's last result only says the connection was lost;
+        // the FATAL text is in the connection's accumulated message.
+        let connectionMessage = String(cString: PQerrorMessage(handle)).trimmingCharacters(in: .whitespacesAndNewlines)
+        if !connectionMessage.isEmpty, !message.contains(connectionMessage) {
+            message += "\n" + connectionMessage
+        }
         let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
         return Failure(message: message, sqlState: state)
     }

@@ -1,0 +1,100 @@
+/// PgBouncer's connection timeouts, decided from a connection's clocks and "now". Pure, so every rule is
+/// tested with a fake clock; the shard's janitor sweeps its connections with it a few times a second, so the
+/// hot path only stamps times it already has.
+public struct Timeouts: Sendable, Equatable {
+    /// Each in nanoseconds; 0 turns the timeout off.
+    public var clientLogin: Int64
+    public var clientIdle: Int64
+    public var queryWait: Int64
+    public var query: Int64
+    public var idleTransaction: Int64
+    public var transaction: Int64
+    public var serverIdle: Int64
+    public var serverConnect: Int64
+    public var queryWaitNotify: Int64
+
+    public init(settings: Settings) {
+        func nanoseconds(_ seconds: Double) -> Int64 { Int64((seconds * 1e9).rounded()) }
+        clientLogin = nanoseconds(settings.clientLoginTimeout)
+        clientIdle = nanoseconds(settings.clientIdleTimeout)
+        queryWait = nanoseconds(settings.queryWaitTimeout)
+        query = nanoseconds(settings.queryTimeout)
+        idleTransaction = nanoseconds(settings.idleTransactionTimeout)
+        transaction = nanoseconds(settings.transactionTimeout)
+        serverIdle = nanoseconds(settings.serverIdleTimeout)
+        serverConnect = nanoseconds(settings.serverConnectTimeout)
+        queryWaitNotify = Int64(settings.queryWaitNotify) * 1_000_000_000
+    }
+
+    /// Why a client is disconnected; the message is PgBouncer's.
+    public enum ClientExpiry: String, Sendable, Equatable {
+        case login = "client_login_timeout"
+        case idle = "client_idle_timeout"
+        case queryWait = "query_wait_timeout"
+        case query = "query timeout"
+        case idleTransaction = "idle transaction timeout"
+        case transaction = "transaction timeout"
+
+        public var message: String { rawValue }
+    }
+
+    /// A client's clocks, in nanoseconds on one monotonic scale; nil where the phase does not apply.
+    public struct ClientClocks: Sendable, Equatable {
+        /// Still logging in, since this time.
+        public var loginStartedAt: Int64?
+        /// Logged in, with no server and no request, since this time.
+        public var idleSince: Int64?
+        /// Queued for a server since this time.
+        public var waitingSince: Int64?
+        public var queryStartedAt: Int64?
+        public var transactionStartedAt: Int64?
+        /// Inside a transaction with nothing running (ReadyForQuery `T`/`E`) since this time.
+        public var idleInTransactionSince: Int64?
+
+        public init() {}
+    }
+
+    public func expired(_ clocks: ClientClocks, now: Int64) -> ClientExpiry? {
+        func over(_ since: Int64?, _ limit: Int64) -> Bool {
+            guard limit > 0, let since else { return false }
+            return now - since >= limit
+        }
+        if over(clocks.loginStartedAt, clientLogin) { return .login }
+        if over(clocks.waitingSince, queryWait) { return .queryWait }
+        if over(clocks.idleInTransactionSince, idleTransaction) { return .idleTransaction }
+        if over(clocks.queryStartedAt, query), clocks.idleInTransactionSince == nil { return .query }
+        if over(clocks.transactionStartedAt, transaction) { return .transaction }
+        if over(clocks.idleSince, clientIdle) { return .idle }
+        return nil
+    }
+
+    /// A queued client that has waited `query_wait_notify` gets PgBouncer's NOTICE once.
+    public func shouldNotifyQueued(waitingSince: Int64, now: Int64) -> Bool {
+        queryWaitNotify > 0 && now - waitingSince >= queryWaitNotify
+    }
+
+    public static let queuedNotice = "No server connection available in postgres backend, client being queued"
+
+    /// Why a server connection is closed by the sweep.
+    public enum ServerExpiry: String, Sendable, Equatable {
+        case connect = "connect timeout"
+        case idle = "server idle timeout"
+
+        public var reason: String { rawValue }
+    }
+
+    /// `loggingInSince` is set while connecting or logging in; `idleSince` while in the pool unused.
+    /// `keepForMinimum` is true when closing would take the pool below min_pool_size.
+    public func expiredServer(loggingInSince: Int64?, idleSince: Int64?, keepForMinimum: Bool, now: Int64)
+        -> ServerExpiry?
+    {
+        if serverConnect > 0, let loggingInSince, now - loggingInSince >= serverConnect { return .connect }
+        if serverIdle > 0, !keepForMinimum, let idleSince, now - idleSince >= serverIdle { return .idle }
+        return nil
+    }
+
+    /// `server_lifetime`, checked when a server is released: 0 means use each server once.
+    public static func lifetimeOver(connectedSeconds: Int, nowSeconds: Int, lifetimeSeconds: Double) -> Bool {
+        Double(nowSeconds - connectedSeconds) >= lifetimeSeconds
+    }
+}

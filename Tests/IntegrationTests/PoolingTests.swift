@@ -176,6 +176,26 @@ extension IntegrationTests {
         #expect(result.withLockedValue { $0 } == "lgbench")
     }
 
+    @Test func clientLimitsPerDatabaseAndUser() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "max_db_client_connections = 2\nmax_user_client_connections = 3",
+            databases: "lgtest = {PG}\nlgbench = {PG}")
+        let held = try (0..<2).map { _ in try lifeguard.connect(database: "lgtest") }
+        #expect(lifeguard.loginFailure(database: "lgtest").contains("client connections exceeded (max_db_client_connections)"))
+        let third = try lifeguard.connect(database: "lgbench")
+        #expect(lifeguard.loginFailure(database: "lgbench").contains("client connections exceeded (max_user_client_connections)"))
+        #expect(try third.value("SELECT 1") == "1")
+        _ = held
+    }
+
+    @Test func loginNotifyMessageIsSentAfterLogin() throws {
+        let lifeguard = try LifeguardProcess(settings: "auth_type = trust\nlogin_notify_message = 'welcome to the pool'")
+        let socket = try RawSocket(port: lifeguard.port)
+        socket.send(RawSocket.startupMessage([("user", "lg_trust"), ("database", "lgtest")]))
+        let welcome = socket.read { $0.count >= 6 && $0.suffix(6).first == UInt8(ascii: "Z") }
+        #expect(String(decoding: welcome, as: UTF8.self).contains("welcome to the pool"))
+    }
+
     @Test func reservePoolOpensAfterTheTimeout() throws {
         let lifeguard = try LifeguardProcess(
             settings: "default_pool_size = 1\nreserve_pool_size = 1\nreserve_pool_timeout = 0.3")

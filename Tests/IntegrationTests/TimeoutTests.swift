@@ -17,7 +17,8 @@ extension IntegrationTests {
     }
 
     @Test func clientLoginTimeoutClosesASilentConnection() throws {
-        let lifeguard = try LifeguardProcess(settings: "client_login_timeout = 0.5")
+        // tcp_defer_accept would keep a silent connection in the kernel's queue instead.
+        let lifeguard = try LifeguardProcess(settings: "client_login_timeout = 0.5\ntcp_defer_accept = 0")
         let socket = try RawSocket(port: lifeguard.port)
         let start = Date()
         let (bytes, closed) = socket.readUntilClosed()
@@ -129,6 +130,26 @@ extension IntegrationTests {
         _ = client.backendPID  // released after this one: past its lifetime, so closed
         #expect(waitUntil { client.backendPID != first })
         #expect(lifeguard.log.contains("server lifetime over"))
+    }
+
+    @Test func perUserQueryWaitTimeoutOverridesTheGlobalOne() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "default_pool_size = 1\nquery_wait_timeout = 100\n\n[users]\nlg_md5 = query_wait_timeout=0.5")
+        let holder = try lifeguard.connect()
+        try holder.query("BEGIN")
+        let waiter = try lifeguard.connect()
+        #expect(throws: PGConnection.Failure.self) { try waiter.query("SELECT 1") }
+        try holder.query("COMMIT")
+    }
+
+    @Test func perDatabaseServerLifetime() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "server_lifetime = 3600\ndefault_pool_size = 1",
+            databases: "lgtest = {PG} server_lifetime=0")
+        let client = try lifeguard.connect()
+        let first = client.backendPID
+        // server_lifetime=0 uses each server once.
+        #expect(waitUntil { client.backendPID != first })
     }
 
     @Test func serverConnectTimeoutWhenTheServerNeverAnswers() throws {

@@ -387,6 +387,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             throw PoolerError.noSuchDatabase(startup.database)
         }
         let pool = shard.pool(for: database, clientDatabase: startup.database, clientUser: startup.user)
+        try checkClientLimits(database: database, pool: pool, user: startup.user)
         if database.user == nil, let keys = authentication.scramKeys {
             pool.scramPassThroughKeys = keys
         }
@@ -407,6 +408,19 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             logger.info("\(logPrefix) login attempt: db=\(startup.database) user=\(startup.user) tls=no")
         }
         pool.welcome(self)
+    }
+
+    /// max_db_client_connections and max_user_client_connections (per-database/per-user value, else global).
+    private func checkClientLimits(database: DatabaseDefinition, pool: Pool, user: String) throws {
+        let settings = shard.settings
+        let databaseLimit = database.maxDBClientConnections ?? settings.maxDBClientConnections
+        if databaseLimit > 0, shard.pools(of: pool.key.database).reduce(0, { $0 + $1.clientCount }) >= databaseLimit {
+            throw PoolerError("client connections exceeded (max_db_client_connections)")
+        }
+        let userLimit = shard.configuration.users[user]?.maxUserClientConnections ?? settings.maxUserClientConnections
+        if userLimit > 0, shard.allPools.filter({ $0.key.user == pool.key.user }).reduce(0, { $0 + $1.clientCount }) >= userLimit {
+            throw PoolerError("client connections exceeded (max_user_client_connections)")
+        }
     }
 
     // MARK: Admin console
@@ -449,6 +463,10 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         buffer.writeBackendKeyData(processID: cancelKey.processID, secretKey: cancelKey.secretKey)
+        if !shard.settings.loginNotifyMessage.isEmpty {
+            buffer.writeErrorResponse(
+                severity: "NOTICE", code: "00000", message: shard.settings.loginNotifyMessage, notice: true)
+        }
         buffer.writeReadyForQuery(.idle)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         phase = .active

@@ -49,22 +49,30 @@ public final class LifeguardServer: DaemonControl {
         // Socket options go on the listening socket, which accepted sockets inherit (NIO already sets
         // TCP_NODELAY there): NIO's per-child option list costs more per accepted client than the rest of
         // accepting it, so the one NIO-level option, the write watermark, is set directly in the initializer.
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: Int32(settings.listenBacklog))
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.syncOptions?.setOption(.writeBufferWaterMark, value: clientWriteWatermark)
-                    try channel.pipeline.syncOperations.addHandler(ClientSession(shard: shard))
+        // ServerBootstrap is a class: each listener gets its own, so TCP options never reach the Unix socket.
+        let group = self.group
+        func makeBootstrap() -> ServerBootstrap {
+            ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: Int32(settings.listenBacklog))
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.syncOptions?.setOption(.writeBufferWaterMark, value: clientWriteWatermark)
+                        try channel.pipeline.syncOperations.addHandler(ClientSession(shard: shard))
+                    }
                 }
-            }
+        }
 
         for address in settings.listenAddresses {
             let hosts = address == "*" ? ["0.0.0.0", "::"] : [address]
             for host in hosts {
                 do {
-                    var tcp = bootstrap
-                        .serverChannelOption(.socketOption(.so_keepalive), value: settings.tcpKeepalive ? 1 : 0)
+                    var tcp = makeBootstrap()
+                    for (level, name, value) in TCPTuning.listenerOptions(settings) {
+                        tcp = tcp.serverChannelOption(
+                            ChannelOptions.Types.SocketOption(level: SocketOptionLevel(level), name: SocketOptionName(name)),
+                            value: value)
+                    }
                     if settings.soReuseport {
                         tcp = tcp.serverChannelOption(ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)), value: 1)
                     }
@@ -84,7 +92,7 @@ public final class LifeguardServer: DaemonControl {
             let path = "\(settings.unixSocketDir)/.s.PGSQL.\(settings.listenPort)"
             unlink(path)  // a stale socket from a previous run; PgBouncer removes it too
             do {
-                let channel = try bootstrap.bind(unixDomainSocketPath: path).wait()
+                let channel = try makeBootstrap().bind(unixDomainSocketPath: path).wait()
                 chmod(path, mode_t(settings.unixSocketMode))
                 unixListener = channel
                 unixSocketPath = path
@@ -203,6 +211,36 @@ public final class LifeguardServer: DaemonControl {
             drainTimer = nil
             requestExit()
         }
+    }
+}
+
+/// The TCP keys of `[pgbouncer]` as socket options. Set on the listening socket, they are inherited by every
+/// accepted one; the server side sets the same keepalive and timeout options on each connection.
+enum TCPTuning {
+    static func connectionOptions(_ settings: Settings) -> [(Int32, Int32, SocketOptionValue)] {
+        var options: [(Int32, Int32, SocketOptionValue)] = [(SOL_SOCKET, SO_KEEPALIVE, settings.tcpKeepalive ? 1 : 0)]
+        if settings.tcpKeepalive {
+            if settings.tcpKeepCount > 0 { options.append((Int32(IPPROTO_TCP), TCP_KEEPCNT, settings.tcpKeepCount)) }
+            if settings.tcpKeepIdle > 0 { options.append((Int32(IPPROTO_TCP), TCP_KEEPIDLE, settings.tcpKeepIdle)) }
+            if settings.tcpKeepInterval > 0 {
+                options.append((Int32(IPPROTO_TCP), TCP_KEEPINTVL, settings.tcpKeepInterval))
+            }
+        }
+        if settings.tcpUserTimeout > 0 {
+            options.append((Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, settings.tcpUserTimeout))
+        }
+        if settings.tcpSocketBuffer > 0 {
+            options.append((SOL_SOCKET, SO_SNDBUF, settings.tcpSocketBuffer))
+            options.append((SOL_SOCKET, SO_RCVBUF, settings.tcpSocketBuffer))
+        }
+        return options
+    }
+
+    static func listenerOptions(_ settings: Settings) -> [(Int32, Int32, SocketOptionValue)] {
+        var options = connectionOptions(settings)
+        // PgBouncer hard-codes 45 seconds: accept() only once the client has sent its first packet.
+        if settings.tcpDeferAccept > 0 { options.append((Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, 45)) }
+        return options
     }
 }
 

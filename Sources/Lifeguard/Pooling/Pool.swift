@@ -16,6 +16,10 @@ final class Pool {
     private(set) var capacity: PoolCapacity
     private(set) var resetQuery: String
     private(set) var resetQueryAlways: Bool
+    /// Client timeouts with this pool's per-user and per-database overrides.
+    private(set) var timeouts: Timeouts
+    /// `server_lifetime`, per database or global.
+    private(set) var serverLifetime: Double
 
     /// AuthenticationOk and the untracked ParameterStatus messages of the first server login, encoded once
     /// and replayed to every client that logs in; the tracked ones are written per client.
@@ -41,6 +45,8 @@ final class Pool {
         self.shard = shard
         (self.database, self.mode, self.capacity, self.resetQuery, self.resetQueryAlways) =
             Self.derive(database: database, user: user, settings: settings)
+        self.timeouts = Timeouts(settings: settings, database: database, user: user)
+        self.serverLifetime = database.serverLifetime ?? settings.serverLifetime
     }
 
     /// Takes a reloaded configuration. A changed connection string (host, port, dbname, forced user or its
@@ -52,6 +58,8 @@ final class Pool {
             || newDatabase.password != database.password
         (database, mode, capacity, resetQuery, resetQueryAlways) =
             Self.derive(database: newDatabase, user: user, settings: settings)
+        timeouts = Timeouts(settings: settings, database: newDatabase, user: user)
+        serverLifetime = newDatabase.serverLifetime ?? settings.serverLifetime
         if connectionChanged { shard.reconnect(pool: self) }
         launchIfNeeded(now: .now())
     }
@@ -62,7 +70,7 @@ final class Pool {
     {
         let capacity = PoolCapacity(
             size: user?.poolSize ?? database.poolSize ?? settings.defaultPoolSize,
-            reserveSize: database.reservePoolSize ?? settings.reservePoolSize,
+            reserveSize: user?.reservePoolSize ?? database.reservePoolSize ?? settings.reservePoolSize,
             minSize: database.minPoolSize ?? settings.minPoolSize,
             reserveTimeoutNanoseconds: Int64(settings.reservePoolTimeout * 1e9),
             maxDatabaseConnections: database.maxDBConnections ?? settings.maxDBConnections,
@@ -100,7 +108,7 @@ final class Pool {
         if shard.isPaused(key.database) {
             // PAUSE: the client waits for RESUME.
             waitingClients.append((client, .now()))
-        } else if let server = idleServers.popLast() {
+        } else if let server = takeIdleServer() {
             server.assign(to: client)
         } else if let cached = failingFast(now: .now()) {
             client.closeWithError(cached, reason: cached.message)
@@ -108,6 +116,12 @@ final class Pool {
             waitingClients.append((client, .now()))
             launchIfNeeded(now: .now())
         }
+    }
+
+    /// LIFO keeps the warmest server busy; `server_round_robin` spreads load FIFO instead.
+    private func takeIdleServer() -> ServerConnection? {
+        guard !idleServers.isEmpty else { return nil }
+        return shard.settings.serverRoundRobin ? idleServers.removeFirst() : idleServers.removeLast()
     }
 
     /// `client` is going away: forget any place it held in a queue.
@@ -186,7 +200,7 @@ final class Pool {
             server.close(reason: "server close needed (RECONNECT or configuration change)")
         } else if Timeouts.lifetimeOver(
             connectedSeconds: server.connectTime, nowSeconds: shard.clockSeconds,
-            lifetimeSeconds: shard.settings.serverLifetime)
+            lifetimeSeconds: serverLifetime)
         {
             server.close(reason: "server lifetime over")
         } else if let next = waitingClients.popFirst() {
@@ -236,14 +250,14 @@ final class Pool {
 
     /// RESUME: serve the clients that queued during the pause.
     func resumeAfterPause() {
-        while !waitingClients.isEmpty, let server = idleServers.popLast() {
+        while !waitingClients.isEmpty, let server = takeIdleServer() {
             server.assign(to: waitingClients.removeFirst().client)
         }
         launchIfNeeded(now: .now())
     }
 
     /// query_wait_timeout and query_wait_notify for the clients queued here.
-    func sweepWaitingClients(_ timeouts: Timeouts, now: NIODeadline) {
+    func sweepWaitingClients(now: NIODeadline) {
         let nowNanoseconds = Int64(now.uptimeNanoseconds)
         var expired: [ClientSession] = []
         for (client, since) in waitingClients {

@@ -102,9 +102,10 @@ final class PoolShard {
     private func sweepTimeouts(now: NIODeadline) {
         let timeouts = Timeouts(settings: settings)
         let nowNanoseconds = Int64(now.uptimeNanoseconds)
-        for pool in pools.values { pool.sweepWaitingClients(timeouts, now: now) }
+        for pool in pools.values { pool.sweepWaitingClients(now: now) }
         for client in Array(clientSessions.values) {
-            guard let expiry = timeouts.expired(client.timeoutClocks, now: nowNanoseconds) else { continue }
+            let clientTimeouts = client.pool?.timeouts ?? timeouts
+            guard let expiry = clientTimeouts.expired(client.timeoutClocks, now: nowNanoseconds) else { continue }
             let error = PoolerError(expiry.message)
             let server = client.server
             client.kill(error)

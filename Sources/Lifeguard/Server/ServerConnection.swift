@@ -74,16 +74,21 @@ final class ServerConnection: ChannelDuplexHandler {
     static func launch(for pool: Pool) {
         let server = ServerConnection(pool: pool)
         pool.shard.register(server)
-        let keepalive = pool.shard.settings.tcpKeepalive
-        let bootstrap = ClientBootstrap(group: pool.shard.eventLoop)
+        var bootstrap = ClientBootstrap(group: pool.shard.eventLoop)
             .connectTimeout(.nanoseconds(max(Int64(pool.shard.settings.serverConnectTimeout * 1e9), 1_000_000)))
-            .channelOption(.socketOption(.so_keepalive), value: keepalive ? 1 : 0)
             .channelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 128 * 1024))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(server)
                 }
             }
+        if case .tcp = server.address {
+            for (level, name, value) in TCPTuning.connectionOptions(pool.shard.settings) {
+                bootstrap = bootstrap.channelOption(
+                    ChannelOptions.Types.SocketOption(level: SocketOptionLevel(level), name: SocketOptionName(name)),
+                    value: value)
+            }
+        }
         server.address.connect(bootstrap).whenFailure { error in
             server.connectFailed(error)
         }

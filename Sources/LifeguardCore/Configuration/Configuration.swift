@@ -51,6 +51,10 @@ public struct DatabaseDefinition: Sendable, Equatable {
     public var datestyle: String?
     public var timezone: String?
     public var applicationName: String?
+    /// Per-database overrides of the `[pgbouncer]` values (nil: use the global one).
+    public var queryWaitTimeout: Double?
+    public var serverLifetime: Double?
+    public var maxDBClientConnections: Int?
 
     public init(
         name: String,
@@ -95,6 +99,14 @@ public struct UserDefinition: Sendable, Equatable {
     public var poolMode: PoolMode?
     public var poolSize: Int?
     public var maxUserConnections: Int?
+    /// Per-user overrides of the `[pgbouncer]` values (nil: use the database's or the global one).
+    public var reservePoolSize: Int?
+    public var maxUserClientConnections: Int?
+    public var queryTimeout: Double?
+    public var queryWaitTimeout: Double?
+    public var idleTransactionTimeout: Double?
+    public var transactionTimeout: Double?
+    public var clientIdleTimeout: Double?
 
     public init(name: String, poolMode: PoolMode? = nil, poolSize: Int? = nil, maxUserConnections: Int? = nil) {
         self.name = name
@@ -299,13 +311,12 @@ private struct ConfigurationBuilder {
             case "application_name": definition.applicationName = parse.optionalString()
             case "auth_user", "auth_query", "auth_dbname":
                 notImplemented(parameter, of: "database", name, at: location)
-            case "max_db_client_connections":
-                _ = try parse.integer()
-                notImplemented(parameter, of: "database", name, at: location)
-            case "query_wait_timeout", "server_lifetime":
+            case "max_db_client_connections": definition.maxDBClientConnections = try parse.integer()
+            case "query_wait_timeout":
                 // -1 means "not set" for the per-database query_wait_timeout.
-                _ = try parse.seconds(allowNegative: true)
-                notImplemented(parameter, of: "database", name, at: location)
+                let seconds = try parse.seconds(allowNegative: true)
+                definition.queryWaitTimeout = seconds < 0 ? nil : seconds
+            case "server_lifetime": definition.serverLifetime = try parse.seconds()
             case "load_balance_hosts":
                 _ = try parse.oneOf(["round-robin", "disable"])
                 notImplemented(parameter, of: "database", name, at: location)
@@ -329,13 +340,20 @@ private struct ConfigurationBuilder {
             case "pool_mode": definition.poolMode = try parse.poolMode()
             case "pool_size": definition.poolSize = try parse.integer()
             case "max_user_connections": definition.maxUserConnections = try parse.integer()
-            case "reserve_pool_size", "max_user_client_connections":
-                _ = try parse.integer()
-                notImplemented(parameter, of: "user", name, at: location)
+            case "reserve_pool_size": definition.reservePoolSize = try parse.integer()
+            case "max_user_client_connections": definition.maxUserClientConnections = try parse.integer()
             case "query_timeout", "query_wait_timeout", "idle_transaction_timeout",
                  "transaction_timeout", "client_idle_timeout":
-                _ = try parse.seconds(allowNegative: true)
-                notImplemented(parameter, of: "user", name, at: location)
+                // -1 means "not set", as in PgBouncer.
+                let raw = try parse.seconds(allowNegative: true)
+                let seconds: Double? = raw < 0 ? nil : raw
+                switch parameter {
+                case "query_timeout": definition.queryTimeout = seconds
+                case "query_wait_timeout": definition.queryWaitTimeout = seconds
+                case "idle_transaction_timeout": definition.idleTransactionTimeout = seconds
+                case "transaction_timeout": definition.transactionTimeout = seconds
+                default: definition.clientIdleTimeout = seconds
+                }
             default:
                 throw IniParser.error(at: location, "unrecognized user parameter: \(parameter)", key: parameter)
             }

@@ -68,6 +68,21 @@ public struct Settings: Sendable, Equatable {
     public var transactionTimeout: Double = 0
     /// Seconds a queued client waits before it is told so with a NOTICE; 0 disables.
     public var queryWaitNotify: Int = 5
+    /// TCP tuning; 0 leaves the operating system's value (tcp_defer_accept: seconds, default on).
+    public var tcpDeferAccept: Int = 1
+    public var tcpKeepCount: Int = 0
+    public var tcpKeepIdle: Int = 0
+    public var tcpKeepInterval: Int = 0
+    public var tcpSocketBuffer: Int = 0
+    /// Milliseconds.
+    public var tcpUserTimeout: Int = 0
+    /// Client connections per database and per user; 0 means unlimited.
+    public var maxDBClientConnections: Int = 0
+    public var maxUserClientConnections: Int = 0
+    /// Hand out idle servers oldest first (1) instead of most recently used first (0).
+    public var serverRoundRobin: Bool = false
+    /// A NOTICE sent to every client right after login; empty sends none.
+    public var loginNotifyMessage: String = ""
     /// Averages in SHOW STATS and the `stats:` log line are computed over this period (seconds).
     public var statsPeriod: Double = 60
     public var logStats: Bool = true
@@ -147,13 +162,13 @@ public struct Settings: Sendable, Equatable {
         key("log_pooler_errors", "1", .boolean, implemented: true),
         key("log_stats", "1", .boolean, implemented: true),
         key("logfile", "", .string, implemented: true),
-        key("login_notify_message", "", .string),
+        key("login_notify_message", "", .string, implemented: true),
         key("max_client_conn", "100", .integer, implemented: true),
-        key("max_db_client_connections", "0", .integer),
+        key("max_db_client_connections", "0", .integer, implemented: true),
         key("max_db_connections", "0", .integer, implemented: true),
         key("max_packet_size", "2147483647", .integer, implemented: true),
         key("max_prepared_statements", "200", .integer),
-        key("max_user_client_connections", "0", .integer),
+        key("max_user_client_connections", "0", .integer, implemented: true),
         key("max_user_connections", "0", .integer, implemented: true),
         key("min_pool_size", "0", .integer, implemented: true),
         key("peer_id", "0", .integer),
@@ -178,7 +193,7 @@ public struct Settings: Sendable, Equatable {
         key("server_login_retry", "15", .seconds, implemented: true),
         key("server_reset_query", "DISCARD ALL", .string, implemented: true),
         key("server_reset_query_always", "0", .boolean, implemented: true),
-        key("server_round_robin", "0", .boolean),
+        key("server_round_robin", "0", .boolean, implemented: true),
         key("server_tls13_ciphers", "", .string),
         key("server_tls_ca_file", "", .string),
         key("server_tls_cert_file", "", .string),
@@ -193,13 +208,13 @@ public struct Settings: Sendable, Equatable {
         key("syslog", "0", .boolean),
         key("syslog_facility", "daemon", .string),
         key("syslog_ident", "pgbouncer", .string),
-        key("tcp_defer_accept", "1", .integer),
+        key("tcp_defer_accept", "1", .integer, implemented: true),
         key("tcp_keepalive", "1", .boolean, implemented: true),
-        key("tcp_keepcnt", "0", .integer),
-        key("tcp_keepidle", "0", .integer),
-        key("tcp_keepintvl", "0", .integer),
-        key("tcp_socket_buffer", "0", .integer),
-        key("tcp_user_timeout", "0", .integer),
+        key("tcp_keepcnt", "0", .integer, implemented: true),
+        key("tcp_keepidle", "0", .integer, implemented: true),
+        key("tcp_keepintvl", "0", .integer, implemented: true),
+        key("tcp_socket_buffer", "0", .integer, implemented: true),
+        key("tcp_user_timeout", "0", .integer, implemented: true),
         key("track_extra_parameters", "IntervalStyle", .string, restart: true),
         key("transaction_timeout", "0", .seconds, implemented: true),
         key("unix_socket_dir", "/tmp", .string, implemented: true, restart: true),
@@ -261,6 +276,16 @@ public struct Settings: Sendable, Equatable {
         case "so_reuseport": soReuseport = try parse.boolean()
         case "pkt_buf": pktBuf = try parse.integer(in: 1...Int.max)
         case "stats_period": statsPeriod = try parse.seconds()
+        case "tcp_defer_accept": tcpDeferAccept = try parse.integer()
+        case "tcp_keepcnt": tcpKeepCount = try parse.integer()
+        case "tcp_keepidle": tcpKeepIdle = try parse.integer()
+        case "tcp_keepintvl": tcpKeepInterval = try parse.integer()
+        case "tcp_socket_buffer": tcpSocketBuffer = try parse.integer()
+        case "tcp_user_timeout": tcpUserTimeout = try parse.integer()
+        case "max_db_client_connections": maxDBClientConnections = try parse.integer()
+        case "max_user_client_connections": maxUserClientConnections = try parse.integer()
+        case "server_round_robin": serverRoundRobin = try parse.boolean()
+        case "login_notify_message": loginNotifyMessage = value
         case "client_idle_timeout": clientIdleTimeout = try parse.seconds()
         case "client_login_timeout": clientLoginTimeout = try parse.seconds()
         case "idle_transaction_timeout": idleTransactionTimeout = try parse.seconds()

@@ -13,14 +13,16 @@ public struct Timeouts: Sendable, Equatable {
     public var serverConnect: Int64
     public var queryWaitNotify: Int64
 
-    public init(settings: Settings) {
+    /// The timeouts for clients of a pool: per-user values first, then per-database (`query_wait_timeout`),
+    /// then `[pgbouncer]`, as PgBouncer resolves them.
+    public init(settings: Settings, database: DatabaseDefinition? = nil, user: UserDefinition? = nil) {
         func nanoseconds(_ seconds: Double) -> Int64 { Int64((seconds * 1e9).rounded()) }
         clientLogin = nanoseconds(settings.clientLoginTimeout)
-        clientIdle = nanoseconds(settings.clientIdleTimeout)
-        queryWait = nanoseconds(settings.queryWaitTimeout)
-        query = nanoseconds(settings.queryTimeout)
-        idleTransaction = nanoseconds(settings.idleTransactionTimeout)
-        transaction = nanoseconds(settings.transactionTimeout)
+        clientIdle = nanoseconds(user?.clientIdleTimeout ?? settings.clientIdleTimeout)
+        queryWait = nanoseconds(user?.queryWaitTimeout ?? database?.queryWaitTimeout ?? settings.queryWaitTimeout)
+        query = nanoseconds(user?.queryTimeout ?? settings.queryTimeout)
+        idleTransaction = nanoseconds(user?.idleTransactionTimeout ?? settings.idleTransactionTimeout)
+        transaction = nanoseconds(user?.transactionTimeout ?? settings.transactionTimeout)
         serverIdle = nanoseconds(settings.serverIdleTimeout)
         serverConnect = nanoseconds(settings.serverConnectTimeout)
         queryWaitNotify = Int64(settings.queryWaitNotify) * 1_000_000_000

@@ -61,6 +61,30 @@ extension IntegrationTests {
         #expect(lifeguard.log.components(separatedBy: "new connection to server").count - 1 == 2)
     }
 
+    @Test func tcpKeepaliveTimingsReachTheSockets() throws {
+        let lifeguard = try LifeguardProcess(settings: "tcp_keepidle = 77\ntcp_keepintvl = 11")
+        let client = try lifeguard.connect()
+        _ = try client.value("SELECT 1")
+        usleep(300_000)  // until the last segments are acknowledged, ss shows the retransmit timer instead
+        // ss shows the keepalive timer of Lifeguard's socket to PostgreSQL and of the accepted client socket.
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/ss")
+        process.arguments = ["-tnoH", "state", "established"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let toServer = output.split(separator: "\n").filter {
+            $0.contains(":\(TestEnvironment.postgresPort!) ") && $0.contains("keepalive")
+        }
+        let fromClient = output.split(separator: "\n").filter {
+            $0.contains("127.0.0.1:\(lifeguard.port) ") && $0.contains("keepalive")
+        }
+        #expect(toServer.contains { $0.contains("timer:(keepalive,1min") || $0.contains("timer:(keepalive,7") })
+        #expect(fromClient.contains { $0.contains("timer:(keepalive,1min") || $0.contains("timer:(keepalive,7") }, "\(output)")
+    }
+
     @Test func connectQueryRunsOnEveryNewServer() throws {
         let lifeguard = try LifeguardProcess(
             settings: "auth_type = trust",

@@ -115,3 +115,67 @@ extension IntegrationTests {
     }
 }
 }
+
+extension IntegrationTests.ServerFailureTests {
+    private func waitUntil(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(100_000)
+        }
+        return condition()
+    }
+
+    /// Restarts the test cluster with pg_ctl, as the postgres user. (`system`, not Foundation's Process:
+    /// the restarted postmaster outlives `su`, and Process did not always notice `su` exiting.)
+    private func restartPostgres(mode: String) throws {
+        let data = "\(TestEnvironment.postgresSocketDirectory!)/data"
+        let status = system(
+            "su postgres -s /bin/bash -c \"cd / && /usr/lib/postgresql/15/bin/pg_ctl -D '\(data)' -l '\(data)/../server.log' -m \(mode) -w restart >/dev/null 2>&1\"")
+        try #require(status == 0, "pg_ctl restart failed")
+    }
+
+    @Test(arguments: ["fast", "immediate"])
+    func postgresRestartIsSurvived(mode: String) throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 2")
+        let client = try lifeguard.connect()
+        #expect(try client.value("SELECT 1") == "1")
+        try restartPostgres(mode: mode)
+        // The idle server died with PostgreSQL; the next transaction gets a new one once it is back.
+        #expect(waitUntil { (try? client.value("SELECT 'back'")) == "back" })
+        #expect(try lifeguard.connect().value("SELECT 2") == "2")
+    }
+
+    @Test func sessionClientWhoseServerDiesGetsAClearError() throws {
+        let lifeguard = try LifeguardProcess(settings: "pool_mode = session")
+        let client = try lifeguard.connect()
+        _ = try client.value("SELECT 1")
+        try restartPostgres(mode: "fast")
+        do {
+            _ = try client.value("SELECT 1")
+            Issue.record("query ran on a dead server")
+        } catch let failure as PGConnection.Failure {
+            // PostgreSQL's own shutdown message, or PgBouncer's when the socket just closed.
+            #expect(failure.message.contains("terminating connection") || failure.message.contains("server conn crashed?"))
+        }
+        #expect(waitUntil { (try? lifeguard.connect().value("SELECT 3")) == "3" })
+    }
+
+    @Test func serverRefusingLoginsIsRetriedAfterServerLoginRetry() throws {
+        let direct = try TestEnvironment.direct()
+        try direct.query("ALTER ROLE lg_clear CONNECTION LIMIT 0")
+        defer { _ = try? direct.query("ALTER ROLE lg_clear CONNECTION LIMIT -1") }
+        let lifeguard = try LifeguardProcess(settings: "server_login_retry = 0.5")
+        #expect(lifeguard.loginFailure(user: "lg_clear", password: "clearpass").contains("too many connections for role"))
+        try direct.query("ALTER ROLE lg_clear CONNECTION LIMIT -1")
+        #expect(waitUntil { (try? lifeguard.connect(user: "lg_clear", password: "clearpass").value("SELECT 1")) == "1" })
+    }
+
+    @Test func unreachableServerFailsClientsInsteadOfHanging() throws {
+        // Nothing listens on this port: connection refused.
+        let lifeguard = try LifeguardProcess(settings: "auth_type = trust", databases: "lgtest = host=127.0.0.1 port=\(freePort())")
+        let start = Date()
+        #expect(lifeguard.loginFailure(user: "lg_trust", password: nil).contains("server connection failed"))
+        #expect(Date().timeIntervalSince(start) < 5)
+    }
+}

@@ -179,3 +179,45 @@ extension IntegrationTests.ServerFailureTests {
         #expect(Date().timeIntervalSince(start) < 5)
     }
 }
+
+extension IntegrationTests.ServerFailureTests {
+    @Test func hostNamesAreResolvedAndTriedAddressByAddress() throws {
+        // "localhost" may resolve to ::1 first, where PostgreSQL does not listen: the next address is tried.
+        let lifeguard = try LifeguardProcess(databases: "lgtest = host=localhost port=\(TestEnvironment.postgresPort!)")
+        #expect(try lifeguard.connect().value("SELECT 1") == "1")
+    }
+
+    @Test func unknownHostNameFailsClearly() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "auth_type = trust", databases: "lgtest = host=no-such-host.invalid port=5432")
+        #expect(lifeguard.loginFailure(user: "lg_trust", password: nil).contains("could not resolve host no-such-host.invalid"))
+    }
+
+    @Test func hostListWithLoadBalancingDisabledMovesOnFromAFailedHost() throws {
+        // The first host is a Unix-socket directory with no server in it; the second is the real one.
+        let lifeguard = try LifeguardProcess(
+            settings: "auth_type = trust\nserver_login_retry = 0.2",
+            databases: "lgtest = host=/nonexistent-lifeguard-dir,127.0.0.1 port=\(TestEnvironment.postgresPort!) load_balance_hosts=disable")
+        _ = lifeguard.loginFailure(user: "lg_trust", password: nil)
+        usleep(300_000)
+        for _ in 0..<3 {
+            let client = try lifeguard.connect(user: "lg_trust", password: nil)
+            #expect(try client.value("SELECT inet_server_port()") == "\(TestEnvironment.postgresPort!)")
+        }
+    }
+
+    @Test func poolIdleTimeoutFreesAnUnusedPool() throws {
+        let lifeguard = try LifeguardProcess(settings: "pool_idle_timeout = 0.5\nadmin_users = lg_md5")
+        do {
+            let client = try lifeguard.connect()
+            _ = try client.value("SELECT 1")
+        }
+        let console = try lifeguard.connect(database: "pgbouncer")
+        let freed = waitUntil(5) {
+            ((try? console.query("SHOW POOLS")) ?? []).allSatisfy { $0[0] != "lgtest" }
+        }
+        #expect(freed)
+        #expect(lifeguard.log.contains("pool_idle_timeout"))
+        #expect(try lifeguard.connect().value("SELECT 2") == "2", "the pool comes back on demand")
+    }
+}

@@ -314,10 +314,11 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         }
         // Unknown keys and clients without a server are dropped silently, as PostgreSQL and PgBouncer do.
         guard let target = shard.client(forCancelKey: key), let server = target.server,
-            let backend = server.backendKey
+            let backend = server.backendKey, let address = server.remoteAddress
         else { return }
-        server.address.sendCancel(
-            processID: backend.processID, secretKey: backend.secretKey, on: shard.eventLoop)
+        sendCancel(
+            to: address, processID: backend.processID, secretKey: backend.secretKey,
+            timeout: shard.settings.cancelWaitTimeout, on: shard.eventLoop)
     }
 
     // MARK: Authentication

@@ -16,6 +16,9 @@ final class Pool {
     private(set) var capacity: PoolCapacity
     private(set) var resetQuery: String
     private(set) var resetQueryAlways: Bool
+    /// The database's hosts (a `host=` list), and the one the next server connection goes to.
+    private var targets: [ServerAddress] = []
+    private var targetIndex = 0
     /// Client timeouts with this pool's per-user and per-database overrides.
     private(set) var timeouts: Timeouts
     /// `server_lifetime`, per database or global.
@@ -47,6 +50,20 @@ final class Pool {
             Self.derive(database: database, user: user, settings: settings)
         self.timeouts = Timeouts(settings: settings, database: database, user: user)
         self.serverLifetime = database.serverLifetime ?? settings.serverLifetime
+        self.targets = ServerAddress.targets(database: database, settings: settings)
+    }
+
+    /// The host for a new server connection: the next one in turn (`load_balance_hosts = round-robin`), or
+    /// the current one until it fails (`disable`).
+    func nextServerAddress() -> ServerAddress {
+        let address = targets[targetIndex % targets.count]
+        if database.loadBalanceHosts { targetIndex += 1 }
+        return address
+    }
+
+    /// A connection to `address` failed: with `load_balance_hosts = disable`, move on to the next host.
+    func serverAddressFailed(_ address: ServerAddress) {
+        if !database.loadBalanceHosts, targets[targetIndex % targets.count] == address { targetIndex += 1 }
     }
 
     /// Takes a reloaded configuration. A changed connection string (host, port, dbname, forced user or its
@@ -60,6 +77,7 @@ final class Pool {
             Self.derive(database: newDatabase, user: user, settings: settings)
         timeouts = Timeouts(settings: settings, database: newDatabase, user: user)
         serverLifetime = newDatabase.serverLifetime ?? settings.serverLifetime
+        targets = ServerAddress.targets(database: newDatabase, settings: settings)
         if connectionChanged { shard.reconnect(pool: self) }
         launchIfNeeded(now: .now())
     }
@@ -133,6 +151,10 @@ final class Pool {
     }
 
     var waitingCount: Int { waitingClients.count }
+
+    /// No client logged in or queued: a candidate for pool_idle_timeout / autodb_idle_timeout.
+    var hasNoClients: Bool { clientCount == 0 && waitingClients.isEmpty && clientsWaitingForWelcome.isEmpty }
+    var unusedSince: NIODeadline?
 
     /// Closes one idle server, if this pool has any; returns whether it did.
     func closeOneIdleServer(reason: String) -> Bool {

@@ -38,6 +38,7 @@ final class PoolShard {
     private(set) var serverConnections: [ObjectIdentifier: ServerConnection] = [:]
     private var lastConnectionID = 0
     private(set) var adminSessions: [ObjectIdentifier: AdminSession] = [:]
+    let resolver: HostResolver
     let control = ShardControl()
     private var statsTimer: RepeatedTask?
 
@@ -49,6 +50,9 @@ final class PoolShard {
         self.secrets = userList.secrets.mapValues(PasswordSecret.init(parsing:))
         self.logger = logger
         self.mockAuthenticationKey = randomBytes(32)
+        self.resolver = HostResolver(
+            eventLoop: eventLoop, maxTTL: configuration.settings.dnsMaxTTL,
+            failureTTL: configuration.settings.dnsNXDomainTTL)
     }
 
 
@@ -96,6 +100,26 @@ final class PoolShard {
             pool.maintain(now: now)
         }
         sweepTimeouts(now: now)
+        freeUnusedPools(now: now)
+    }
+
+    /// `autodb_idle_timeout` (pools of databases made from the `*` entry) and `pool_idle_timeout` (any
+    /// other pool without a forced user): a pool without clients for that long closes its idle servers and
+    /// goes away; its statistics go with it, as in PgBouncer.
+    private func freeUnusedPools(now: NIODeadline) {
+        for (key, pool) in pools {
+            let madeFromFallback = configuration.databases[key.database] == nil
+            let timeout = madeFromFallback ? settings.autodbIdleTimeout : settings.poolIdleTimeout
+            guard timeout > 0, pool.database.user == nil || madeFromFallback, pool.hasNoClients else {
+                pool.unusedSince = nil
+                continue
+            }
+            let since = pool.unusedSince ?? now
+            pool.unusedSince = since
+            guard now - since >= .nanoseconds(Int64(timeout * 1e9)) else { continue }
+            pool.closeIdleServers(reason: madeFromFallback ? "autodb_idle_timeout" : "pool_idle_timeout")
+            if pool.serverCount == 0 { pools[key] = nil }
+        }
     }
 
     /// Closes the clients and servers whose timeouts have run out (PgBouncer's janitor).
@@ -160,6 +184,8 @@ final class PoolShard {
         ignoredStartupParameters = IgnoredStartupParameters(settings.ignoreStartupParameters)
         secrets = userList.secrets.mapValues(PasswordSecret.init(parsing:))
         derivedSecrets = [:]
+        resolver.maxTTL = settings.dnsMaxTTL
+        resolver.failureTTL = settings.dnsNXDomainTTL
         for pool in pools.values {
             guard let database = newConfiguration.database(named: pool.key.database) else {
                 reconnect(pool: pool)

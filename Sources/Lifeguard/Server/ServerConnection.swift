@@ -57,7 +57,7 @@ final class ServerConnection: ChannelDuplexHandler {
 
     private init(pool: Pool) {
         self.pool = pool
-        self.address = ServerAddress(database: pool.database, settings: pool.shard.settings)
+        self.address = pool.nextServerAddress()
         self.scanner = FrameScanner(capturedIDs: .all, maxMessageLength: Int(Int32.max))
         self.id = pool.shard.nextConnectionID()
         self.authentication = ServerAuthentication(
@@ -89,7 +89,7 @@ final class ServerConnection: ChannelDuplexHandler {
                     value: value)
             }
         }
-        server.address.connect(bootstrap).whenFailure { error in
+        server.address.connect(bootstrap, resolver: pool.shard.resolver).whenFailure { error in
             server.connectFailed(error)
         }
     }
@@ -123,6 +123,7 @@ final class ServerConnection: ChannelDuplexHandler {
     private func connectFailed(_ error: Error) {
         guard case .connecting = state else { return }
         state = .closed
+        pool.serverAddressFailed(address)
         let message = "server connection failed: \(error)"
         logger.warning("\(logPrefix) closing because: \(message) (age=0s)")
         pool.serverLoginFailed(PoolerError(message))

@@ -55,6 +55,9 @@ public struct DatabaseDefinition: Sendable, Equatable {
     public var queryWaitTimeout: Double?
     public var serverLifetime: Double?
     public var maxDBClientConnections: Int?
+    /// With a `host` list: true (`round-robin`, the default) moves to the next host for every new server
+    /// connection; false (`disable`) stays on one host until a connection to it fails.
+    public var loadBalanceHosts = true
 
     public init(
         name: String,
@@ -318,8 +321,7 @@ private struct ConfigurationBuilder {
                 definition.queryWaitTimeout = seconds < 0 ? nil : seconds
             case "server_lifetime": definition.serverLifetime = try parse.seconds()
             case "load_balance_hosts":
-                _ = try parse.oneOf(["round-robin", "disable"])
-                notImplemented(parameter, of: "database", name, at: location)
+                definition.loadBalanceHosts = try parse.oneOf(["round-robin", "disable"]) == "round-robin"
             default:
                 throw IniParser.error(at: location, "unrecognized connection parameter: \(parameter)", key: parameter)
             }

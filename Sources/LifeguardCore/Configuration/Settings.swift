@@ -68,6 +68,14 @@ public struct Settings: Sendable, Equatable {
     public var transactionTimeout: Double = 0
     /// Seconds a queued client waits before it is told so with a NOTICE; 0 disables.
     public var queryWaitNotify: Int = 5
+    public var autodbIdleTimeout: Double = 3600
+    public var poolIdleTimeout: Double = 0
+    public var cancelWaitTimeout: Double = 10
+    /// Lifeguard keeps no socket buffers, so SUSPEND has nothing to flush; accepted for compatibility.
+    public var suspendTimeout: Double = 10
+    /// How long resolved host names (and failures to resolve) are cached.
+    public var dnsMaxTTL: Double = 15
+    public var dnsNXDomainTTL: Double = 15
     /// TCP tuning; 0 leaves the operating system's value (tcp_defer_accept: seconds, default on).
     public var tcpDeferAccept: Int = 1
     public var tcpKeepCount: Int = 0
@@ -132,8 +140,8 @@ public struct Settings: Sendable, Equatable {
         key("auth_query", defaultAuthQuery, .string),
         key("auth_type", "md5", .string, implemented: true),
         key("auth_user", "", .string),
-        key("autodb_idle_timeout", "3600", .seconds),
-        key("cancel_wait_timeout", "10", .seconds),
+        key("autodb_idle_timeout", "3600", .seconds, implemented: true),
+        key("cancel_wait_timeout", "10", .seconds, implemented: true),
         key("client_idle_timeout", "0", .seconds, implemented: true),
         key("client_login_timeout", "60", .seconds, implemented: true),
         key("client_tls13_ciphers", "", .string),
@@ -148,8 +156,8 @@ public struct Settings: Sendable, Equatable {
         key("conffile", "", .string),
         key("default_pool_size", "20", .integer, implemented: true),
         key("disable_pqexec", "0", .boolean, restart: true),
-        key("dns_max_ttl", "15", .seconds),
-        key("dns_nxdomain_ttl", "15", .seconds),
+        key("dns_max_ttl", "15", .seconds, implemented: true),
+        key("dns_nxdomain_ttl", "15", .seconds, implemented: true),
         key("dns_zone_check_period", "0", .seconds),
         key("idle_transaction_timeout", "0", .seconds, implemented: true),
         key("ignore_startup_parameters", "", .string, implemented: true),
@@ -174,7 +182,7 @@ public struct Settings: Sendable, Equatable {
         key("peer_id", "0", .integer),
         key("pidfile", "", .string, implemented: true, restart: true),
         key("pkt_buf", "4096", .integer, implemented: true, restart: true),
-        key("pool_idle_timeout", "0", .seconds),
+        key("pool_idle_timeout", "0", .seconds, implemented: true),
         key("pool_mode", "session", .string, implemented: true),
         key("query_timeout", "0", .seconds, implemented: true),
         key("query_wait_notify", "5", .integer, implemented: true),
@@ -204,7 +212,7 @@ public struct Settings: Sendable, Equatable {
         key("so_reuseport", "0", .boolean, implemented: true, restart: true),
         key("stats_period", "60", .integer, implemented: true),
         key("stats_users", "", .string, implemented: true),
-        key("suspend_timeout", "10", .seconds),
+        key("suspend_timeout", "10", .seconds, implemented: true),
         key("syslog", "0", .boolean),
         key("syslog_facility", "daemon", .string),
         key("syslog_ident", "pgbouncer", .string),
@@ -276,6 +284,12 @@ public struct Settings: Sendable, Equatable {
         case "so_reuseport": soReuseport = try parse.boolean()
         case "pkt_buf": pktBuf = try parse.integer(in: 1...Int.max)
         case "stats_period": statsPeriod = try parse.seconds()
+        case "autodb_idle_timeout": autodbIdleTimeout = try parse.seconds()
+        case "pool_idle_timeout": poolIdleTimeout = try parse.seconds()
+        case "cancel_wait_timeout": cancelWaitTimeout = try parse.seconds()
+        case "suspend_timeout": suspendTimeout = try parse.seconds()
+        case "dns_max_ttl": dnsMaxTTL = try parse.seconds()
+        case "dns_nxdomain_ttl": dnsNXDomainTTL = try parse.seconds()
         case "tcp_defer_accept": tcpDeferAccept = try parse.integer()
         case "tcp_keepcnt": tcpKeepCount = try parse.integer()
         case "tcp_keepidle": tcpKeepIdle = try parse.integer()

@@ -175,3 +175,44 @@ extension IntegrationTests {
     }
 }
 }
+
+extension IntegrationTests.TimeoutTests {
+    @Test func idleServerIsCheckedBeforeReuse() throws {
+        let lifeguard = try LifeguardProcess(settings: "server_check_delay = 0.3\nadmin_users = lg_md5")
+        let client = try lifeguard.connect()
+        _ = try client.value("SELECT 1")
+        usleep(500_000)
+        let console = try lifeguard.connect(database: "pgbouncer")
+        let pool = try console.records("SHOW POOLS").first { $0["database"] == .some("lgtest") }
+        #expect(pool?["sv_used"] == .some("1"))
+        // The default check is an empty query; the server passes it and serves the client.
+        #expect(try client.value("SELECT 2") == "2")
+    }
+
+    @Test func serverFailingItsCheckIsReplaced() throws {
+        let lifeguard = try LifeguardProcess(settings: "server_check_delay = 0.3\nserver_check_query = 'SELECT 1/0'")
+        let client = try lifeguard.connect()
+        let first = client.backendPID
+        usleep(500_000)
+        let second = client.backendPID
+        #expect(second != nil && second != first)
+        #expect(lifeguard.log.contains("server check query failed"))
+    }
+}
+
+extension IntegrationTests.TimeoutTests {
+    @Test func serverFastCloseEndsSessionsOnReconnect() throws {
+        let lifeguard = try LifeguardProcess(settings: "pool_mode = session\nserver_fast_close = 1\nadmin_users = lg_md5")
+        let client = try lifeguard.connect()
+        _ = try client.value("SELECT 1")
+        try lifeguard.connect(database: "pgbouncer").query("RECONNECT lgtest")
+        usleep(600_000)
+        do {
+            _ = try client.value("SELECT 1")
+            Issue.record("session kept its server after RECONNECT with server_fast_close")
+        } catch let failure as PGConnection.Failure {
+            #expect(failure.message.contains("database configuration changed"))
+        }
+        #expect(try lifeguard.connect().value("SELECT 2") == "2")
+    }
+}

@@ -216,6 +216,11 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     var remoteAddress: SocketAddress? { context?.channel.remoteAddress }
     var localAddress: SocketAddress? { context?.channel.localAddress }
 
+    /// Between transactions with nothing in flight: its server could be closed without losing work.
+    var isBetweenTransactions: Bool {
+        tracker.isIdle && scanner.isAtMessageBoundary && pendingData == nil && queryStart == nil
+    }
+
     /// The clocks the timeout sweep judges this client by.
     var timeoutClocks: Timeouts.ClientClocks {
         var clocks = Timeouts.ClientClocks()

@@ -127,7 +127,7 @@ final class Pool {
             // PAUSE: the client waits for RESUME.
             waitingClients.append((client, .now()))
         } else if let server = takeIdleServer() {
-            server.assign(to: client)
+            lend(server, to: client)
         } else if let cached = failingFast(now: .now()) {
             client.closeWithError(cached, reason: cached.message)
         } else {
@@ -140,6 +140,25 @@ final class Pool {
     private func takeIdleServer() -> ServerConnection? {
         guard !idleServers.isEmpty else { return nil }
         return shard.settings.serverRoundRobin ? idleServers.removeFirst() : idleServers.removeLast()
+    }
+
+    /// Lends an idle server, checking it first with server_check_query when it sat unused for
+    /// server_check_delay (PgBouncer's "used" servers).
+    private func lend(_ server: ServerConnection, to client: ClientSession) {
+        let settings = shard.settings
+        if let check = settings.serverCheckQuery,
+            server.idleNanoseconds >= Int64(settings.serverCheckDelay * 1e9)
+        {
+            server.runCheck(check, for: client)
+        } else {
+            server.assign(to: client)
+        }
+    }
+
+    /// A client whose server failed its check waits again, first in line.
+    func requeueFirst(_ client: ClientSession) {
+        waitingClients.prepend((client, .now()))
+        launchIfNeeded(now: .now())
     }
 
     /// `client` is going away: forget any place it held in a queue.
@@ -273,7 +292,7 @@ final class Pool {
     /// RESUME: serve the clients that queued during the pause.
     func resumeAfterPause() {
         while !waitingClients.isEmpty, let server = takeIdleServer() {
-            server.assign(to: waitingClients.removeFirst().client)
+            lend(server, to: waitingClients.removeFirst().client)
         }
         launchIfNeeded(now: .now())
     }

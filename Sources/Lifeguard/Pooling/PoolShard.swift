@@ -147,6 +147,12 @@ final class PoolShard {
             case .idle: server.close(reason: Timeouts.ServerExpiry.idle.reason)
             case nil: break
             }
+            if settings.serverFastClose, server.closeNeeded, server.pool.mode == .session,
+                let client = server.linkedClient, client.isBetweenTransactions
+            {
+                client.kill(PoolerError("database configuration changed"))
+                server.close(reason: "database configuration changed")
+            }
         }
     }
 

@@ -25,6 +25,8 @@ final class ServerConnection: ChannelDuplexHandler {
         case syncingParameters(ClientSession, failure: PoolerError?)
         case linked(ClientSession)
         case resetting(failed: Bool)
+        /// Running server_check_query before being lent to `client`.
+        case checking(ClientSession, failed: Bool)
         case closed
     }
 
@@ -165,6 +167,10 @@ final class ServerConnection: ChannelDuplexHandler {
             pool.serverClosed(self, duringLogin: false)
         case .idle, .resetting:
             pool.serverClosed(self, duringLogin: false)
+        case .checking(let client, _):
+            // The check failed or the server died: the client goes back to the head of the queue.
+            pool.serverClosed(self, duringLogin: false)
+            pool.requeueFirst(client)
         case .closed:
             break
         }
@@ -207,9 +213,13 @@ final class ServerConnection: ChannelDuplexHandler {
     var listState: String? {
         switch state {
         case .connecting, .authenticating, .loggingIn, .runningConnectQuery: return "new"
-        case .idle: return "idle"
+        case .idle:
+            // PgBouncer lists servers unused for server_check_delay as "used": checked before reuse.
+            let settings = pool.shard.settings
+            let checked = settings.serverCheckQuery != nil && idleNanoseconds >= Int64(settings.serverCheckDelay * 1e9)
+            return checked ? "used" : "idle"
         case .syncingParameters, .linked: return "active"
-        case .resetting: return "tested"
+        case .resetting, .checking: return "tested"
         case .closed: return nil
         }
     }
@@ -339,7 +349,7 @@ final class ServerConnection: ChannelDuplexHandler {
             return readyForQuery()
         default:
             switch state {
-            case .runningConnectQuery, .syncingParameters, .resetting:
+            case .runningConnectQuery, .syncingParameters, .resetting, .checking:
                 return false  // results of our own queries, swallowed
             default:
                 close(reason: "idle server got unexpected data")
@@ -366,6 +376,9 @@ final class ServerConnection: ChannelDuplexHandler {
             return false
         case .resetting:
             state = .resetting(failed: true)
+            return false
+        case .checking(let client, _):
+            state = .checking(client, failed: true)
             return false
         case .idle, .linked, .closed:
             close(reason: "idle server got error: \(error.message)")
@@ -402,6 +415,15 @@ final class ServerConnection: ChannelDuplexHandler {
                 close(reason: "server_reset_query failed")
             } else {
                 pool.serverAvailable(self)
+            }
+            return true
+        case .checking(let client, let failed):
+            if failed {
+                close(reason: "server check query failed")
+            } else if client.listState == nil {
+                pool.serverAvailable(self)  // the client left during the check
+            } else {
+                assign(to: client)
             }
             return true
         default:
@@ -506,6 +528,18 @@ final class ServerConnection: ChannelDuplexHandler {
         logger.warning("\(logPrefix) closing because: connect timeout")
         pool.serverLoginFailed(PoolerError("server connect timeout"))
         close(reason: "connect timeout")
+    }
+
+    /// How long this server has been idle in its pool, for server_check_delay.
+    var idleNanoseconds: Int64 {
+        guard case .idle = state, let idleSince else { return 0 }
+        return (NIODeadline.now() - idleSince).nanoseconds
+    }
+
+    /// Runs server_check_query, then lends the server to `client` (or closes it if the check fails).
+    func runCheck(_ query: String, for client: ClientSession) {
+        state = .checking(client, failed: false)
+        sendQuery(query)
     }
 
     func runResetQuery(_ query: String) {

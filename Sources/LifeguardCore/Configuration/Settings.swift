@@ -68,6 +68,14 @@ public struct Settings: Sendable, Equatable {
     public var transactionTimeout: Double = 0
     /// Seconds a queued client waits before it is told so with a NOTICE; 0 disables.
     public var queryWaitNotify: Int = 5
+    /// Session pooling: a server marked for closing (RECONNECT, changed database) is closed, with its client,
+    /// as soon as the client is between transactions, instead of when the client leaves.
+    public var serverFastClose: Bool = false
+    /// An idle server unused this long is checked with `serverCheckQuery` before it is handed out.
+    public var serverCheckDelay: Double = 30
+    /// The check: nil disables it (`server_check_query = ""`); the empty string sends an empty query
+    /// (`<empty>`, PgBouncer's default).
+    public var serverCheckQuery: String? = ""
     public var autodbIdleTimeout: Double = 3600
     public var poolIdleTimeout: Double = 0
     public var cancelWaitTimeout: Double = 10
@@ -192,10 +200,10 @@ public struct Settings: Sendable, Equatable {
         key("resolv_conf", "", .string, restart: true),
         key("sbuf_loopcnt", "5", .integer),
         key("scram_iterations", "4096", .integer),
-        key("server_check_delay", "30", .seconds),
-        key("server_check_query", "<empty>", .string),
+        key("server_check_delay", "30", .seconds, implemented: true),
+        key("server_check_query", "<empty>", .string, implemented: true),
         key("server_connect_timeout", "15", .seconds, implemented: true),
-        key("server_fast_close", "0", .boolean),
+        key("server_fast_close", "0", .boolean, implemented: true),
         key("server_idle_timeout", "600", .seconds, implemented: true),
         key("server_lifetime", "3600", .seconds, implemented: true),
         key("server_login_retry", "15", .seconds, implemented: true),
@@ -284,6 +292,9 @@ public struct Settings: Sendable, Equatable {
         case "so_reuseport": soReuseport = try parse.boolean()
         case "pkt_buf": pktBuf = try parse.integer(in: 1...Int.max)
         case "stats_period": statsPeriod = try parse.seconds()
+        case "server_fast_close": serverFastClose = try parse.boolean()
+        case "server_check_delay": serverCheckDelay = try parse.seconds()
+        case "server_check_query": serverCheckQuery = value == "<empty>" ? "" : (value.isEmpty ? nil : value)
         case "autodb_idle_timeout": autodbIdleTimeout = try parse.seconds()
         case "pool_idle_timeout": poolIdleTimeout = try parse.seconds()
         case "cancel_wait_timeout": cancelWaitTimeout = try parse.seconds()

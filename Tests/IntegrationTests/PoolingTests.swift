@@ -226,3 +226,46 @@ extension IntegrationTests {
     }
 }
 }
+
+extension IntegrationTests.PoolingTests {
+    /// Two servers, both idle; one client's next four transactions, and which backends ran them.
+    private func backendsOfFourTransactions(_ settings: String) throws -> [String] {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 2\n" + settings)
+        let a = try lifeguard.connect()
+        let b = try lifeguard.connect()
+        try a.query("BEGIN")
+        try b.query("BEGIN")
+        _ = a.backendPID
+        _ = b.backendPID
+        try a.query("COMMIT")
+        try b.query("COMMIT")
+        return (0..<4).compactMap { _ in a.backendPID }
+    }
+
+    @Test func idleServersAreReusedMostRecentFirstByDefault() throws {
+        let pids = try backendsOfFourTransactions("")
+        #expect(Set(pids).count == 1)
+    }
+
+    @Test func serverRoundRobinSpreadsTransactions() throws {
+        let pids = try backendsOfFourTransactions("server_round_robin = 1")
+        #expect(Set(pids).count == 2)
+    }
+
+    @Test func autodbIdleTimeoutFreesFallbackDatabases() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "autodb_idle_timeout = 0.5\nadmin_users = lg_md5", databases: "lgtest = {PG}\n* = {PG}")
+        do {
+            let client = try lifeguard.connect(database: "lgbench")
+            _ = try client.value("SELECT 1")
+        }
+        let console = try lifeguard.connect(database: "pgbouncer")
+        var freed = false
+        for _ in 0..<50 where !freed {
+            freed = try console.query("SHOW POOLS").allSatisfy { $0[0] != "lgbench" }
+            usleep(100_000)
+        }
+        #expect(freed)
+        #expect(lifeguard.log.contains("autodb_idle_timeout"))
+    }
+}

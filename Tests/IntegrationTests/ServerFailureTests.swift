@@ -221,3 +221,43 @@ extension IntegrationTests.ServerFailureTests {
         #expect(try lifeguard.connect().value("SELECT 2") == "2", "the pool comes back on demand")
     }
 }
+
+extension IntegrationTests.ServerFailureTests {
+    /// A host that drops every packet: the far end of a veth pair inside a network namespace this test makes,
+    /// with its interface left down, so SYNs go unanswered.
+    @Test(.enabled(if: getuid() == 0, "needs root for ip netns"))
+    func hostDroppingPacketsFailsWithinServerConnectTimeout() throws {
+        let tag = "\(getpid() % 10000)"
+        let setup = """
+            ip netns add lgdrop\(tag) && ip link add lgd\(tag)a type veth peer name lgd\(tag)b \
+            && ip link set lgd\(tag)b netns lgdrop\(tag) && ip addr add 10.213.0.1/30 dev lgd\(tag)a \
+            && ip link set lgd\(tag)a up && ip netns exec lgdrop\(tag) ip addr add 10.213.0.2/30 dev lgd\(tag)b
+            """
+        defer { _ = system("ip link del lgd\(tag)a 2>/dev/null; ip netns del lgdrop\(tag) 2>/dev/null") }
+        try #require(system(setup) == 0, "could not create the network namespace")
+        let lifeguard = try LifeguardProcess(
+            settings: "auth_type = trust\nserver_connect_timeout = 0.5",
+            databases: "lgtest = host=10.213.0.2 port=5432")
+        let start = Date()
+        #expect(lifeguard.loginFailure(user: "lg_trust", password: nil).contains("server connect timeout"))
+        #expect(Date().timeIntervalSince(start) < 5)
+    }
+}
+
+extension IntegrationTests.ServerFailureTests {
+    @Test func backendKilledMidQueryFailsOnlyItsClient() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 2")
+        let victim = try lifeguard.connect()
+        let pid = try #require(victim.backendPID)
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.3) {
+            _ = try? TestEnvironment.direct().query("SELECT pg_terminate_backend(\(pid))")
+        }
+        do {
+            try victim.query("SELECT pg_sleep(5)")
+            Issue.record("the query survived its backend")
+        } catch let failure as PGConnection.Failure {
+            #expect(failure.message.contains("terminating connection due to administrator command"))
+        }
+        #expect(try lifeguard.connect().value("SELECT 'unaffected'") == "unaffected")
+    }
+}

@@ -126,8 +126,13 @@ final class ServerConnection: ChannelDuplexHandler {
         guard case .connecting = state else { return }
         state = .closed
         pool.serverAddressFailed(address)
-        let message = "server connection failed: \(error)"
-        logger.warning("\(logPrefix) closing because: \(message) (age=0s)")
+        let message: String
+        if case ChannelError.connectTimeout = error {
+            message = "server connect timeout"
+        } else {
+            message = "server connection failed: \(error)"
+        }
+        logger.warning("\(logPrefix) closing because: \(message) (age=\(ageSeconds)s)")
         pool.serverLoginFailed(PoolerError(message))
         pool.serverClosed(self, duringLogin: true)
     }

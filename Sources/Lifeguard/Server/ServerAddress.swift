@@ -63,9 +63,12 @@ func sendCancel(to address: SocketAddress, processID: Int32, secretKey: Int32, t
 
 /// Host names resolved off the event loop (getaddrinfo blocks) and cached: answers for `dns_max_ttl`,
 /// failures for `dns_nxdomain_ttl`. Each new connection takes the next address of a name, round-robin.
-final class HostResolver {
+/// Unchecked Sendable: every method runs on `eventLoop` (the thread pool only runs the lookup function).
+final class HostResolver: @unchecked Sendable {
     private let eventLoop: EventLoop
     private let threadPool: NIOThreadPool
+    /// The blocking lookup (getaddrinfo by default), run on the thread pool.
+    private let lookUp: @Sendable (String, Int) throws -> [SocketAddress]
     private var cache: [String: Entry] = [:]
     var maxTTL: Double
     var failureTTL: Double
@@ -77,9 +80,13 @@ final class HostResolver {
         var next = 0
     }
 
-    init(eventLoop: EventLoop, threadPool: NIOThreadPool = .singleton, maxTTL: Double, failureTTL: Double) {
+    init(
+        eventLoop: EventLoop, threadPool: NIOThreadPool = .singleton, maxTTL: Double, failureTTL: Double,
+        lookUp: @escaping @Sendable (String, Int) throws -> [SocketAddress] = HostResolver.systemLookUp
+    ) {
         self.eventLoop = eventLoop
         self.threadPool = threadPool
+        self.lookUp = lookUp
         self.maxTTL = maxTTL
         self.failureTTL = failureTTL
     }
@@ -98,8 +105,9 @@ final class HostResolver {
             cache[key] = entry
             return eventLoop.makeSucceededFuture(Array(entry.addresses[start...] + entry.addresses[..<start]))
         }
+        let lookUp = self.lookUp
         return threadPool.runIfActive(eventLoop: eventLoop) {
-            try Self.lookUp(host: host, port: port)
+            try lookUp(host, port)
         }.flatMapErrorThrowing { error in
             self.cache[key] = Entry(addresses: [], error: error, expires: .now() + .nanoseconds(Int64(self.failureTTL * 1e9)))
             throw error
@@ -116,7 +124,7 @@ final class HostResolver {
     }
 
     /// Every address of `host`, IPv4 and IPv6, from getaddrinfo (blocking: runs on the thread pool).
-    private static func lookUp(host: String, port: Int) throws -> [SocketAddress] {
+    @Sendable static func systemLookUp(host: String, port: Int) throws -> [SocketAddress] {
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var list: UnsafeMutablePointer<addrinfo>?

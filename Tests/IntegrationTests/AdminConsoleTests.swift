@@ -152,13 +152,7 @@ extension IntegrationTests {
         let holders = try (0..<2).map { _ in try lifeguard.connect() }
         for holder in holders { try holder.query("BEGIN") ; _ = holder.backendPID }
         // A third client now waits: both servers of the pool (size 2) are inside transactions.
-        let waiting = NIOLockedValueBox<String?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            let value = try? lifeguard.connect().value("SELECT 'served'")
-            waiting.withLockedValue { $0 = value }
-            done.signal()
-        }
+        let waiting = Background { try? lifeguard.connect().value("SELECT 'served'") }
         let console = try admin(lifeguard)
         var pool: [String: String?]?
         for _ in 0..<50 {
@@ -184,8 +178,8 @@ extension IntegrationTests {
         #expect(clients.filter { $0["state"] == .some("waiting") }.count == 1)
 
         for holder in holders { try holder.query("COMMIT") }
-        #expect(done.wait(timeout: .now() + 10) == .success)
-        #expect(waiting.withLockedValue { $0 } == "served")
+        #expect(waiting.finished(within: 10))
+        #expect(waiting.result == "served")
         let after = try row(console, "SHOW POOLS", where: "database", is: "lgtest")
         #expect(after?["sv_idle"] == .some("2"))
         #expect(after?["cl_waiting"] == .some("0"))
@@ -244,17 +238,11 @@ extension IntegrationTests {
         let console = try admin(lifeguard)
         try console.query("PAUSE")  // returns once the idle server is closed
         #expect(try row(console, "SHOW STATE", where: "key", is: "paused")?["value"] == .some("yes"))
-        let result = NIOLockedValueBox<String?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            let value = try? client.value("SELECT 'after resume'")
-            result.withLockedValue { $0 = value }
-            done.signal()
-        }
-        #expect(done.wait(timeout: .now() + 0.5) == .timedOut, "a query ran while paused")
+        let query = Background { try? client.value("SELECT 'after resume'") }
+        #expect(!query.finished(within: 0.5), "a query ran while paused")
         try console.query("RESUME")
-        #expect(done.wait(timeout: .now() + 10) == .success)
-        #expect(result.withLockedValue { $0 } == "after resume")
+        #expect(query.finished(within: 10))
+        #expect(query.result == "after resume")
         #expect(throws: PGConnection.Failure.self) { try console.query("RESUME") }
     }
 
@@ -263,14 +251,10 @@ extension IntegrationTests {
         let client = try lifeguard.connect()
         try client.query("BEGIN")
         let console = try admin(lifeguard)
-        let paused = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            _ = try? console.query("PAUSE")
-            paused.signal()
-        }
-        #expect(paused.wait(timeout: .now() + 0.5) == .timedOut, "PAUSE answered while a transaction was open")
+        let pause = Background { try? console.query("PAUSE") }
+        #expect(!pause.finished(within: 0.5), "PAUSE answered while a transaction was open")
         try client.query("COMMIT")
-        #expect(paused.wait(timeout: .now() + 10) == .success)
+        #expect(pause.finished(within: 10))
     }
 
     @Test func suspendStopsTrafficUntilResume() throws {
@@ -280,17 +264,11 @@ extension IntegrationTests {
         let console = try admin(lifeguard)
         try console.query("SUSPEND")
         #expect(try row(console, "SHOW STATE", where: "key", is: "suspended")?["value"] == .some("yes"))
-        let result = NIOLockedValueBox<String?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            let value = try? client.value("SELECT 'resumed'")
-            result.withLockedValue { $0 = value }
-            done.signal()
-        }
-        #expect(done.wait(timeout: .now() + 0.5) == .timedOut, "a query ran while suspended")
+        let query = Background { try? client.value("SELECT 'resumed'") }
+        #expect(!query.finished(within: 0.5), "a query ran while suspended")
         try console.query("RESUME")
-        #expect(done.wait(timeout: .now() + 10) == .success)
-        #expect(result.withLockedValue { $0 } == "resumed")
+        #expect(query.finished(within: 10))
+        #expect(query.result == "resumed")
     }
 
     @Test func cancelOfAWaitingPauseResumes() throws {
@@ -298,14 +276,10 @@ extension IntegrationTests {
         let holder = try lifeguard.connect()
         try holder.query("BEGIN")
         let console = try admin(lifeguard)
-        let finished = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            _ = try? console.query("PAUSE")
-            finished.signal()
-        }
-        #expect(finished.wait(timeout: .now() + 0.3) == .timedOut)
+        let pause = Background { try? console.query("PAUSE") }
+        #expect(!pause.finished(within: 0.3))
         #expect(console.cancel())
-        #expect(finished.wait(timeout: .now() + 10) == .success)
+        #expect(pause.finished(within: 10))
         let other = try admin(lifeguard)
         #expect(try row(other, "SHOW STATE", where: "key", is: "active")?["value"] == .some("yes"))
         try holder.query("COMMIT")

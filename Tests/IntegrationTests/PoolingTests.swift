@@ -140,22 +140,18 @@ extension IntegrationTests {
         let a = try lifeguard.connect()
         try a.query("BEGIN")
         // Another user's pool of the same database must wait for the single allowed server.
-        let waiterResult = NIOLockedValueBox<String?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            let value = try? lifeguard.connect(user: "lg_scram", password: "scrampass", extra: "application_name=maxdb_waiter")
+        let waiter = Background {
+            try? lifeguard.connect(user: "lg_scram", password: "scrampass", extra: "application_name=maxdb_waiter")
                 .value("SELECT 1")
-            waiterResult.withLockedValue { $0 = value }
-            done.signal()
         }
-        #expect(done.wait(timeout: .now() + 0.5) == .timedOut, "second user got a server over max_db_connections")
+        #expect(!waiter.finished(within: 0.5), "second user got a server over max_db_connections")
         let count = try TestEnvironment.direct().value(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'maxdb_waiter'")
         #expect(count == "0")
         try a.query("COMMIT")
         // Now a's server is idle: Lifeguard closes it so the waiting pool can open its own, as PgBouncer does.
-        #expect(done.wait(timeout: .now() + 10) == .success)
-        #expect(waiterResult.withLockedValue { $0 } == "1")
+        #expect(waiter.finished(within: 10))
+        #expect(waiter.result == "1")
     }
 
     @Test func maxUserConnectionsCapsServersAcrossDatabases() throws {
@@ -163,17 +159,11 @@ extension IntegrationTests {
         let holder = try lifeguard.connect(database: "lgtest")
         try holder.query("BEGIN")
         // The same user's pool for another database must wait for the one allowed server.
-        let result = NIOLockedValueBox<String?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            let value = try? lifeguard.connect(database: "lgbench").value("SELECT current_database()")
-            result.withLockedValue { $0 = value }
-            done.signal()
-        }
-        #expect(done.wait(timeout: .now() + 0.5) == .timedOut, "a second server opened over max_user_connections")
+        let other = Background { try? lifeguard.connect(database: "lgbench").value("SELECT current_database()") }
+        #expect(!other.finished(within: 0.5), "a second server opened over max_user_connections")
         try holder.query("COMMIT")
-        #expect(done.wait(timeout: .now() + 10) == .success)
-        #expect(result.withLockedValue { $0 } == "lgbench")
+        #expect(other.finished(within: 10))
+        #expect(other.result == "lgbench")
     }
 
     @Test func clientLimitsPerDatabaseAndUser() throws {

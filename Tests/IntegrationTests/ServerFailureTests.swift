@@ -117,15 +117,6 @@ extension IntegrationTests {
 }
 
 extension IntegrationTests.ServerFailureTests {
-    private func waitUntil(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if condition() { return true }
-            usleep(100_000)
-        }
-        return condition()
-    }
-
     /// Restarts the test cluster with pg_ctl, as the postgres user. (`system`, not Foundation's Process:
     /// the restarted postmaster outlives `su`, and Process did not always notice `su` exiting.)
     private func restartPostgres(mode: String) throws {

@@ -10,14 +10,6 @@ extension IntegrationTests {
         try LifeguardProcess(settings: "admin_users = lg_md5\ndefault_pool_size = 2")
     }
 
-    private func waitUntil(_ condition: () -> Bool) -> Bool {
-        for _ in 0..<100 {
-            if condition() { return true }
-            usleep(50_000)
-        }
-        return condition()
-    }
-
     private func stateValue(_ lifeguard: LifeguardProcess, _ key: String) throws -> String? {
         let console = try lifeguard.connect(database: "pgbouncer")
         return try console.query("SHOW STATE").first { $0[0] == key }?[1] ?? nil

@@ -7,15 +7,6 @@ import Testing
 extension IntegrationTests {
 /// PgBouncer's timeouts with small values, against the real process and PostgreSQL.
 @Suite struct TimeoutTests {
-    private func waitUntil(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if condition() { return true }
-            usleep(50_000)
-        }
-        return condition()
-    }
-
     @Test func clientLoginTimeoutClosesASilentConnection() throws {
         // tcp_defer_accept would keep a silent connection in the kernel's queue instead.
         let lifeguard = try LifeguardProcess(settings: "client_login_timeout = 0.5\ntcp_defer_accept = 0")

@@ -1,5 +1,7 @@
+import Dispatch
 import Foundation
 import Glibc
+import NIOConcurrencyHelpers
 import Testing
 
 /// Every integration suite nests in this one, so they run one test at a time: they share one PostgreSQL
@@ -249,4 +251,35 @@ final class RawSocket {
         }
         return nil
     }
+}
+
+/// Polls `condition` every 50 ms for up to `seconds`; returns whether it came true.
+func waitUntil(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(50_000)
+    }
+    return condition()
+}
+
+/// Runs `body` on another thread, for a client that is expected to block (queued, paused, suspended).
+final class Background<Value: Sendable>: Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private let value = NIOLockedValueBox<Value?>(nil)
+
+    init(_ body: @escaping @Sendable () -> Value?) {
+        DispatchQueue.global().async { [done, value] in
+            let result = body()
+            value.withLockedValue { $0 = result }
+            done.signal()
+        }
+    }
+
+    /// Whether `body` returned within `seconds`.
+    func finished(within seconds: Double) -> Bool {
+        done.wait(timeout: .now() + seconds) == .success
+    }
+
+    var result: Value? { value.withLockedValue { $0 } }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Testing
 
 /// Client logins through a real Lifeguard against a real PostgreSQL, for every auth_type.
@@ -94,6 +95,8 @@ extension IntegrationTests {
         let connection = try PGConnection(
             "host=\(lifeguard.directory.path) port=\(lifeguard.port) user=lg_md5 password=md5pass dbname=lgtest")
         #expect(try connection.value("SELECT 7") == "7")
+        // PgBouncer's log form for Unix-socket peers: @unix(pid).
+        #expect(lifeguard.log.contains("lgtest/lg_md5@unix(\(getpid()))"))
     }
 }
 }

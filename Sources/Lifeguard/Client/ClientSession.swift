@@ -61,6 +61,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     private var adminSuccessor: AdminSession?
     /// The peer's user id, for Unix-socket clients (the daemon's own user may enter the console as `pgbouncer`).
     private var peerUID: uid_t?
+    private var peerPID: Int32?
     /// When the running query and transaction began, for the query and transaction times of SHOW STATS.
     private var queryStart: NIODeadline?
     private var transactionStart: NIODeadline?
@@ -90,16 +91,19 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             let provider = context.channel as? SocketOptionProvider
         {
             provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
-                .whenSuccess { (credentials: lifeguard_peer_credentials) in self.peerUID = credentials.uid }
+                .whenSuccess { (credentials: lifeguard_peer_credentials) in
+                    self.peerUID = credentials.uid
+                    self.peerPID = credentials.pid
+                }
         }
     }
 
-    /// The peer as PgBouncer prints it: "addr:port", or "unix" for a Unix-socket client. Built only when
+    /// The peer as PgBouncer prints it: "addr:port", or "unix(pid)" for a Unix-socket client. Built only when
     /// needed (logging, application_name_add_host), not for every connection.
     private var peerDescription: String {
         guard let remote = context?.channel.remoteAddress else { return "unknown" }
         if let ip = remote.ipAddress { return "\(ip):\(remote.port ?? 0)" }
-        return "unix"
+        return peerPID.map { "unix(\($0))" } ?? "unix"
     }
 
     /// PgBouncer's `C-0x...: db/user@addr:port` prefix of every log line about this client.

@@ -272,10 +272,16 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
                 reply.writeInteger(UInt8(ascii: "N"))
                 context?.writeAndFlush(wrapOutboundOut(reply), promise: nil)
             case .cancel(let processID, let secretKey):
-                forwardCancel(CancelKey(processID: processID, secretKey: secretKey))
                 closeReason = nil
                 phase = .closed
-                context?.close(promise: nil)
+                // As in PgBouncer, the requesting connection stays open until the cancel has been delivered
+                // (or cancel_wait_timeout has passed), then closes without a reply.
+                let context = self.context
+                if let delivery = forwardCancel(CancelKey(processID: processID, secretKey: secretKey)) {
+                    delivery.whenComplete { _ in context?.close(promise: nil) }
+                } else {
+                    context?.close(promise: nil)
+                }
                 return
             case .startup(let version, let raw):
                 let startup = try ClientStartup(
@@ -313,22 +319,24 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private func forwardCancel(_ key: CancelKey) {
+    /// Sends the cancel on to the server running the key's client; nil when there is nothing to cancel.
+    private func forwardCancel(_ key: CancelKey) -> EventLoopFuture<Void>? {
         // ^C on a console session waiting in PAUSE or SUSPEND resumes, as in PgBouncer.
         if let console = shard.adminSession(forCancelKey: key) {
             if console.isWaitingForReply, !shard.isShuttingDown, shard.control.pauseMode != .running {
                 shard.resume(database: nil)
             }
-            return
+            return nil
         }
         // Unknown keys and clients without a server are dropped silently, as PostgreSQL and PgBouncer do.
         guard let target = shard.client(forCancelKey: key), let server = target.server,
             let backend = server.backendKey, let address = server.remoteAddress
-        else { return }
-        sendCancel(
+        else { return nil }
+        return sendCancel(
             to: address, processID: backend.processID, secretKey: backend.secretKey,
             timeout: shard.settings.cancelWaitTimeout, on: shard.eventLoop)
     }
+
 
     // MARK: Authentication
 

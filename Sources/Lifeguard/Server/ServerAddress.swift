@@ -50,14 +50,17 @@ enum ServerAddress: CustomStringConvertible, Equatable {
 }
 
 /// Sends a CancelRequest for `processID`/`secretKey` to the server a connection is talking to, on a fresh
-/// connection, as the protocol requires; gives up after `cancel_wait_timeout`.
-func sendCancel(to address: SocketAddress, processID: Int32, secretKey: Int32, timeout: Double, on eventLoop: EventLoop) {
-    let bootstrap = ClientBootstrap(group: eventLoop)
-        .connectTimeout(.nanoseconds(max(Int64(timeout * 1e9), 1_000_000)))
-    bootstrap.connect(to: address).whenSuccess { channel in
+/// connection, as the protocol requires. The future completes once the request is written, and fails when it
+/// could not be delivered within `cancel_wait_timeout`.
+func sendCancel(to address: SocketAddress, processID: Int32, secretKey: Int32, timeout: Double, on eventLoop: EventLoop)
+    -> EventLoopFuture<Void>
+{
+    let deadline = TimeAmount.nanoseconds(max(Int64(timeout * 1e9), 1_000_000))
+    let bootstrap = ClientBootstrap(group: eventLoop).connectTimeout(deadline)
+    return bootstrap.connect(to: address).flatMap { channel in
         var packet = channel.allocator.buffer(capacity: 16)
         packet.writeCancelRequest(processID: processID, secretKey: secretKey)
-        channel.writeAndFlush(packet).whenComplete { _ in channel.close(promise: nil) }
+        return channel.writeAndFlush(packet).always { _ in channel.close(promise: nil) }
     }
 }
 

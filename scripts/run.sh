@@ -107,8 +107,10 @@ if { [ -n "${PGHOST:-}" ] || [ -n "${PGPORT:-}" ]; } &&
 [pgbouncer]
 $common_settings
 auth_type = trust
+admin_users = $user
 INI
     connect_help="  psql -h 127.0.0.1 -p $LIFEGUARD_PORT -U $user DBNAME
+  psql -h 127.0.0.1 -p $LIFEGUARD_PORT -U $user pgbouncer      (admin console: SHOW POOLS, SHOW STATS, ...)
   (auth_type = trust: no password asked; only user \"$user\" is in the auth_file)"
 else
     # --- Start a throwaway PostgreSQL ---------------------------------------------------------
@@ -139,10 +141,12 @@ USERS
 [pgbouncer]
 $common_settings
 auth_type = md5
+admin_users = lg_md5
 INI
     connect_help="  PGPASSWORD=md5pass   psql -h 127.0.0.1 -p $LIFEGUARD_PORT -U lg_md5   lgtest
   PGPASSWORD=scrampass psql -h 127.0.0.1 -p $LIFEGUARD_PORT -U lg_scram lgtest
   PGPASSWORD=trustpass psql -h 127.0.0.1 -p $LIFEGUARD_PORT -U lg_trust lgtest
+  admin console: PGPASSWORD=md5pass psql -h 127.0.0.1 -p $LIFEGUARD_PORT -U lg_md5 pgbouncer   (SHOW POOLS; ...)
   pgbench:  PGPASSWORD=md5pass pgbench -i -s 1 -h 127.0.0.1 -p $LIFEGUARD_PORT -U lg_md5 lgbench
             PGPASSWORD=md5pass pgbench -n -S -c 10 -T 10 -h 127.0.0.1 -p $LIFEGUARD_PORT -U lg_md5 lgbench
   (databases lgtest and lgbench; PostgreSQL itself is on 127.0.0.1:$pg_port)"

@@ -15,6 +15,8 @@ command -v psql >/dev/null || need_install+=(postgresql-client-15)
 command -v pgbench >/dev/null || need_install+=(postgresql-contrib)
 [ -f /usr/include/postgresql/libpq-fe.h ] || need_install+=(libpq-dev)
 command -v pkg-config >/dev/null || need_install+=(pkg-config)
+# ss and ip (network namespaces) are used by the keepalive and packet-dropping-host tests.
+command -v ss >/dev/null && command -v ip >/dev/null || need_install+=(iproute2)
 if [ ${#need_install[@]} -gt 0 ]; then
     echo "== installing ${need_install[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -214,18 +214,12 @@ extension IntegrationTests.ServerFailureTests {
 }
 
 extension IntegrationTests.ServerFailureTests {
-    /// A host that drops every packet: the far end of a veth pair inside a network namespace this test makes,
-    /// with its interface left down, so SYNs go unanswered.
+    /// A host that drops every packet (scripts/blackhole-host.sh), so SYNs go unanswered.
     @Test(.enabled(if: getuid() == 0, "needs root for ip netns"))
     func hostDroppingPacketsFailsWithinServerConnectTimeout() throws {
-        let tag = "\(getpid() % 10000)"
-        let setup = """
-            ip netns add lgdrop\(tag) && ip link add lgd\(tag)a type veth peer name lgd\(tag)b \
-            && ip link set lgd\(tag)b netns lgdrop\(tag) && ip addr add 10.213.0.1/30 dev lgd\(tag)a \
-            && ip link set lgd\(tag)a up && ip netns exec lgdrop\(tag) ip addr add 10.213.0.2/30 dev lgd\(tag)b
-            """
-        defer { _ = system("ip link del lgd\(tag)a 2>/dev/null; ip netns del lgdrop\(tag) 2>/dev/null") }
-        try #require(system(setup) == 0, "could not create the network namespace")
+        let name = "lgdrop\(getpid() % 10000)"
+        defer { _ = system("scripts/blackhole-host.sh destroy \(name)") }
+        try #require(system("scripts/blackhole-host.sh create \(name) 10.213.0") == 0, "no network namespace")
         let lifeguard = try LifeguardProcess(
             settings: "auth_type = trust\nserver_connect_timeout = 0.5",
             databases: "lgtest = host=10.213.0.2 port=5432")

@@ -8,18 +8,12 @@ import Testing
 
 /// cancel_wait_timeout: a cancel that cannot be delivered is given up after it.
 @Suite struct CancelDeliveryTests {
-    /// A host that drops every packet: the far end of a veth pair inside a network namespace made here, with
-    /// its interface left down.
+    /// A host that drops every packet (scripts/blackhole-host.sh).
     @Test(.enabled(if: getuid() == 0 && access("/usr/sbin/ip", X_OK) == 0, "needs root and ip netns"))
     func undeliverableCancelFailsAfterTheTimeout() throws {
-        let tag = "\(getpid() % 10000)c"
-        let setup = """
-            ip netns add lgcancel\(tag) && ip link add lgc\(tag)a type veth peer name lgc\(tag)b \
-            && ip link set lgc\(tag)b netns lgcancel\(tag) && ip addr add 10.214.0.1/30 dev lgc\(tag)a \
-            && ip link set lgc\(tag)a up && ip netns exec lgcancel\(tag) ip addr add 10.214.0.2/30 dev lgc\(tag)b
-            """
-        defer { _ = system("ip link del lgc\(tag)a 2>/dev/null; ip netns del lgcancel\(tag) 2>/dev/null") }
-        try #require(system(setup) == 0, "could not create the network namespace")
+        let name = "lgcancel\(getpid() % 10000)"
+        defer { _ = system("scripts/blackhole-host.sh destroy \(name)") }
+        try #require(system("scripts/blackhole-host.sh create \(name) 10.214.0") == 0, "no network namespace")
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { try? group.syncShutdownGracefully() }

@@ -127,3 +127,31 @@ extension IntegrationTests.ProtocolTests {
         try next.query("DROP TABLE unsynced_test")
     }
 }
+
+extension IntegrationTests.ProtocolTests {
+    /// A server whose client sent a cancel is not lent to anyone else until the cancel connection is done, so a
+    /// late cancel cannot hit the next client's query (PgBouncer's being_canceled).
+    @Test func serverWaitsForItsCancelBeforeServingAnotherClient() throws {
+        let relay = try CancelHoldingRelay(targetPort: TestEnvironment.postgresPort!)
+        let lifeguard = try LifeguardProcess(
+            settings: "default_pool_size = 1\ncancel_wait_timeout = 2\nadmin_users = lg_md5",
+            databases: "lgtest = host=127.0.0.1 port=\(relay.port)")
+        let first = try lifeguard.connect()
+        _ = try first.value("SELECT 1")
+        // The cancel is held by the relay; the query finishes on its own and the server is released.
+        let running = Background { try? first.value("SELECT pg_sleep(0.5)") }
+        usleep(200_000)
+        let cancel = Background { first.cancel() }
+        #expect(running.finished(within: 5))
+        let console = try lifeguard.connect(database: "pgbouncer")
+        let parked = try console.records("SHOW POOLS").first { $0["database"] == .some("lgtest") }
+        #expect(parked?["sv_being_canceled"] == .some("1"), "\(lifeguard.log)")
+        // The next client waits until cancel_wait_timeout gives up on the cancel.
+        let start = Date()
+        let second = try lifeguard.connect()
+        #expect(try second.value("SELECT 'served'") == "served")
+        #expect(Date().timeIntervalSince(start) >= 1)
+        #expect(cancel.finished(within: 5))
+        _ = relay
+    }
+}

@@ -47,7 +47,7 @@ import Testing
     }
 }
 
-/// Collects what a test server receives until the peer closes.
+/// Collects what a test server receives, closing once a whole CancelRequest is in.
 private final class Collector: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     private var bytes = ByteBuffer()
@@ -58,6 +58,8 @@ private final class Collector: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         bytes.writeBuffer(&buffer)
+        // Like PostgreSQL: act on the 16-byte request, then close.
+        if bytes.readableBytes >= 16 { context.close(promise: nil) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {

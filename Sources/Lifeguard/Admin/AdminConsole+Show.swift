@@ -163,7 +163,8 @@ extension AdminConsole {
             let active = (clients["active"] ?? 0) + (clients["idle"] ?? 0)
             rows.append([
                 pool.key.database, pool.key.user, "\(active)", "\(clients["waiting"] ?? 0)", "0", "0",
-                "\(servers["active"] ?? 0)", "0", "0", "\(servers["idle"] ?? 0)", "\(servers["used"] ?? 0)",
+                "\(servers["active"] ?? 0)", "0", "\(servers["being_canceled"] ?? 0)", "\(servers["idle"] ?? 0)",
+                "\(servers["used"] ?? 0)",
                 "\(servers["tested"] ?? 0)",
                 "\(servers["new"] ?? 0)", "\(wait / 1_000_000)", "\(wait % 1_000_000)", pool.mode.rawValue, nil,
             ])

@@ -332,9 +332,12 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         guard let target = shard.client(forCancelKey: key), let server = target.server,
             let backend = server.backendKey, let address = server.remoteAddress
         else { return nil }
-        return sendCancel(
+        server.cancelStarted()
+        let delivery = sendCancel(
             to: address, processID: backend.processID, secretKey: backend.secretKey,
             timeout: shard.settings.cancelWaitTimeout, on: shard.eventLoop)
+        delivery.whenComplete { _ in server.cancelFinished() }
+        return delivery
     }
 
 

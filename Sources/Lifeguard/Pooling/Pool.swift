@@ -235,7 +235,11 @@ final class Pool {
 
     /// `server` is between transactions: hand it to the next waiting client, or keep it idle.
     func serverAvailable(_ server: ServerConnection) {
-        if shard.isPaused(key.database) {
+        if server.cancelsInFlight > 0 {
+            // A cancel aimed at this server's last client may still land: nobody else gets it until the cancel
+            // connections are done (PgBouncer's being_canceled).
+            server.parkUntilCancelsFinish()
+        } else if shard.isPaused(key.database) {
             server.close(reason: "pause")
         } else if server.closeNeeded {
             server.close(reason: "server close needed (RECONNECT or configuration change)")

@@ -50,17 +50,20 @@ enum ServerAddress: CustomStringConvertible, Equatable {
 }
 
 /// Sends a CancelRequest for `processID`/`secretKey` to the server a connection is talking to, on a fresh
-/// connection, as the protocol requires. The future completes once the request is written, and fails when it
-/// could not be delivered within `cancel_wait_timeout`.
+/// connection, as the protocol requires. The future completes when PostgreSQL has closed that connection (it
+/// has acted on the request), or when `cancel_wait_timeout` gives up on it; it fails if no connection could
+/// be made in that time.
 func sendCancel(to address: SocketAddress, processID: Int32, secretKey: Int32, timeout: Double, on eventLoop: EventLoop)
     -> EventLoopFuture<Void>
 {
     let deadline = TimeAmount.nanoseconds(max(Int64(timeout * 1e9), 1_000_000))
     let bootstrap = ClientBootstrap(group: eventLoop).connectTimeout(deadline)
     return bootstrap.connect(to: address).flatMap { channel in
+        let giveUp = channel.eventLoop.scheduleTask(in: deadline) { channel.close(promise: nil) }
         var packet = channel.allocator.buffer(capacity: 16)
         packet.writeCancelRequest(processID: processID, secretKey: secretKey)
-        return channel.writeAndFlush(packet).always { _ in channel.close(promise: nil) }
+        channel.writeAndFlush(packet, promise: nil)
+        return channel.closeFuture.always { _ in giveUp.cancel() }
     }
 }
 

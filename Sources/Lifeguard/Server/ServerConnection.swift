@@ -52,6 +52,9 @@ final class ServerConnection: ChannelDuplexHandler {
     private(set) var requestTime = WallClock.seconds()
     /// Set by RECONNECT or a RELOAD that changed the database: closed when next released.
     var closeNeeded = false
+    /// Cancel requests on their way to this server, and whether it waits for them before serving again.
+    private(set) var cancelsInFlight = 0
+    private var parkedForCancel = false
 
     private static let linkedCapturedIDs = MessageIDSet([
         BackendID.readyForQuery, BackendID.parameterStatus, BackendID.errorResponse,
@@ -218,6 +221,8 @@ final class ServerConnection: ChannelDuplexHandler {
     var listState: String? {
         switch state {
         case .connecting, .authenticating, .loggingIn, .runningConnectQuery: return "new"
+        case .idle where parkedForCancel:
+            return "being_canceled"
         case .idle:
             // PgBouncer lists servers unused for server_check_delay as "used": checked before reuse.
             let settings = pool.shard.settings
@@ -533,6 +538,29 @@ final class ServerConnection: ChannelDuplexHandler {
         logger.warning("\(logPrefix) closing because: connect timeout")
         pool.serverLoginFailed(PoolerError("server connect timeout"))
         close(reason: "connect timeout")
+    }
+
+    // MARK: Cancels
+
+    /// A cancel for this server's client is being delivered.
+    func cancelStarted() {
+        cancelsInFlight += 1
+    }
+
+    /// The cancel connection is done (delivered and closed by PostgreSQL, or given up).
+    func cancelFinished() {
+        cancelsInFlight -= 1
+        guard cancelsInFlight == 0, parkedForCancel else { return }
+        parkedForCancel = false
+        if case .idle = state { pool.serverAvailable(self) }
+    }
+
+    /// Released while a cancel is in flight: out of circulation until `cancelFinished`.
+    func parkUntilCancelsFinish() {
+        state = .idle
+        idleSince = nil
+        parkedForCancel = true
+        resumeReads()
     }
 
     /// How long this server has been idle in its pool, for server_check_delay.

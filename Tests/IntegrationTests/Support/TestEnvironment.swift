@@ -163,7 +163,14 @@ final class RawSocket {
     private var fd: Int32
 
     init(port: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        fd = try Self.connectedDescriptor(port: port)
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// A connected TCP socket to 127.0.0.1:`port`.
+    static func connectedDescriptor(port: Int) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -177,8 +184,7 @@ final class RawSocket {
             Glibc.close(fd)
             throw PGConnection.Failure(message: "connect failed")
         }
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        return fd
     }
 
     deinit { close() }
@@ -269,7 +275,8 @@ final class Background<Value: Sendable>: Sendable {
     private let value = NIOLockedValueBox<Value?>(nil)
 
     init(_ body: @escaping @Sendable () -> Value?) {
-        DispatchQueue.global().async { [done, value] in
+        // A thread of its own: `body` blocks, and Dispatch's pool is only as wide as the CPU count.
+        Thread.detachNewThread { [done, value] in
             let result = body()
             value.withLockedValue { $0 = result }
             done.signal()

@@ -33,7 +33,7 @@ func makeUserList() -> UserList {
     UserList(secrets: [testUser: testPassword])
 }
 
-/// A fresh shard on `loop`: ClientSession counts clients and registers cancel keys on it, so tests never share one.
+/// A fresh shard on `loop`: ClientSession registers itself and its cancel key cancel keys on it, so tests never share one.
 func makeShard(on loop: EmbeddedEventLoop, configuration: Configuration) -> PoolShard {
     let logger = Logger(label: "lifeguard.tests", factory: { _ in SwiftLogNoOpLogHandler() })
     let shard = PoolShard(eventLoop: loop, configuration: configuration, userList: makeUserList(), logger: logger)

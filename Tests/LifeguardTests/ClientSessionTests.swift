@@ -78,7 +78,7 @@ import Testing
         let client = try TestClient(configuration: makeConfiguration(authType: .trust))
         try client.send(ClientPacket.startup([("user", testUser), ("database", testDatabase)], protocolVersion: 0x0002_0000))
         try expectFatalAndClosed(client, code: "08P01", message: "old V2 protocol not supported")
-        #expect(client.shard.counts.clients == 0)
+        #expect(client.shard.clientSessions.count == 0)
         try client.finish()
     }
 
@@ -142,7 +142,7 @@ import Testing
         try client.send(ClientPacket.password("wrong"))
         try expectFatalAndClosed(
             client, code: PoolerError.passwordFailed.sqlState, message: "password authentication failed")
-        #expect(client.shard.counts.clients == 0)
+        #expect(client.shard.clientSessions.count == 0)
         try client.finish()
     }
 
@@ -156,7 +156,7 @@ import Testing
         try client.send(ClientPacket.password(testPassword))
         try expectQueuedForWelcome(client)
         try client.finish()
-        #expect(client.shard.counts.clients == 0)
+        #expect(client.shard.clientSessions.count == 0)
         #expect(client.session.pool?.clientCount == 0)
     }
 
@@ -280,11 +280,11 @@ import Testing
         let shard = makeShard(on: loop, configuration: makeConfiguration(authType: .plain, maxClientConn: 1))
         let first = try TestClient(shard: shard, loop: loop)
         let second = try TestClient(shard: shard, loop: loop)
-        #expect(shard.counts.clients == 2)
+        #expect(shard.clientSessions.count == 2)
 
         try second.send(ClientPacket.startup())
         try expectFatalAndClosed(second, message: "no more connections allowed (max_client_conn)")
-        #expect(shard.counts.clients == 1)
+        #expect(shard.clientSessions.count == 1)
 
         // The first one is unaffected and still gets its challenge.
         try first.send(ClientPacket.startup())
@@ -295,7 +295,7 @@ import Testing
 
         try first.finish()
         try second.finish()
-        #expect(shard.counts.clients == 0)
+        #expect(shard.clientSessions.count == 0)
     }
 
     // MARK: Cancel
@@ -305,7 +305,7 @@ import Testing
         try client.send(ClientPacket.cancel(processID: 1234, secretKey: 5678))
         #expect(try client.outboundWrites().isEmpty)
         #expect(!client.channel.isActive)
-        #expect(client.shard.counts.clients == 0)
+        #expect(client.shard.clientSessions.count == 0)
         try client.finish()
     }
 }

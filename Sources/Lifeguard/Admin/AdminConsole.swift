@@ -12,12 +12,11 @@ struct AdminConsole {
     enum Outcome {
         case done
         /// The CommandComplete comes later (PAUSE, WAIT_CLOSE).
-        case deferred(DeferredReply)
+        case deferred(DeferredCommand)
         /// SHUTDOWN: no reply at all.
         case exit
     }
 
-    typealias DeferredReply = DeferredCommand
 
     /// Parameters the console pretends to have so that drivers can connect (PgBouncer's fake list).
     static let fakeParameters: [String: String] = [

@@ -24,7 +24,7 @@ final class AdminSession: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var closeReason: String?
     /// A PAUSE or WAIT_CLOSE whose reply waits until servers are gone.
-    private var pendingReply: AdminConsole.DeferredReply?
+    private var pendingReply: DeferredCommand?
     private let cancelKey: CancelKey
 
     init(shard: PoolShard, role: AdminRole, user: String, id: Int, connectTime: Int, peer: String, cancelKey: CancelKey) {
@@ -84,7 +84,7 @@ final class AdminSession: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         shard.unregister(self, cancelKey: cancelKey)
-        if let pendingReply { shard.adminSessionLeft(waitingFor: pendingReply) }
+        if pendingReply != nil { shard.dropPendingReplies(of: self) }
         if shard.settings.logDisconnections {
             let age = (NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000
             shard.logger.info("\(logPrefix) closing because: \(closeReason ?? "client unexpected eof") (age=\(age)s)")

@@ -85,7 +85,6 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        shard.counts.clients += 1
         shard.register(self)
         if case .unixDomainSocket = context.channel.remoteAddress,
             let provider = context.channel as? SocketOptionProvider
@@ -159,7 +158,6 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             pool.removeWaiting(self)
             if wasLoggedIn { pool.clientCount -= 1 }
         }
-        shard.counts.clients -= 1
         shard.unregister(self)
         if let cancelKey { shard.unregisterCancelKey(cancelKey) }
         if shard.settings.logDisconnections, wasLoggedIn || closeReason != nil {
@@ -301,7 +299,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
                     adminRole = role
                 } else if shard.isShuttingDown {
                     throw PoolerError.shuttingDown
-                } else if shard.counts.clients > shard.settings.maxClientConn {
+                } else if shard.clientSessions.count > shard.settings.maxClientConn {
                     throw PoolerError.maxClientConnections
                 }
                 try beginAuthentication(startup)
@@ -450,8 +448,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     private func handOverToAdmin(role: AdminRole, user: String) {
         guard let context else { return }
         phase = .closed
-        // The console does not count against max_client_conn.
-        shard.counts.clients -= 1
+        // The console does not count against max_client_conn: it leaves the client registry.
         shard.unregister(self)
         let key = shard.newCancelKey()
         let session = AdminSession(

@@ -148,14 +148,9 @@ extension PoolShard {
         pools(of: database).reduce(0) { $0 + $1.serverCount }
     }
 
-    func adminSessionLeft(waitingFor command: DeferredCommand) {
-        control.pendingReplies.removeAll { pending in
-            clientIsGone(pending.session)
-        }
-    }
-
-    private func clientIsGone(_ session: AdminSession) -> Bool {
-        session.channel?.isActive != true
+    /// A console session waiting for a deferred reply went away: nobody to answer any more.
+    func dropPendingReplies(of session: AdminSession) {
+        control.pendingReplies.removeAll { $0.session === session }
     }
 
     // MARK: Statistics

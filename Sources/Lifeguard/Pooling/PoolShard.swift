@@ -306,7 +306,6 @@ struct PoolKey: Hashable, CustomStringConvertible {
 
 /// Connection counts behind the limits that span pools.
 struct ConnectionCounts {
-    var clients = 0
     var serversPerDatabase: [String: Int] = [:]
     var serversPerUser: [String: Int] = [:]
 }

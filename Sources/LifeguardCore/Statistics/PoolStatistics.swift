@@ -19,47 +19,35 @@ public struct PoolStatistics: Sendable, Equatable {
 
     public init() {}
 
+    /// Every counter, so sums and averages treat them alike.
+    private static let counters: [any WritableKeyPath<PoolStatistics, Int> & Sendable] = [
+        \.serverAssignments, \.transactions, \.queries, \.bytesReceived, \.bytesSent, \.transactionMicroseconds,
+        \.queryMicroseconds, \.waitMicroseconds, \.clientParses, \.serverParses, \.binds, \.clientLogins,
+    ]
+
     public static func + (lhs: PoolStatistics, rhs: PoolStatistics) -> PoolStatistics {
         var sum = lhs
-        sum.serverAssignments += rhs.serverAssignments
-        sum.transactions += rhs.transactions
-        sum.queries += rhs.queries
-        sum.bytesReceived += rhs.bytesReceived
-        sum.bytesSent += rhs.bytesSent
-        sum.transactionMicroseconds += rhs.transactionMicroseconds
-        sum.queryMicroseconds += rhs.queryMicroseconds
-        sum.waitMicroseconds += rhs.waitMicroseconds
-        sum.clientParses += rhs.clientParses
-        sum.serverParses += rhs.serverParses
-        sum.binds += rhs.binds
-        sum.clientLogins += rhs.clientLogins
+        for counter in counters { sum[keyPath: counter] += rhs[keyPath: counter] }
         return sum
     }
 
     /// The per-second rates and per-event means between `earlier` and these totals, over `seconds`
-    /// (PgBouncer's `avg_` columns, recomputed every `stats_period`).
+    /// (PgBouncer's `avg_` columns, recomputed every `stats_period`): times are means per transaction, query
+    /// and server assignment, everything else a rate.
     public func averages(since earlier: PoolStatistics, seconds: Double) -> PoolStatistics {
         let period = max(seconds, 1e-9)
-        func rate(_ path: KeyPath<PoolStatistics, Int>) -> Int {
-            Int((Double(self[keyPath: path] - earlier[keyPath: path]) / period).rounded())
-        }
         func mean(_ time: KeyPath<PoolStatistics, Int>, per count: KeyPath<PoolStatistics, Int>) -> Int {
             let events = self[keyPath: count] - earlier[keyPath: count]
             return events > 0 ? (self[keyPath: time] - earlier[keyPath: time]) / events : 0
         }
         var average = PoolStatistics()
-        average.serverAssignments = rate(\.serverAssignments)
-        average.transactions = rate(\.transactions)
-        average.queries = rate(\.queries)
-        average.bytesReceived = rate(\.bytesReceived)
-        average.bytesSent = rate(\.bytesSent)
+        for counter in Self.counters {
+            average[keyPath: counter] =
+                Int((Double(self[keyPath: counter] - earlier[keyPath: counter]) / period).rounded())
+        }
         average.transactionMicroseconds = mean(\.transactionMicroseconds, per: \.transactions)
         average.queryMicroseconds = mean(\.queryMicroseconds, per: \.queries)
         average.waitMicroseconds = mean(\.waitMicroseconds, per: \.serverAssignments)
-        average.clientParses = rate(\.clientParses)
-        average.serverParses = rate(\.serverParses)
-        average.binds = rate(\.binds)
-        average.clientLogins = rate(\.clientLogins)
         return average
     }
 }

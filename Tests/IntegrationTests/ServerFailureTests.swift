@@ -5,6 +5,28 @@ import Testing
 extension IntegrationTests {
 /// What clients see when PostgreSQL misbehaves or is slow to read, and the settings that shape server logins.
 @Suite struct ServerFailureTests {
+    /// Clients, console sessions and servers that come and go must leave nothing behind: the handlers
+    /// once kept their ChannelHandlerContext, a cycle that leaked about 3 KB per client connection.
+    @Test func connectionsThatComeAndGoDoNotGrowMemory() throws {
+        // server_lifetime = 0: every transaction's server is closed after use, so servers churn as well.
+        let lifeguard = try LifeguardProcess(settings: "server_lifetime = 0\nadmin_users = lg_md5")
+        func churn(_ count: Int) throws {
+            for index in 0..<count {
+                let client = try lifeguard.connect()
+                #expect(try client.value("SELECT \(index)") == "\(index)")
+                if index % 10 == 0 {
+                    let console = try lifeguard.connect(database: "pgbouncer")
+                    _ = try console.query("SHOW VERSION")
+                }
+            }
+        }
+        try churn(100)  // allocator arenas and caches settle
+        let before = lifeguard.residentKilobytes
+        try churn(400)
+        let after = lifeguard.residentKilobytes
+        #expect(after - before < 500, "Lifeguard grew from \(before) kB to \(after) kB over 400 connections")
+    }
+
     @Test func slowReaderOfAHugeResultDoesNotMakeLifeguardBuffer() throws {
         let lifeguard = try LifeguardProcess(settings: "auth_type = trust")
         let socket = try RawSocket(port: lifeguard.port)

@@ -68,6 +68,25 @@ private func runExchange(
         #expect(!MD5Password.verify(clientResponse: "", storedHash: stored, salt: salt))
     }
 
+    @Test func plainPasswordCacheFollowsPasswordChanges() {
+        var salts = 0
+        let cache = PlainPasswordCache(salt: {
+            salts += 1
+            return Array(repeating: UInt8(salts), count: 16)
+        })
+        #expect(cache.md5Hash(user: "admin", password: "1234") == "md545f2603610af569b6155c45067268c6b")
+        #expect(cache.md5Hash(user: "admin", password: "1234") == "md545f2603610af569b6155c45067268c6b")
+        // A reloaded userlist with a new password must not be answered with the old hash.
+        #expect(cache.md5Hash(user: "admin", password: "p") == MD5Password.hash(password: "p", user: "admin"))
+
+        let first = cache.scramSecret(user: "admin", password: "1234")
+        #expect(cache.scramSecret(user: "admin", password: "1234") == first)
+        #expect(salts == 1, "derived once")
+        let changed = cache.scramSecret(user: "admin", password: "p")
+        #expect(changed != first)
+        #expect(changed == SCRAMSecret.derive(password: "p", salt: Array(repeating: 2, count: 16), iterations: 4096))
+    }
+
     // MARK: Secret classification
 
     @Test func passwordSecretClassification() throws {

@@ -13,11 +13,14 @@ private let mockKey: [UInt8] = Array(repeating: 0x42, count: 32)
 private let derivedSalt: [UInt8] = Array(200..<216)
 
 /// Records the (user, password) pairs the SCRAM secret derivation was asked for.
-private final class DeriveLog {
+private final class DeriveLog: PlainPasswordDerivations {
     var calls: [(String, String)] = []
-    func derive(_ user: String, _ password: String) -> SCRAMSecret {
+    func scramSecret(user: String, password: String) -> SCRAMSecret {
         calls.append((user, password))
         return SCRAMSecret.derive(password: password, salt: derivedSalt, iterations: 4096)
+    }
+    func md5Hash(user: String, password: String) -> String {
+        MD5Password.hash(password: password, user: user)
     }
 }
 
@@ -29,7 +32,7 @@ private func makeAuth(
         protocolVersion: StartupPacket.protocolVersion3, parameters: [("user", user)], ignored: [])
     return ClientAuthentication(
         startup: startup, authType: authType, secret: secret, requireUserListEntry: requireUserListEntry,
-        mockKey: mockKey, derive: log.derive, random: counting)
+        mockKey: mockKey, derivations: log, random: counting)
 }
 
 /// Reads one AuthenticationRequest ('R') message off `reply`: its code and the bytes after the code.

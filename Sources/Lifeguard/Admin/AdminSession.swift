@@ -68,6 +68,11 @@ final class AdminSession: ChannelInboundHandler {
         }
     }
 
+    /// The context holds this handler: keeping it past removal would keep both alive forever.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         requestTime = WallClock.seconds()

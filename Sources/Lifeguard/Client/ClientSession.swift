@@ -84,6 +84,11 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         self.context = context
     }
 
+    /// The context holds this handler: keeping it past removal would keep both alive forever.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
     func channelActive(context: ChannelHandlerContext) {
         shard.register(self)
         if case .unixDomainSocket = context.channel.remoteAddress,
@@ -345,7 +350,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         var authentication = ClientAuthentication(
             startup: startup, authType: shard.settings.authType, secret: shard.secret(for: startup.user),
             requireUserListEntry: shard.settings.authFile != nil, mockKey: shard.mockAuthenticationKey,
-            derive: { [shard] user, password in shard.derivedSCRAMSecret(user: user, password: password) })
+            derivations: shard.plainPasswords)
         var reply = ByteBuffer()
         if startup.minorProtocolVersion > 0 || !startup.unsupportedProtocolOptions.isEmpty {
             reply.writeMessage(BackendID.negotiateProtocolVersion) {
@@ -471,15 +476,10 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// AuthenticationOk, the pool's ParameterStatus set with this client's own values, a Lifeguard
     /// BackendKeyData and ReadyForQuery: the whole greeting, without touching a server.
-    func sendWelcome(prefix: ByteBuffer, defaults: ParameterSet) {
-        guard case .awaitingWelcome = phase, let context, let cancelKey else { return }
-        parameters.fillUnset(from: defaults)
-        var buffer = prefix
-        for index in TrackedParameter.names.indices {
-            if let value = parameters.value(at: index) {
-                buffer.writeParameterStatus(name: TrackedParameter.names[index], value: value)
-            }
-        }
+    func sendWelcome() {
+        guard case .awaitingWelcome = phase, let context, let cancelKey, let pool else { return }
+        parameters.fillUnset(from: pool.defaultParameters)
+        guard var buffer = pool.welcomeMessages(for: parameters) else { return }
         buffer.writeBackendKeyData(processID: cancelKey.processID, secretKey: cancelKey.secretKey)
         if !shard.settings.loginNotifyMessage.isEmpty {
             buffer.writeErrorResponse(

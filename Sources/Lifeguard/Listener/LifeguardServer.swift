@@ -48,17 +48,17 @@ public final class LifeguardServer: DaemonControl {
 
         // Socket options go on the listening socket, which accepted sockets inherit (NIO already sets
         // TCP_NODELAY there): NIO's per-child option list costs more per accepted client than the rest of
-        // accepting it, so the one NIO-level option, the write watermark, is set directly in the initializer.
+        // accepting it, so the one NIO-level option, the write watermark, is set by ClientAcceptor.
         // ServerBootstrap is a class: each listener gets its own, so TCP options never reach the Unix socket.
         let group = self.group
         func makeBootstrap() -> ServerBootstrap {
             ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: Int32(settings.listenBacklog))
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelInitializer { channel in
+                .serverChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.syncOptions?.setOption(.writeBufferWaterMark, value: clientWriteWatermark)
-                        try channel.pipeline.syncOperations.addHandler(ClientSession(shard: shard))
+                        try channel.pipeline.syncOperations.addHandler(
+                            ClientAcceptor(shard: shard, writeWatermark: clientWriteWatermark))
                     }
                 }
         }

@@ -29,6 +29,9 @@ final class Pool {
     private(set) var welcomePrefix: ByteBuffer?
     /// The tracked subset of `welcomeParameters`: what a client that set nothing expects.
     private(set) var defaultParameters = ParameterSet()
+    /// The last welcome encoded: a pool's clients mostly send the same parameters, so the prefix and
+    /// their ParameterStatus messages are encoded once and reused.
+    private var lastWelcome: (parameters: ParameterSet, messages: ByteBuffer)?
     /// ClientKey and ServerKey learned from a client's SCRAM login, to log in to the server the same way.
     var scramPassThroughKeys: (clientKey: [UInt8], serverKey: [UInt8])?
 
@@ -111,14 +114,28 @@ final class Pool {
 
     /// Greets `client` from the cached ParameterStatus set, or queues it until the first server has logged in.
     func welcome(_ client: ClientSession) {
-        if let welcomePrefix {
-            client.sendWelcome(prefix: welcomePrefix, defaults: defaultParameters)
+        if welcomePrefix != nil {
+            client.sendWelcome()
         } else if let cached = failingFast(now: .now()) {
             client.closeWithError(cached, reason: cached.message)
         } else {
             clientsWaitingForWelcome.append(client)
             launchIfNeeded(now: .now())
         }
+    }
+
+    /// AuthenticationOk and every ParameterStatus message for a client with `parameters` (all tracked
+    /// slots filled); nil until the first server has logged in.
+    func welcomeMessages(for parameters: ParameterSet) -> ByteBuffer? {
+        if let lastWelcome, lastWelcome.parameters == parameters { return lastWelcome.messages }
+        guard var messages = welcomePrefix else { return nil }
+        for index in TrackedParameter.names.indices {
+            if let value = parameters.value(at: index) {
+                messages.writeParameterStatus(name: TrackedParameter.names[index], value: value)
+            }
+        }
+        lastWelcome = (parameters, messages)
+        return messages
     }
 
     /// `client` has a request and no server: give it an idle one or queue it.
@@ -199,7 +216,7 @@ final class Pool {
             let waiting = clientsWaitingForWelcome
             clientsWaitingForWelcome = []
             for client in waiting {
-                client.sendWelcome(prefix: prefix, defaults: defaultParameters)
+                client.sendWelcome()
             }
         }
         serverAvailable(server)

@@ -30,8 +30,8 @@ final class PoolShard {
     var counts = ConnectionCounts()
     /// Secret for mock SCRAM exchanges with unknown users, so they look like real ones.
     let mockAuthenticationKey: [UInt8]
-    /// SCRAM secrets derived from plain-text userlist passwords; deriving costs thousands of HMACs.
-    private var derivedSecrets: [String: SCRAMSecret] = [:]
+    /// SCRAM secrets and md5 hashes derived from plain-text userlist passwords, once per user.
+    let plainPasswords = PlainPasswordCache(salt: { randomBytes(16) })
     private var janitor: RepeatedTask?
     /// Every client and server connection, for the admin console's lists and KILL_CLIENT.
     private(set) var clientSessions: [ObjectIdentifier: ClientSession] = [:]
@@ -189,7 +189,7 @@ final class PoolShard {
         settings = newConfiguration.settings
         ignoredStartupParameters = IgnoredStartupParameters(settings.ignoreStartupParameters)
         secrets = userList.secrets.mapValues(PasswordSecret.init(parsing:))
-        derivedSecrets = [:]
+        plainPasswords.keepOnly(users: Set(secrets.keys))
         resolver.maxTTL = settings.dnsMaxTTL
         resolver.failureTTL = settings.dnsNXDomainTTL
         for pool in pools.values {
@@ -215,14 +215,6 @@ final class PoolShard {
 
     func secret(for user: String) -> PasswordSecret? {
         secrets[user]
-    }
-
-    /// A SCRAM secret for a user whose userlist entry is plain text, derived once per process.
-    func derivedSCRAMSecret(user: String, password: String) -> SCRAMSecret {
-        if let cached = derivedSecrets[user] { return cached }
-        let secret = SCRAMSecret.derive(password: password, salt: randomBytes(16), iterations: 4096)
-        derivedSecrets[user] = secret
-        return secret
     }
 
     // MARK: Connection registry

@@ -107,6 +107,11 @@ final class ServerConnection: ChannelDuplexHandler {
         self.context = context
     }
 
+    /// The context holds this handler: keeping it past removal would keep both alive forever.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
     func channelActive(context: ChannelHandlerContext) {
         state = .authenticating
         let database = pool.database

@@ -26,7 +26,7 @@ public struct ClientAuthentication {
     private let secret: PasswordSecret?
     private let requireUserListEntry: Bool
     private let mockKey: [UInt8]
-    private let derive: (String, String) -> SCRAMSecret
+    private let derivations: any PlainPasswordDerivations
     private let random: (Int) -> [UInt8]
     private var state = State.initial
 
@@ -37,11 +37,11 @@ public struct ClientAuthentication {
     /// - Parameters:
     ///   - secret: the userlist entry for the user, nil when the user is unknown.
     ///   - requireUserListEntry: `trust` still demands that the user exists, when there is an auth_file.
-    ///   - derive: makes a SCRAM secret from a plain-text password (the caller caches it).
+    ///   - derivations: what a plain-text userlist password derives to (the caller caches them).
     ///   - random: random bytes for salts and nonces.
     public init(
         startup: ClientStartup, authType: AuthType, secret: PasswordSecret?, requireUserListEntry: Bool,
-        mockKey: [UInt8], derive: @escaping (String, String) -> SCRAMSecret,
+        mockKey: [UInt8], derivations: any PlainPasswordDerivations,
         random: @escaping (Int) -> [UInt8] = ClientAuthentication.systemRandom
     ) {
         self.startup = startup
@@ -49,7 +49,7 @@ public struct ClientAuthentication {
         self.secret = secret
         self.requireUserListEntry = requireUserListEntry
         self.mockKey = mockKey
-        self.derive = derive
+        self.derivations = derivations
         self.random = random
     }
 
@@ -93,7 +93,7 @@ public struct ClientAuthentication {
             case .scram(let stored):
                 startSCRAM(stored, isMock: false, fromStoredSecret: true, into: &reply)
             case .plain(let password) where !password.isEmpty:
-                startSCRAM(derive(user, password), isMock: false, fromStoredSecret: false, into: &reply)
+                startSCRAM(derivations.scramSecret(user: user, password: password), isMock: false, fromStoredSecret: false, into: &reply)
             case .plain, .md5, nil:
                 // An md5 hash (or an empty password) cannot answer SCRAM; like an unknown user, run the exchange and
                 // fail at the end.
@@ -126,7 +126,7 @@ public struct ClientAuthentication {
             guard let answer = FrontendMessage.password(body) else { throw .passwordFailed }
             let storedHash: String?
             switch secret {
-            case .plain(let password) where !password.isEmpty: storedHash = MD5Password.hash(password: password, user: user)
+            case .plain(let password) where !password.isEmpty: storedHash = derivations.md5Hash(user: user, password: password)
             case .md5(let hash): storedHash = hash
             case .plain, .scram, nil: storedHash = nil
             }
@@ -172,4 +172,11 @@ public struct ClientAuthentication {
             return derived.storedKey == stored.storedKey && derived.serverKey == stored.serverKey
         }
     }
+}
+
+/// What a plain-text userlist password turns into for each challenge. Both cost real work (a SCRAM secret
+/// is thousands of HMACs, an md5 hash is paid on every md5 login), so the daemon derives each once per user.
+public protocol PlainPasswordDerivations {
+    func scramSecret(user: String, password: String) -> SCRAMSecret
+    func md5Hash(user: String, password: String) -> String
 }

@@ -7,14 +7,16 @@ import Crypto
 public enum MD5Password {
     /// The value PostgreSQL stores in `pg_authid` for an MD5 password.
     public static func hash(password: String, user: String) -> String {
-        "md5" + hex(Insecure.MD5.hash(data: Array(password.utf8) + Array(user.utf8)))
+        var md5 = Insecure.MD5()
+        md5.update(utf8Of: password)
+        md5.update(utf8Of: user)
+        return String(decoding: prefixedHex(md5.finalize()), as: UTF8.self)
     }
 
     /// What the client sends in its PasswordMessage. Accepts the stored hash with
     /// or without its "md5" prefix.
     public static func response(forStoredHash storedHash: String, salt: [UInt8]) -> String {
-        let hexPart = storedHash.hasPrefix("md5") ? storedHash.dropFirst(3) : Substring(storedHash)
-        return "md5" + hex(Insecure.MD5.hash(data: Array(hexPart.utf8) + salt))
+        String(decoding: responseBytes(forStoredHash: storedHash, salt: salt), as: UTF8.self)
     }
 
     public static func response(password: String, user: String, salt: [UInt8]) -> String {
@@ -24,25 +26,40 @@ public enum MD5Password {
     /// Checks a client's PasswordMessage against the stored hash, in constant
     /// time so the comparison does not leak how close a guess was.
     public static func verify(clientResponse: String, storedHash: String, salt: [UInt8]) -> Bool {
-        SCRAM.constantTimeEqual(
-            Array(clientResponse.utf8), Array(response(forStoredHash: storedHash, salt: salt).utf8))
+        SCRAM.constantTimeEqual(clientResponse.utf8, responseBytes(forStoredHash: storedHash, salt: salt))
     }
 
-    /// Lower-case hex of a digest, written straight into the string's storage (this runs on every login).
-    private static func hex(_ digest: Insecure.MD5.Digest) -> String {
+    /// The response as bytes: this runs on every md5 login, so it stays clear of intermediate strings.
+    private static func responseBytes(forStoredHash storedHash: String, salt: [UInt8]) -> [UInt8] {
+        var md5 = Insecure.MD5()
+        md5.update(utf8Of: storedHash.hasPrefix("md5") ? storedHash.dropFirst(3) : Substring(storedHash))
+        md5.update(data: salt)
+        return prefixedHex(md5.finalize())
+    }
+
+    /// `"md5"` followed by the digest in lower-case hex.
+    private static func prefixedHex(_ digest: Insecure.MD5.Digest) -> [UInt8] {
+        var text: [UInt8] = Array("md5".utf8)
+        text.reserveCapacity(3 + 2 * Insecure.MD5.byteCount)
         digest.withUnsafeBytes { bytes in
-            String(unsafeUninitializedCapacity: bytes.count * 2) { out in
-                for (index, byte) in bytes.enumerated() {
-                    out[2 * index] = hexDigit(byte >> 4)
-                    out[2 * index + 1] = hexDigit(byte & 0x0F)
-                }
-                return bytes.count * 2
+            for byte in bytes {
+                text.append(hexDigit(byte >> 4))
+                text.append(hexDigit(byte & 0x0F))
             }
         }
+        return text
     }
 
     @inline(__always)
     private static func hexDigit(_ value: UInt8) -> UInt8 {
         value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10
+    }
+}
+
+extension Insecure.MD5 {
+    /// Hashes a string's UTF-8 bytes in place (native strings are contiguous, so nothing is copied).
+    fileprivate mutating func update(utf8Of text: some StringProtocol) {
+        let hashed: Void? = text.utf8.withContiguousStorageIfAvailable { update(bufferPointer: UnsafeRawBufferPointer($0)) }
+        if hashed == nil { update(data: Array(text.utf8)) }
     }
 }

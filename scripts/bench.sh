@@ -88,7 +88,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_in_use() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
+# Any socket on the port counts, not only listeners: a TIME-WAIT left by an outgoing connection that
+# happened to get this port as its local port also makes bind() fail.
+port_in_use() { ss -Htan "sport = :$1" 2>/dev/null | grep -q .; }
 # First free TCP port at or after $1, skipping any in the remaining arguments.
 free_port() {
     local p=$1; shift

@@ -28,6 +28,12 @@ public enum BackendMessage {
     }
 
     /// `Z`: the transaction status.
+    /// CommandComplete's tag, such as `SELECT 1` or `DISCARD ALL`.
+    public static func commandTag(_ body: ByteBuffer) -> String? {
+        var body = body
+        return body.readNullTerminatedString()
+    }
+
     public static func readyForQuery(_ body: ByteBuffer) -> TransactionStatus? {
         body.getInteger(at: body.readerIndex, as: UInt8.self).flatMap(TransactionStatus.init(rawValue:))
     }

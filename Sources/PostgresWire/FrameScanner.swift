@@ -60,6 +60,7 @@ public struct FrameScanner: Sendable {
     private var partialHeaderCount = 0
     private var remainingBody = 0
     private var currentID: UInt8 = 0
+    private var currentLength = 0
     private var assembledBody: ByteBuffer?
 
     public init(capturedIDs: MessageIDSet = MessageIDSet(), maxMessageLength: Int = Int(Int32.max)) {
@@ -72,6 +73,16 @@ public struct FrameScanner: Sendable {
         partialHeaderCount == 0 && remainingBody == 0
     }
 
+    /// The message the last scan stopped inside: its id (once its first byte has arrived) and how many of
+    /// its bytes, header included, have arrived so far.
+    public var partialMessage: (id: UInt8, bytesSeen: Int)? {
+        if partialHeaderCount > 0 {
+            return (UInt8(truncatingIfNeeded: partialHeader >> (8 * UInt64(partialHeaderCount - 1))), partialHeaderCount)
+        }
+        if remainingBody > 0 { return (currentID, 1 + currentLength - remainingBody) }
+        return nil
+    }
+
     /// Scans `buffer` (from its reader index) and calls `visit(id, body)` as each message completes; `body` is
     /// nil for ids that are not captured. When `visit` returns false the scan stops right after that message
     /// and the offset of the first unscanned byte (an absolute index into `buffer`) is returned; otherwise nil.
@@ -79,13 +90,23 @@ public struct FrameScanner: Sendable {
         _ buffer: ByteBuffer,
         _ visit: (UInt8, ByteBuffer?) throws -> Bool
     ) throws -> Int? {
-        try scan(buffer, from: buffer.readerIndex, visit)
+        try scan(buffer, from: buffer.readerIndex) { id, body, _, _ in try visit(id, body) }
     }
 
     public mutating func scan(
         _ buffer: ByteBuffer,
         from start: Int,
         _ visit: (UInt8, ByteBuffer?) throws -> Bool
+    ) throws -> Int? {
+        try scan(buffer, from: start) { id, body, _, _ in try visit(id, body) }
+    }
+
+    /// As `scan`, and `visit` also gets where the message ends in `buffer` (an absolute index) and its whole
+    /// length, header included, so a caller can cut it out of what it forwards.
+    public mutating func scan(
+        _ buffer: ByteBuffer,
+        from start: Int,
+        _ visit: (_ id: UInt8, _ body: ByteBuffer?, _ end: Int, _ length: Int) throws -> Bool
     ) throws -> Int? {
         var offset = start
         let end = buffer.writerIndex
@@ -101,7 +122,7 @@ public struct FrameScanner: Sendable {
                 if remainingBody == 0 {
                     let body = assembledBody
                     assembledBody = nil
-                    if try !visit(currentID, body) { return offset }
+                    if try !visit(currentID, body, offset, 1 + currentLength) { return offset }
                 }
                 continue
             }
@@ -132,9 +153,10 @@ public struct FrameScanner: Sendable {
             if end - offset >= bodyLength {
                 let body = captured ? buffer.getSlice(at: offset, length: bodyLength) : nil
                 offset += bodyLength
-                if try !visit(id, body) { return offset }
+                if try !visit(id, body, offset, 1 + length) { return offset }
             } else {
                 currentID = id
+                currentLength = length
                 remainingBody = bodyLength
                 if captured {
                     // Grows as the body arrives, so a lying length field reserves nothing up front.

@@ -34,6 +34,13 @@ public enum BackendID {
     public static let copyOutResponse: UInt8 = UInt8(ascii: "H")
     public static let copyBothResponse: UInt8 = UInt8(ascii: "W")
     public static let negotiateProtocolVersion: UInt8 = UInt8(ascii: "v")
+    public static let parseComplete: UInt8 = UInt8(ascii: "1")
+    public static let bindComplete: UInt8 = UInt8(ascii: "2")
+    public static let closeComplete: UInt8 = UInt8(ascii: "3")
+    public static let noData: UInt8 = UInt8(ascii: "n")
+    public static let parameterDescription: UInt8 = UInt8(ascii: "t")
+    public static let portalSuspended: UInt8 = UInt8(ascii: "s")
+    public static let functionCallResponse: UInt8 = UInt8(ascii: "V")
 }
 
 /// Authentication request codes carried in an `R` message.

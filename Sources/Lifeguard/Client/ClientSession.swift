@@ -22,6 +22,11 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         case closed
     }
 
+    /// Messages kept whole while prepared statements are shared: the ones that name a statement, and Terminate.
+    private static let wholeIDs = MessageIDSet([
+        FrontendID.parse, FrontendID.bind, FrontendID.describe, FrontendID.close, FrontendID.terminate,
+    ])
+
     /// Client message ids a pooler accepts after login; anything else is a protocol violation.
     private static let acceptedIDs = MessageIDSet([
         FrontendID.query, FrontendID.parse, FrontendID.bind, FrontendID.describe, FrontendID.execute,
@@ -42,6 +47,14 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     private var queued = false
     /// Client bytes received while no server was ready for them; already scanned and counted.
     private var pendingData: ByteBuffer?
+    /// While prepared statements are shared (transaction and statement mode): the splitter that keeps the
+    /// messages naming a statement whole, the client's statements by its own names, and the pieces
+    /// waiting for a server (in place of `pendingData`).
+    private var splitter: MessageSplitter?
+    private(set) var statements: [String: PreparedStatement] = [:]
+    private var pendingPieces: [OutboundPiece] = []
+    /// Replies Lifeguard wrote to the client itself during a read, flushed with the read.
+    private var clientNeedsFlush = false
     private var serverNeedsFlush = false
     private var loggedIn = false
     private var readHeld = false
@@ -149,13 +162,17 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             serverNeedsFlush = false
             server?.flush()
         }
+        if clientNeedsFlush {
+            clientNeedsFlush = false
+            context.flush()
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         let wasLoggedIn = loggedIn
         phase = .closed
         if let server {
-            let clean = serverReady && tracker.isIdle && scanner.isAtMessageBoundary && pendingData == nil
+            let clean = serverReady && tracker.isIdle && isBetweenMessages && !hasUnsentTraffic
             self.server = nil
             server.clientGone(serverIsIdle: clean)
         }
@@ -190,7 +207,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private var shouldHoldReads: Bool {
-        if pendingData != nil || (loggedIn && shard.isSuspended) { return true }
+        if hasUnsentTraffic || (loggedIn && shard.isSuspended) { return true }
         if let server, serverReady, !server.isWritable { return true }
         return false
     }
@@ -225,7 +242,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Between transactions with nothing in flight: its server could be closed without losing work.
     var isBetweenTransactions: Bool {
-        tracker.isIdle && scanner.isAtMessageBoundary && pendingData == nil && queryStart == nil
+        tracker.isIdle && isBetweenMessages && !hasUnsentTraffic && queryStart == nil
     }
 
     /// The clocks the timeout sweep judges this client by.
@@ -239,7 +256,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             clocks.transactionStartedAt = transactionStart.map { Int64($0.uptimeNanoseconds) }
             if server != nil, queryStart == nil, tracker.status != .idle {
                 clocks.idleInTransactionSince = lastReady.map { Int64($0.uptimeNanoseconds) }
-            } else if server == nil, !queued, pendingData == nil, queryStart == nil {
+            } else if server == nil, !queued, !hasUnsentTraffic, queryStart == nil {
                 clocks.idleSince = lastReady.map { Int64($0.uptimeNanoseconds) }
             }
         case .awaitingWelcome, .closed:
@@ -421,6 +438,9 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         loggedIn = true
         tracker = TransactionTracker(poolMode: pool.mode)
         scanner = FrameScanner(capturedIDs: MessageIDSet(), maxMessageLength: shard.settings.maxPacketSize)
+        if pool.mode != .session, shard.settings.maxPreparedStatements > 0 {
+            splitter = MessageSplitter(wholeIDs: Self.wholeIDs, maxMessageLength: shard.settings.maxPacketSize)
+        }
         parameters = startup.parameters
         if shard.settings.applicationNameAddHost {
             let name = parameters["application_name"] ?? ""
@@ -489,12 +509,29 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         phase = .active
         lastReady = .now()
-        if pendingData != nil { requestServerIfNeeded() }
+        if hasUnsentTraffic { requestServerIfNeeded() }
     }
 
     // MARK: Traffic
 
+    /// Named prepared statements are shared through the shard's registry (transaction and statement mode).
+    var sharesStatements: Bool { splitter != nil }
+
+    /// True between client messages, so a server can be let go without a half-sent message on it.
+    private var isBetweenMessages: Bool {
+        splitter?.isAtMessageBoundary ?? scanner.isAtMessageBoundary
+    }
+
+    /// Client traffic received and not yet handed to a server.
+    private var hasUnsentTraffic: Bool {
+        pendingData != nil || !pendingPieces.isEmpty
+    }
+
     private func receiveTraffic(_ buffer: ByteBuffer) throws {
+        if splitter != nil {
+            try receiveSharingStatements(buffer)
+            return
+        }
         var terminated = false
         let stop = try scanner.scan(buffer) { id, _ in
             guard Self.acceptedIDs.contains(id) else {
@@ -528,14 +565,112 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
                 requestServerIfNeeded()
             }
         }
-        if terminated {
-            closeReason = "client close request"
-            if serverNeedsFlush {
-                serverNeedsFlush = false
-                server?.flush()
-            }
-            context?.close(promise: nil)
+        if terminated { closeOnTerminate() }
+    }
+
+    private func closeOnTerminate() {
+        closeReason = "client close request"
+        if serverNeedsFlush {
+            serverNeedsFlush = false
+            server?.flush()
         }
+        context?.close(promise: nil)
+    }
+
+    /// Transaction and statement mode with max_prepared_statements: the messages that name a prepared
+    /// statement are taken whole and mapped to the shared statements; all other bytes pass as they came.
+    private func receiveSharingStatements(_ buffer: ByteBuffer) throws {
+        var terminated = false
+        try splitter!.split(buffer) { piece in
+            switch piece {
+            case .raw(let bytes):
+                countRequest(bytes: bytes.readableBytes)
+                send(.bytes(bytes))
+            case .ended(let id):
+                try accept(id)
+                if let request = ReplyQueue.Request(messageID: id) { send(.request(request)) }
+            case .whole(let id, let message):
+                if id == FrontendID.terminate {
+                    terminated = true
+                    return false
+                }
+                try accept(id)
+                countRequest(bytes: message.readableBytes)
+                send(try statementPiece(id, message))
+            }
+            return true
+        }
+        if terminated { closeOnTerminate() }
+    }
+
+    private func accept(_ id: UInt8) throws {
+        guard Self.acceptedIDs.contains(id) else {
+            throw PoolerError("unknown pkt from client: '\(Character(Unicode.Scalar(id)))'")
+        }
+        tracker.clientSent(id)
+    }
+
+    /// Maps a whole Parse, Bind, Describe or Close to the client's statements. Unnamed statements and
+    /// portals pass unchanged.
+    private func statementPiece(_ id: UInt8, _ message: ByteBuffer) throws -> OutboundPiece {
+        switch id {
+        case FrontendID.parse:
+            guard let (name, definition) = ExtendedQueryMessage.parse(message) else { throw PoolerError.badPacket }
+            pool?.stats.clientParses &+= 1
+            if name.isEmpty { return .message(message, .parse) }
+            guard statements[name] == nil else { throw PoolerError.preparedStatementInUse }
+            let statement = shard.preparedStatements.statement(for: definition)
+            statements[name] = statement
+            return .parse(statement, clientName: name)
+        case FrontendID.bind:
+            guard let name = ExtendedQueryMessage.bindStatementName(message) else { throw PoolerError.badPacket }
+            pool?.stats.binds &+= 1
+            if name.isEmpty { return .message(message, .bind) }
+            guard let statement = statements[name] else { throw PoolerError.preparedStatementMissing }
+            var renamed = ByteBuffer()
+            renamed.writeBind(message, renamingStatementTo: statement.serverName)
+            return .usingStatement(renamed, .bind, statement)
+        default:
+            guard let (kind, name) = ExtendedQueryMessage.target(message) else { throw PoolerError.badPacket }
+            let request: ReplyQueue.Request = id == FrontendID.describe ? .describe : .close
+            guard kind == ExtendedQueryMessage.statementKind, !name.isEmpty else { return .message(message, request) }
+            if request == .close {
+                // Only this client's name goes: other clients may share the statement.
+                statements[name] = nil
+                return .closeStatement
+            }
+            guard let statement = statements[name] else { throw PoolerError.preparedStatementMissing }
+            var renamed = ByteBuffer()
+            renamed.writeDescribeStatement(name: statement.serverName)
+            return .usingStatement(renamed, .describe, statement)
+        }
+    }
+
+    /// Hands a piece to the ready server, or keeps it until one is.
+    private func send(_ piece: OutboundPiece) {
+        if let server, serverReady {
+            server.send(piece, for: self)
+            serverNeedsFlush = true
+        } else {
+            pendingPieces.append(piece)
+            requestServerIfNeeded()
+        }
+    }
+
+    /// A reply Lifeguard gives in the server's place (ParseComplete, CloseComplete).
+    func answerLocally(_ reply: ByteBuffer) {
+        context?.write(wrapOutboundOut(reply), promise: nil)
+        clientNeedsFlush = true
+    }
+
+    /// The server could not keep the client's statement `name` (its Parse failed or was skipped).
+    func forgetStatement(named name: String, _ statement: PreparedStatement) {
+        if statements[name] === statement { statements[name] = nil }
+    }
+
+    /// DEALLOCATE ALL or DISCARD ALL ran for this client.
+    func forgetAllStatements() {
+        statements = [:]
     }
 
     /// PgBouncer's counting: a transaction and a query start with the first client bytes after the previous
@@ -595,6 +730,16 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             server.forwardFromClient(data)
             server.flush()
         }
+        if !pendingPieces.isEmpty, let server {
+            let pieces = pendingPieces
+            pendingPieces = []
+            for piece in pieces { server.send(piece, for: self) }
+            server.flush()
+            if clientNeedsFlush {
+                clientNeedsFlush = false
+                context?.flush()
+            }
+        }
         resumeReads()
     }
 
@@ -603,7 +748,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     func serverReady(_ status: TransactionStatus) -> TransactionTracker.Decision {
         let decision = tracker.serverReady(status)
         countCompletion(status)
-        if decision == .release, !scanner.isAtMessageBoundary || pendingData != nil {
+        if decision == .release, !isBetweenMessages || hasUnsentTraffic {
             return .keep
         }
         return decision

@@ -39,6 +39,8 @@ final class PoolShard {
     private var lastConnectionID = 0
     private(set) var adminSessions: [ObjectIdentifier: AdminSession] = [:]
     let resolver: HostResolver
+    /// Clients' named prepared statements, shared by definition across this loop's clients and servers.
+    let preparedStatements = PreparedStatementRegistry()
     let control = ShardControl()
     private var statsTimer: RepeatedTask?
 

@@ -59,6 +59,17 @@ final class ServerConnection: ChannelDuplexHandler {
     private static let linkedCapturedIDs = MessageIDSet([
         BackendID.readyForQuery, BackendID.parameterStatus, BackendID.errorResponse,
     ])
+    /// While statements are shared, CommandComplete too: DEALLOCATE ALL and DISCARD ALL empty the caches.
+    private static let sharingCapturedIDs = MessageIDSet([
+        BackendID.readyForQuery, BackendID.parameterStatus, BackendID.errorResponse, BackendID.commandComplete,
+    ])
+
+    /// While a client shares prepared statements: the requests this server still owes replies for, and the
+    /// shared statements prepared on it (made on first use).
+    private var replies = ReplyQueue()
+    private var statementCache: ServerStatementCache?
+    private static let parseComplete = ByteBuffer.emptyMessage(BackendID.parseComplete)
+    private static let closeComplete = ByteBuffer.emptyMessage(BackendID.closeComplete)
 
     private init(pool: Pool) {
         self.pool = pool
@@ -290,9 +301,15 @@ final class ServerConnection: ChannelDuplexHandler {
 
     /// The hot path: forward the read to the client, stopping only where the transaction ends.
     private func forward(_ buffer: ByteBuffer, to client: ClientSession) throws {
-        scanner.capturedIDs = Self.linkedCapturedIDs
+        let sharing = client.sharesStatements
+        scanner.capturedIDs = sharing ? Self.sharingCapturedIDs : Self.linkedCapturedIDs
         var decision = TransactionTracker.Decision.keep
-        let stop = try scanner.scan(buffer) { id, body in
+        // Where the bytes still to forward begin: replies to Lifeguard's own messages are cut out.
+        var runStart = buffer.readerIndex
+        let stop = try scanner.scan(buffer, from: buffer.readerIndex) { id, body, end, length in
+            if sharing {
+                runStart = followReply(id, body, end: end, length: length, of: buffer, runStart: runStart, to: client)
+            }
             switch id {
             case BackendID.readyForQuery:
                 guard let status = body.flatMap(BackendMessage.readyForQuery) else { return true }
@@ -311,9 +328,15 @@ final class ServerConnection: ChannelDuplexHandler {
         var end = stop ?? buffer.writerIndex
         if decision == .transactionBlockInStatementMode {
             // The client gets the FATAL error instead of this ReadyForQuery (6 bytes), as with PgBouncer.
-            end = max(buffer.readerIndex, end - 6)
+            end = max(runStart, end - 6)
         }
-        client.forwardFromServer(buffer.getSlice(at: buffer.readerIndex, length: end - buffer.readerIndex)!)
+        if sharing, stop == nil, let partial = scanner.partialMessage, replies.wouldDrop(partial.id) {
+            // The read ends inside a reply to be dropped: keep its first bytes back too.
+            end = max(runStart, end - min(partial.bytesSeen, end - buffer.readerIndex))
+        }
+        if end > runStart {
+            client.forwardFromServer(buffer.getSlice(at: runStart, length: end - runStart)!)
+        }
         clientNeedsFlush = true
         switch decision {
         case .keep:
@@ -332,6 +355,109 @@ final class ServerConnection: ChannelDuplexHandler {
         }
         if end < buffer.writerIndex {
             try receive(buffer.getSlice(at: end, length: buffer.writerIndex - end)!)
+        }
+    }
+
+    // MARK: Shared prepared statements
+
+    /// Follows one server message through the reply queue: drops replies to Lifeguard's own Parse and
+    /// Close, writes the replies Lifeguard gives in the server's place, and undoes what failed. Returns
+    /// where the bytes still to forward begin.
+    private func followReply(
+        _ id: UInt8, _ body: ByteBuffer?, end: Int, length: Int, of buffer: ByteBuffer, runStart: Int,
+        to client: ClientSession
+    ) -> Int {
+        var runStart = runStart
+        if replies.receive(id) == .drop {
+            let start = max(buffer.readerIndex, end - length)
+            if start > runStart { client.forwardFromServer(buffer.getSlice(at: runStart, length: start - runStart)!) }
+            runStart = end
+        }
+        while let event = replies.nextEvent() {
+            switch event {
+            case .synthesize(let reply):
+                if end > runStart { client.forwardFromServer(buffer.getSlice(at: runStart, length: end - runStart)!) }
+                runStart = end
+                client.forwardFromServer(reply == BackendID.parseComplete ? Self.parseComplete : Self.closeComplete)
+            case .undone(.clientParse(let statement, let name), _):
+                statementCache?.remove(statement)
+                client.forgetStatement(named: name, statement)
+            case .undone(.hidden(.parse, let statement), _):
+                statementCache?.remove(statement)
+            case .undone(.hidden(_, let statement), let skipped):
+                // A skipped Close left the statement on the server.
+                if skipped { statementCache?.restore(statement) }
+            case .undone:
+                break
+            }
+        }
+        if id == BackendID.commandComplete, let body, Self.dropsAllStatements(body) {
+            statementCache?.removeAll()
+            client.forgetAllStatements()
+        }
+        return runStart
+    }
+
+    /// DEALLOCATE ALL and DISCARD ALL remove every prepared statement of the session.
+    private static func dropsAllStatements(_ commandComplete: ByteBuffer) -> Bool {
+        guard commandComplete.getInteger(at: commandComplete.readerIndex, as: UInt8.self) == UInt8(ascii: "D"),
+            let tag = BackendMessage.commandTag(commandComplete)
+        else { return false }
+        return tag == "DEALLOCATE ALL" || tag == "DISCARD ALL"
+    }
+
+    /// A piece of the linked client's traffic, while it shares prepared statements.
+    func send(_ piece: OutboundPiece, for client: ClientSession) {
+        switch piece {
+        case .bytes(let bytes):
+            forwardFromClient(bytes)
+        case .request(let request):
+            _ = replies.push(.client(request))
+        case .message(let message, let request):
+            forwardFromClient(message)
+            _ = replies.push(.client(request))
+        case .parse(let statement, let name):
+            if statementCache?.contains(statement) == true {
+                statementCache?.use(statement)
+                answer(BackendID.parseComplete, for: client)
+            } else if replies.isSkippingUntilSync {
+                client.forgetStatement(named: name, statement)  // the server will not run it
+            } else {
+                prepare(statement, as: .clientParse(statement, clientName: name))
+            }
+        case .usingStatement(let message, let request, let statement):
+            if statementCache?.contains(statement) == true {
+                statementCache?.use(statement)
+            } else if !replies.isSkippingUntilSync {
+                prepare(statement, as: .hidden(.parse, statement))
+            }
+            forwardFromClient(message)
+            _ = replies.push(.client(request))
+        case .closeStatement:
+            answer(BackendID.closeComplete, for: client)
+        }
+    }
+
+    /// Sends the shared statement's Parse, first closing the least recently used one when the cache is full.
+    private func prepare(_ statement: PreparedStatement, as entry: ReplyQueue.Entry) {
+        if statementCache == nil {
+            statementCache = ServerStatementCache(capacity: max(1, pool.shard.settings.maxPreparedStatements))
+        }
+        if let evicted = statementCache!.insert(statement) {
+            var close = ByteBuffer()
+            close.writeCloseStatement(name: evicted.serverName)
+            forwardFromClient(close)
+            _ = replies.push(.hidden(.close, evicted))
+        }
+        forwardFromClient(statement.parseMessage)
+        pool.stats.serverParses &+= 1
+        _ = replies.push(entry)
+    }
+
+    /// A reply Lifeguard gives itself, in the order PostgreSQL would have given it.
+    private func answer(_ reply: UInt8, for client: ClientSession) {
+        if replies.push(.synthetic(reply)) == .answerNow {
+            client.answerLocally(reply == BackendID.parseComplete ? Self.parseComplete : Self.closeComplete)
         }
     }
 
@@ -363,6 +489,7 @@ final class ServerConnection: ChannelDuplexHandler {
         case BackendID.readyForQuery:
             return readyForQuery()
         default:
+            if id == BackendID.commandComplete, Self.dropsAllStatements(body) { statementCache?.removeAll() }
             switch state {
             case .runningConnectQuery, .syncingParameters, .resetting, .checking:
                 return false  // results of our own queries, swallowed

@@ -53,6 +53,9 @@ public struct Settings: Sendable, Equatable {
     public var logPoolerErrors: Bool = true
     public var tcpKeepalive: Bool = true
     public var maxPacketSize: Int = 2_147_483_647
+    /// Protocol-level prepared statements kept per server in transaction and statement mode; 0 turns the
+    /// statement sharing off (named statements then only work in session mode).
+    public var maxPreparedStatements = 200
     public var listenBacklog: Int = 128
     public var soReuseport: Bool = false
     public var pktBuf: Int = 4096
@@ -183,7 +186,7 @@ public struct Settings: Sendable, Equatable {
         key("max_db_client_connections", "0", .integer, implemented: true),
         key("max_db_connections", "0", .integer, implemented: true),
         key("max_packet_size", "2147483647", .integer, implemented: true),
-        key("max_prepared_statements", "200", .integer),
+        key("max_prepared_statements", "200", .integer, implemented: true),
         key("max_user_client_connections", "0", .integer, implemented: true),
         key("max_user_connections", "0", .integer, implemented: true),
         key("min_pool_size", "0", .integer, implemented: true),
@@ -288,6 +291,7 @@ public struct Settings: Sendable, Equatable {
         // PgBouncer reads this as an unsigned 32-bit value; anything above Int32.max is meaningless for
         // a protocol whose length field is a signed 32-bit integer.
         case "max_packet_size": maxPacketSize = try parse.integer(in: 1...2_147_483_647)
+        case "max_prepared_statements": maxPreparedStatements = try parse.integer(in: 0...Int(Int32.max))
         case "listen_backlog": listenBacklog = try parse.integer(in: 1...Int.max)
         case "so_reuseport": soReuseport = try parse.boolean()
         case "pkt_buf": pktBuf = try parse.integer(in: 1...Int.max)

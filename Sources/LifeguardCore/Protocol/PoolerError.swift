@@ -22,6 +22,8 @@ public struct PoolerError: Error, Sendable, Equatable, CustomStringConvertible {
     public static let serverCrashed = PoolerError("server conn crashed?")
     public static let badPacket = PoolerError("bad packet header")
     public static let shuttingDown = PoolerError("pooler is shutting down")
+    public static let preparedStatementInUse = PoolerError("prepared statement name is already in use")
+    public static let preparedStatementMissing = PoolerError("prepared statement did not exist")
 
     public static func noSuchDatabase(_ name: String) -> PoolerError {
         PoolerError("no such database: \(name)")

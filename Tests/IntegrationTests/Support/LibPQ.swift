@@ -37,12 +37,8 @@ final class PGConnection: @unchecked Sendable {
     /// Runs `sql` with the extended protocol (Parse/Bind/Execute/Sync) and text parameters.
     @discardableResult
     func query(_ sql: String, parameters: [String]) throws -> [[String?]] {
-        var cStrings = parameters.map { strdup($0) }
-        defer { cStrings.forEach { free($0) } }
-        let result = cStrings.withUnsafeMutableBufferPointer { buffer -> OpaquePointer? in
-            buffer.withMemoryRebound(to: UnsafePointer<CChar>?.self) { pointers in
-                PQexecParams(handle, sql, Int32(parameters.count), nil, pointers.baseAddress, nil, nil, 0)
-            }
+        let result = withParameters(parameters) {
+            PQexecParams(handle, sql, Int32(parameters.count), nil, $0, nil, nil, 0)
         }
         guard let result else { throw lastFailure() }
         defer { PQclear(result) }
@@ -149,5 +145,92 @@ final class PGConnection: @unchecked Sendable {
             if PQresultStatus(result) != PGRES_COMMAND_OK { throw failure(of: result) }
         }
         return lines
+    }
+
+    // MARK: Prepared statements and pipelines
+
+    /// PQprepare: a named statement (Parse + Sync).
+    func prepare(_ name: String, _ sql: String) throws {
+        guard let result = PQprepare(handle, name, sql, 0, nil) else { throw lastFailure() }
+        defer { PQclear(result) }
+        _ = try rows(of: result)
+    }
+
+    /// PQexecPrepared with text parameters (Bind + Describe + Execute + Sync).
+    @discardableResult
+    func execPrepared(_ name: String, _ parameters: [String] = []) throws -> [[String?]] {
+        let result = withParameters(parameters) { PQexecPrepared(handle, name, Int32(parameters.count), $0, nil, nil, 0) }
+        guard let result else { throw lastFailure() }
+        defer { PQclear(result) }
+        return try rows(of: result)
+    }
+
+    /// PQdescribePrepared: the number of parameters the statement takes.
+    func describePrepared(_ name: String) throws -> Int {
+        guard let result = PQdescribePrepared(handle, name) else { throw lastFailure() }
+        defer { PQclear(result) }
+        _ = try rows(of: result)
+        return Int(PQnparams(result))
+    }
+
+    enum PipelineStep {
+        case prepare(name: String, sql: String)
+        case execPrepared(name: String, parameters: [String])
+        case query(sql: String, parameters: [String])
+        case sync
+    }
+
+    /// What one pipeline step gave: its rows, or its error's SQLSTATE, or that it was skipped after an
+    /// earlier error (libpq's PGRES_PIPELINE_ABORTED), or a Sync point.
+    enum PipelineOutcome: Equatable {
+        case rows([[String?]])
+        case error(String)
+        case aborted
+        case synced
+    }
+
+    /// Sends every step in libpq's pipeline mode without waiting, then reads one outcome per step.
+    func pipeline(_ steps: [PipelineStep]) throws -> [PipelineOutcome] {
+        guard PQenterPipelineMode(handle) == 1 else { throw lastFailure() }
+        for step in steps {
+            let sent: Int32
+            switch step {
+            case .prepare(let name, let sql):
+                sent = PQsendPrepare(handle, name, sql, 0, nil)
+            case .execPrepared(let name, let parameters):
+                sent = withParameters(parameters) {
+                    PQsendQueryPrepared(handle, name, Int32(parameters.count), $0, nil, nil, 0)
+                }
+            case .query(let sql, let parameters):
+                sent = withParameters(parameters) {
+                    PQsendQueryParams(handle, sql, Int32(parameters.count), nil, $0, nil, nil, 0)
+                }
+            case .sync:
+                sent = PQpipelineSync(handle)
+            }
+            guard sent == 1 else { throw lastFailure() }
+        }
+        var outcomes: [PipelineOutcome] = []
+        while outcomes.count < steps.count {
+            guard let result = PQgetResult(handle) else { continue }  // NULL ends one step's results
+            defer { PQclear(result) }
+            switch PQresultStatus(result) {
+            case PGRES_PIPELINE_SYNC: outcomes.append(.synced)
+            case PGRES_PIPELINE_ABORTED: outcomes.append(.aborted)
+            case PGRES_TUPLES_OK, PGRES_COMMAND_OK: outcomes.append(.rows(try rows(of: result)))
+            default: outcomes.append(.error(failure(of: result).sqlState ?? "?"))
+            }
+            if PQstatus(handle) != CONNECTION_OK { throw lastFailure() }
+        }
+        guard PQexitPipelineMode(handle) == 1 else { throw lastFailure() }
+        return outcomes
+    }
+
+    private func withParameters<T>(_ parameters: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>?) -> T) -> T {
+        var cStrings = parameters.map { strdup($0) }
+        defer { cStrings.forEach { free($0) } }
+        return cStrings.withUnsafeMutableBufferPointer { buffer in
+            buffer.withMemoryRebound(to: UnsafePointer<CChar>?.self) { body($0.baseAddress) }
+        }
     }
 }

@@ -1,0 +1,20 @@
+import LifeguardCore
+import NIOCore
+
+/// A client's traffic on its way to a server while prepared statements are shared (transaction and
+/// statement mode). Most of it is bytes passed on as they came; the messages that name a prepared statement
+/// need the server's statement cache, so they stay pieces until a server takes them.
+enum OutboundPiece {
+    /// Client bytes, unchanged.
+    case bytes(ByteBuffer)
+    /// A request inside bytes passed on: the server will owe a reply for it.
+    case request(ReplyQueue.Request)
+    /// A whole message passed on unchanged (an unnamed statement or a portal).
+    case message(ByteBuffer, ReplyQueue.Request)
+    /// A named Parse: sent as the shared statement, or answered by Lifeguard when the server has it.
+    case parse(PreparedStatement, clientName: String)
+    /// Bind or Describe renamed to the shared statement, which the server must have first.
+    case usingStatement(ByteBuffer, ReplyQueue.Request, PreparedStatement)
+    /// Close of a named statement: only the client's name goes; Lifeguard answers CloseComplete.
+    case closeStatement
+}

@@ -1,0 +1,50 @@
+/// The statements prepared on one server connection, at most `capacity` (`max_prepared_statements`); the
+/// least recently used one makes room for a new one.
+public struct ServerStatementCache {
+    public let capacity: Int
+    private var entries: [Int: (statement: PreparedStatement, lastUse: Int)] = [:]
+    private var clock = 0
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    public var count: Int { entries.count }
+
+    public func contains(_ statement: PreparedStatement) -> Bool {
+        entries[statement.id] != nil
+    }
+
+    /// Marks `statement` as just used.
+    public mutating func use(_ statement: PreparedStatement) {
+        clock += 1
+        entries[statement.id]?.lastUse = clock
+    }
+
+    /// Adds `statement`; returns the least recently used one when that had to go to stay within capacity.
+    public mutating func insert(_ statement: PreparedStatement) -> PreparedStatement? {
+        clock += 1
+        entries[statement.id] = (statement, clock)
+        guard entries.count > capacity,
+            let oldest = entries.min(by: { $0.value.lastUse < $1.value.lastUse })
+        else { return nil }
+        entries[oldest.key] = nil
+        return oldest.value.statement
+    }
+
+    /// Puts back a statement the server still has (its Close was skipped), even above capacity: evicting
+    /// another one here would need a Close of its own.
+    public mutating func restore(_ statement: PreparedStatement) {
+        clock += 1
+        entries[statement.id] = (statement, clock)
+    }
+
+    public mutating func remove(_ statement: PreparedStatement) {
+        entries[statement.id] = nil
+    }
+
+    /// After DEALLOCATE ALL or DISCARD ALL on the server.
+    public mutating func removeAll() {
+        entries = [:]
+    }
+}

@@ -1,0 +1,151 @@
+import Foundation
+import Glibc
+import Testing
+
+/// Protocol-level prepared statements and pipelines in transaction mode, through libpq: clients keep their
+/// statement names while their transactions move between servers.
+extension IntegrationTests {
+@Suite struct PreparedStatementTests {
+    /// Terminates every backend Lifeguard holds for lgtest, so the next transaction certainly runs on a
+    /// server that has never seen the client's statements.
+    private func terminateLifeguardBackends(except keep: [String] = []) throws {
+        let kept = keep.isEmpty ? "" : " AND pid NOT IN (\(keep.joined(separator: ",")))"
+        _ = try TestEnvironment.direct().query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'lgtest' AND usename = 'lg_md5'\(kept)")
+        usleep(200_000)
+    }
+
+    @Test func preparedStatementFollowsItsClientAcrossServers() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 2")
+        let client = try lifeguard.connect()
+        try client.prepare("double", "SELECT $1::int * 2, pg_backend_pid()")
+        let first = try client.execPrepared("double", ["21"])
+        #expect(first.first?[0] == "42")
+
+        try terminateLifeguardBackends()
+        let second = try client.execPrepared("double", ["5"])
+        #expect(second.first?[0] == "10")
+        #expect(second.first?[1] != first.first?[1], "the statement ran on a new server")
+        #expect(try client.describePrepared("double") == 1)
+
+        // Another client holds one server in a transaction, so this client's next ones use the other.
+        let holder = try lifeguard.connect()
+        try holder.query("BEGIN")
+        let held = try #require(holder.backendPID)
+        for value in 1...5 {
+            let row = try client.execPrepared("double", ["\(value)"])
+            #expect(row.first?[0] == "\(value * 2)")
+            #expect(row.first?[1] != held)
+        }
+        try holder.query("COMMIT")
+    }
+
+    @Test func clientsShareOneServerStatementPerDefinition() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let clients = try (0..<5).map { _ in try lifeguard.connect() }
+        for (index, client) in clients.enumerated() {
+            try client.prepare("mine_\(index)", "SELECT $1::text || ' shared'")
+            #expect(try client.execPrepared("mine_\(index)", ["\(index)"]).first?[0] == "\(index) shared")
+        }
+        let onServer = try clients[0].query(
+            "SELECT name FROM pg_prepared_statements WHERE statement = 'SELECT $1::text || '' shared'''")
+        #expect(onServer.count == 1, "one server-side statement for five clients: \(onServer)")
+        #expect(onServer.first?[0]?.hasPrefix("LIFEGUARD_") == true)
+    }
+
+    @Test func maxPreparedStatementsClosesTheLeastRecentlyUsed() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1\nmax_prepared_statements = 3")
+        let client = try lifeguard.connect()
+        for index in 0..<6 {
+            try client.prepare("s\(index)", "SELECT \(index) AS n")
+            #expect(try client.execPrepared("s\(index)").first?[0] == "\(index)")
+        }
+        let count = try client.value("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'LIFEGUARD_%'")
+        #expect(count == "3")
+        // The evicted ones are prepared again when used.
+        for index in 0..<6 {
+            #expect(try client.execPrepared("s\(index)").first?[0] == "\(index)")
+        }
+    }
+
+    @Test func pipelineErrorSkipsToSyncAndTheNextSegmentRuns() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        let outcomes = try client.pipeline([
+            .prepare(name: "inc", sql: "SELECT $1::int + 1"),
+            .execPrepared(name: "inc", parameters: ["1"]),
+            .execPrepared(name: "inc", parameters: ["not a number"]),
+            .execPrepared(name: "inc", parameters: ["2"]),
+            .sync,
+            .execPrepared(name: "inc", parameters: ["3"]),
+            .query(sql: "SELECT $1::text", parameters: ["unnamed"]),
+            .sync,
+        ])
+        #expect(outcomes == [
+            .rows([]), .rows([["2"]]), .error("22P02"), .aborted, .synced, .rows([["4"]]), .rows([["unnamed"]]),
+            .synced,
+        ])
+        // The server went back to the pool in a clean state.
+        #expect(try client.value("SELECT 'after'") == "after")
+
+        // On a new server the statement is prepared again, in the middle of the next pipeline.
+        try terminateLifeguardBackends()
+        let again = try client.pipeline([
+            .execPrepared(name: "inc", parameters: ["41"]), .execPrepared(name: "inc", parameters: ["x"]), .sync,
+        ])
+        #expect(again == [.rows([["42"]]), .error("22P02"), .synced])
+    }
+
+    @Test func statementPreparedInAPipelineOnAServerThatAlreadyHasIt() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let first = try lifeguard.connect()
+        try first.prepare("a", "SELECT 'same text'")
+        // The second client's Parse is answered by Lifeguard, in its place among the replies.
+        let second = try lifeguard.connect()
+        let outcomes = try second.pipeline([
+            .query(sql: "SELECT 1", parameters: []),
+            .prepare(name: "b", sql: "SELECT 'same text'"),
+            .execPrepared(name: "b", parameters: []),
+            .sync,
+        ])
+        #expect(outcomes == [.rows([["1"]]), .rows([]), .rows([["same text"]]), .synced])
+    }
+
+    @Test func failedParseLeavesNoStaleName() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        #expect(throws: PGConnection.Failure.self) { try client.prepare("q", "SELEC 1") }
+        try client.prepare("q", "SELECT 'fixed'")
+        #expect(try client.execPrepared("q").first?[0] == "fixed")
+        try terminateLifeguardBackends()
+        #expect(try client.execPrepared("q").first?[0] == "fixed")
+    }
+
+    @Test func deallocateAllForgetsTheClientsStatements() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        try client.prepare("q", "SELECT 'before'")
+        #expect(try client.execPrepared("q").first?[0] == "before")
+        try client.query("DEALLOCATE ALL")
+        // The name is free again, and the server's copy is gone as well.
+        try client.prepare("q", "SELECT 'after'")
+        #expect(try client.execPrepared("q").first?[0] == "after")
+        #expect(try client.value("SELECT count(*) FROM pg_prepared_statements") == "1")
+    }
+
+    @Test func reusedAndUnknownNamesGetPgBouncersErrors() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let reuser = try lifeguard.connect()
+        try reuser.prepare("q", "SELECT 1")
+        let reused = #expect(throws: PGConnection.Failure.self) { try reuser.prepare("q", "SELECT 2") }
+        #expect(reused?.message.contains("prepared statement name is already in use") == true)
+
+        let guesser = try lifeguard.connect()
+        let unknown = #expect(throws: PGConnection.Failure.self) { try guesser.execPrepared("never_prepared") }
+        #expect(unknown?.message.contains("prepared statement did not exist") == true)
+
+        let bystander = try lifeguard.connect()
+        #expect(try bystander.value("SELECT 'unaffected'") == "unaffected")
+    }
+}
+}

@@ -13,19 +13,6 @@ private struct Event: Equatable, CustomStringConvertible {
     }
 }
 
-/// A small deterministic generator (SplitMix64) so random splits are reproducible from a seed.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 private let allocator = ByteBufferAllocator()
 
 /// The test stream: (id, body) pairs of several types and lengths, including empty bodies and a 100 KB body.
@@ -46,17 +33,6 @@ private let messages: [(UInt8, [UInt8])] = {
     ]
 }()
 
-private func encode(_ messages: [(UInt8, [UInt8])]) -> [UInt8] {
-    var out: [UInt8] = []
-    for (id, body) in messages {
-        out.append(id)
-        let length = UInt32(body.count + 4)
-        out += [UInt8(length >> 24), UInt8(truncatingIfNeeded: length >> 16), UInt8(truncatingIfNeeded: length >> 8),
-                UInt8(truncatingIfNeeded: length)]
-        out += body
-    }
-    return out
-}
 
 private let stream = encode(messages)
 
@@ -126,17 +102,6 @@ private func feed(
     return events
 }
 
-private func randomCuts(seed: UInt64, count: Int, maxPiece: Int) -> [Int] {
-    var rng = SplitMix64(seed: seed)
-    var cuts: [Int] = []
-    var position = 0
-    while true {
-        position += Int.random(in: 1...maxPiece, using: &rng)
-        if position >= count { break }
-        cuts.append(position)
-    }
-    return cuts
-}
 
 @Suite struct FrameScannerTests {
     private let expected = expectedEvents(messages, capturing: captured)

@@ -1,0 +1,146 @@
+import NIOCore
+import Testing
+
+@testable import PostgresWire
+
+/// The client stream as the prepared-statement path cuts it: Parse/Bind/Describe/Close whole, the rest raw.
+private let stream: [(UInt8, [UInt8])] = [
+    (UInt8(ascii: "Q"), Array("SELECT 1\0".utf8)),
+    (UInt8(ascii: "P"), Array("s1\0SELECT $1\0\0\u{1}\0\0\0\u{17}".utf8)),
+    (UInt8(ascii: "B"), Array("\0s1\0".utf8) + [0, 0, 0, 1, 0, 0, 0, 2] + Array("42".utf8) + [0, 0]),
+    (UInt8(ascii: "E"), [0, 0, 0, 0, 0]),
+    (UInt8(ascii: "S"), []),
+    (UInt8(ascii: "d"), (0..<50_000).map { UInt8(truncatingIfNeeded: $0) }),
+    (UInt8(ascii: "c"), []),
+    (UInt8(ascii: "D"), Array("Ss1\0".utf8)),
+    (UInt8(ascii: "H"), []),
+    (UInt8(ascii: "C"), Array("Ss1\0".utf8)),
+    (UInt8(ascii: "S"), []),
+]
+private let wholeIDs: Set<UInt8> = [UInt8(ascii: "P"), UInt8(ascii: "B"), UInt8(ascii: "D"), UInt8(ascii: "C")]
+
+/// What came out of the splitter: the bytes in order (raw and whole alike), the whole messages and every
+/// message end.
+private struct Output {
+    var bytes: [UInt8] = []
+    var whole: [[UInt8]] = []
+    var ended: [UInt8] = []
+}
+
+private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation = #_sourceLocation) throws -> Output {
+    var splitter = MessageSplitter(wholeIDs: MessageIDSet(Array(wholeIDs)))
+    var output = Output()
+    var start = 0
+    for end in cuts + [bytes.count] {
+        try splitter.split(ByteBuffer(bytes: bytes[start..<end])) { piece in
+            switch piece {
+            case .raw(let run):
+                output.bytes += Array(run.readableBytesView)
+            case .whole(let id, let message):
+                output.bytes += Array(message.readableBytesView)
+                output.whole.append(Array(message.readableBytesView))
+                output.ended.append(id)
+            case .ended(let id):
+                output.ended.append(id)
+            }
+            return true
+        }
+        start = end
+    }
+    #expect(splitter.isAtMessageBoundary, sourceLocation: sourceLocation)
+    return output
+}
+
+@Suite struct MessageSplitterTests {
+    private let bytes = encode(stream)
+    private var expectedWhole: [[UInt8]] { stream.filter { wholeIDs.contains($0.0) }.map { encode([$0]) } }
+
+    private func check(cuts: [Int], sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let output = try split(bytes, cuts: cuts, sourceLocation: sourceLocation)
+        #expect(output.bytes == bytes, "every byte comes out once, in order", sourceLocation: sourceLocation)
+        #expect(output.whole == expectedWhole, sourceLocation: sourceLocation)
+        #expect(output.ended == stream.map(\.0), sourceLocation: sourceLocation)
+    }
+
+    @Test func wholeStreamAtOnce() throws {
+        try check(cuts: [])
+    }
+
+    @Test func byteByByte() throws {
+        try check(cuts: Array(1..<bytes.count))
+    }
+
+    @Test(arguments: 0..<20)
+    func randomSplits(seed: Int) throws {
+        try check(cuts: randomCuts(seed: UInt64(seed) &+ 4242, count: bytes.count, maxPiece: seed % 2 == 0 ? 7 : 3000))
+    }
+
+    /// The 50 KB CopyData streams: a read in its middle yields raw bytes at once, nothing is held.
+    @Test func largeRawMessageIsNotHeld() throws {
+        let copyStart = encode(Array(stream.prefix(5))).count
+        var splitter = MessageSplitter(wholeIDs: MessageIDSet(Array(wholeIDs)))
+        try splitter.split(ByteBuffer(bytes: bytes[..<copyStart])) { _ in true }
+        var passed = 0
+        try splitter.split(ByteBuffer(bytes: bytes[copyStart..<(copyStart + 20_000)])) { piece in
+            if case .raw(let run) = piece { passed += run.readableBytes }
+            return true
+        }
+        #expect(passed == 20_000)
+    }
+
+    @Test func stoppingAtAWholeMessageDropsTheRest() throws {
+        var splitter = MessageSplitter(wholeIDs: MessageIDSet([UInt8(ascii: "X")]))
+        var seen: [UInt8] = []
+        try splitter.split(ByteBuffer(bytes: encode([(UInt8(ascii: "Q"), [0]), (UInt8(ascii: "X"), []), (UInt8(ascii: "Q"), [0])]))) {
+            piece in
+            switch piece {
+            case .whole(let id, _): seen.append(id); return false
+            case .ended(let id): seen.append(id)
+            case .raw: break
+            }
+            return true
+        }
+        #expect(seen == [UInt8(ascii: "Q"), UInt8(ascii: "X")])
+    }
+
+    @Test func lengthsAreChecked() {
+        var splitter = MessageSplitter(wholeIDs: MessageIDSet(), maxMessageLength: 1000)
+        #expect(throws: WireError.invalidLength(3)) {
+            try splitter.split(ByteBuffer(bytes: [UInt8(ascii: "Q"), 0, 0, 0, 3])) { _ in true }
+        }
+        var bounded = MessageSplitter(wholeIDs: MessageIDSet(), maxMessageLength: 1000)
+        #expect(throws: WireError.messageTooLarge(5000)) {
+            try bounded.split(ByteBuffer(bytes: [UInt8(ascii: "P"), 0, 0, 0x13, 0x88])) { _ in true }
+        }
+    }
+}
+
+@Suite struct ExtendedQueryMessageTests {
+    @Test func parseNameAndDefinition() throws {
+        let message = ByteBuffer(bytes: encode([stream[1]]))
+        let (name, definition) = try #require(ExtendedQueryMessage.parse(message))
+        #expect(name == "s1")
+        var rebuilt = ByteBuffer()
+        rebuilt.writeParse(name: "s1", definition: definition)
+        #expect(rebuilt == message)
+    }
+
+    @Test func bindIsRenamedKeepingPortalAndParameters() throws {
+        let message = ByteBuffer(bytes: encode([stream[2]]))
+        #expect(ExtendedQueryMessage.bindStatementName(message) == "s1")
+        var renamed = ByteBuffer()
+        renamed.writeBind(message, renamingStatementTo: "LIFEGUARD_7")
+        #expect(ExtendedQueryMessage.bindStatementName(renamed) == "LIFEGUARD_7")
+        let expected = encode([(UInt8(ascii: "B"), Array("\0LIFEGUARD_7\0".utf8) + stream[2].1.dropFirst(4))])
+        #expect(Array(renamed.readableBytesView) == expected)
+    }
+
+    @Test func describeAndCloseTargets() throws {
+        let describe = ByteBuffer(bytes: encode([stream[7]]))
+        let target = try #require(ExtendedQueryMessage.target(describe))
+        #expect(target.kind == UInt8(ascii: "S") && target.name == "s1")
+        var close = ByteBuffer()
+        close.writeCloseStatement(name: "LIFEGUARD_1")
+        #expect(Array(close.readableBytesView) == encode([(UInt8(ascii: "C"), Array("SLIFEGUARD_1\0".utf8))]))
+    }
+}

@@ -186,12 +186,16 @@ clk_tck=$(getconf CLK_TCK)
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 
 # Workloads: name and pgbench options (host/port/user/database/duration are added per run).
-workloads=(simple extended connect)
+# "prepared" runs pgbench -M prepared through Lifeguard (its statements shared across the pool) against
+# -M extended through PgBouncer, whose Debian version has no prepared statements in transaction mode.
+workloads=(simple extended prepared connect)
 declare -A wl_opts=(
     [simple]="-S -c 50 -j 2"
     [extended]="-S -M extended -c 50 -j 2"
+    [prepared]="-S -M prepared -c 50 -j 2"
     [connect]="-S -C -c 20 -j 2"
 )
+declare -A pgbouncer_opts=([prepared]="-S -M extended -c 50 -j 2")
 declare -A pooler_port=([Lifeguard]=$lg_port [PgBouncer]=$pgb_port)
 declare -A pooler_pid=([Lifeguard]=$lg_pid [PgBouncer]=$pgb_pid)
 poolers=(Lifeguard PgBouncer)
@@ -215,7 +219,9 @@ for round in $(seq "$BENCH_ROUNDS"); do
             pid=${pooler_pid[$p]}
             kill -0 "$pid" 2>/dev/null || die "$p (pid $pid) is no longer running"
             # -n: no vacuum (the poolers only forward to lgbench; vacuum is irrelevant for -S)
-            cmd="$PGBENCH -n ${wl_opts[$w]} -T $BENCH_SECONDS -h 127.0.0.1 -p ${pooler_port[$p]} -U lg_md5 lgbench"
+            opts=${wl_opts[$w]}
+            [ "$p" = PgBouncer ] && [ -n "${pgbouncer_opts[$w]:-}" ] && opts=${pgbouncer_opts[$w]}
+            cmd="$PGBENCH -n $opts -T $BENCH_SECONDS -h 127.0.0.1 -p ${pooler_port[$p]} -U lg_md5 lgbench"
             [ "$round" = 1 ] && commands+=("$(printf '%-9s %-9s PGPASSWORD=md5pass %s' "$w" "$p" "$cmd")")
             log "round $round/$BENCH_ROUNDS: $w through $p (${BENCH_SECONDS}s)"
             out="$tmp/run-$round-$w-$p.log"

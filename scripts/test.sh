@@ -2,7 +2,7 @@
 # Runs every test of Lifeguard on this machine, installing what is missing first:
 #   1. builds Lifeguard and its tests;
 #   2. starts a throwaway PostgreSQL 15 cluster (scripts/pg-cluster.sh) with md5, SCRAM and clear-text roles;
-#   3. smoke-tests the real binary with psql and pgbench (simple, extended, connect-per-transaction);
+#   3. smoke-tests the real binary with psql and pgbench (simple, extended, prepared, connect-per-transaction);
 #   4. runs `swift test`: unit tests, handler tests and the integration tests, which start their own
 #      Lifeguard processes in front of that cluster and drive them with libpq.
 # Everything it starts is stopped on exit.
@@ -75,9 +75,12 @@ psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$lifeguard_port" -U lg_scram -d l
 pgbench -i -q -s 1 -h "$work/pg" -p "$pg_port" -U postgres lgbench >/dev/null 2>&1
 psql -X -q -h "$work/pg" -p "$pg_port" -U postgres -d lgbench \
     -c "GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC" >/dev/null
-for mode in "-S" "-S -M extended" "-M extended" "-S -C"; do
+# -M prepared with multi-statement transactions runs one client per thread: pgbench prepares with a
+# blocking PQprepare, which would wait for a server held by another client of the same thread.
+for mode in "-S -c 20 -j 2" "-S -M extended -c 20 -j 2" "-M extended -c 20 -j 2" "-S -C -c 20 -j 2" \
+    "-S -M prepared -c 20 -j 2" "-M prepared -c 8 -j 8"; do
     # pgbench exits non-zero when a client fails, which fails this script.
-    out=$(pgbench -n $mode -c 20 -j 2 -T 3 -h 127.0.0.1 -p "$lifeguard_port" -U lg_scram lgbench 2>&1) || {
+    out=$(pgbench -n $mode -T 3 -h 127.0.0.1 -p "$lifeguard_port" -U lg_scram lgbench 2>&1) || {
         echo "$out"
         echo "pgbench $mode failed; Lifeguard log:"
         tail -n 50 "$work/lifeguard.log"

@@ -10,10 +10,22 @@ public struct MessageSplitter: Sendable {
     public enum Piece {
         /// Bytes to pass on unchanged: any number of messages, possibly a part of one.
         case raw(ByteBuffer)
-        /// A complete message of one of `wholeIDs`, header included; it is not part of any raw run.
+        /// A complete message of one of `wholeIDs`, header included: the visitor decides whether it passes.
         case whole(id: UInt8, message: ByteBuffer)
+        /// A whole message the visitor took, after the raw run that precedes it: send it (or its replacement) now.
+        case taken(id: UInt8, message: ByteBuffer)
         /// The last byte of a message passed as raw bytes has been seen.
         case ended(id: UInt8)
+    }
+
+    /// What the visitor does with a whole message.
+    public enum Verdict {
+        /// It passes unchanged: it stays in the raw run around it.
+        case pass
+        /// It is left out of the raw runs and comes back as `taken` in its place.
+        case take
+        /// Splitting stops before it: it and the rest of the read are dropped (Terminate).
+        case stop
     }
 
     public var wholeIDs: MessageIDSet
@@ -33,9 +45,9 @@ public struct MessageSplitter: Sendable {
     }
 
     /// Splits `read` and hands the pieces to `visit` in stream order (an `ended` may come before the raw run
-    /// holding that message's last bytes, never after a later piece). When `visit` returns false for a whole
-    /// message the split stops there and the rest of the read is dropped (used for Terminate).
-    public mutating func split(_ read: ByteBuffer, _ visit: (Piece) throws -> Bool) throws {
+    /// holding that message's last bytes, never after a later piece). `visit`'s verdict matters only for
+    /// whole messages.
+    public mutating func split(_ read: ByteBuffer, _ visit: (Piece) throws -> Verdict) throws {
         var offset = read.readerIndex
         let end = read.writerIndex
         if carry.readableBytes > 0 {
@@ -59,17 +71,27 @@ public struct MessageSplitter: Sendable {
             let id: UInt8 = read.getInteger(at: offset)!
             let length = try validLength(Int(read.getInteger(at: offset + 1, as: Int32.self)!))
             if wholeIDs.contains(id) {
-                try emitRun(read, from: runStart, to: offset, visit)
                 guard end - offset >= 1 + length else {
+                    try emitRun(read, from: runStart, to: offset, visit)
                     // Kept as a copy: it grows as the rest arrives, so a lying length reserves nothing.
                     carry = ByteBuffer()
                     carry.writeImmutableBuffer(read.getSlice(at: offset, length: end - offset)!)
                     return
                 }
                 let message = read.getSlice(at: offset, length: 1 + length)!
+                let messageStart = offset
                 offset += 1 + length
-                runStart = offset
-                if try !visit(.whole(id: id, message: message)) { return }
+                switch try visit(.whole(id: id, message: message)) {
+                case .pass:
+                    continue
+                case .take:
+                    try emitRun(read, from: runStart, to: messageStart, visit)
+                    _ = try visit(.taken(id: id, message: message))
+                    runStart = offset
+                case .stop:
+                    try emitRun(read, from: runStart, to: messageStart, visit)
+                    return
+                }
             } else {
                 offset += 5
                 passingID = id
@@ -83,7 +105,7 @@ public struct MessageSplitter: Sendable {
     /// Completes the carried header or whole message from the start of `read`. Returns nil when the read
     /// was used up, false when `visit` asked to stop, true to go on splitting at `offset`.
     private mutating func resumeCarry(
-        _ read: ByteBuffer, at offset: inout Int, _ visit: (Piece) throws -> Bool
+        _ read: ByteBuffer, at offset: inout Int, _ visit: (Piece) throws -> Verdict
     ) throws -> Bool? {
         let end = read.writerIndex
         if carry.readableBytes < 5 {
@@ -100,7 +122,7 @@ public struct MessageSplitter: Sendable {
             carry = ByteBuffer()
             passingID = id
             passingBody = length - 4
-            if try !visit(.raw(header)) { return false }
+            _ = try visit(.raw(header))
             if passingBody == 0 { _ = try visit(.ended(id: id)) }
             return offset < end ? true : nil
         }
@@ -110,11 +132,15 @@ public struct MessageSplitter: Sendable {
         guard carry.readableBytes == 1 + length else { return nil }
         let message = carry
         carry = ByteBuffer()
-        if try !visit(.whole(id: id, message: message)) { return false }
+        switch try visit(.whole(id: id, message: message)) {
+        case .pass: _ = try visit(.raw(message))
+        case .take: _ = try visit(.taken(id: id, message: message))
+        case .stop: return false
+        }
         return offset < end ? true : nil
     }
 
-    private func emitRun(_ read: ByteBuffer, from start: Int, to end: Int, _ visit: (Piece) throws -> Bool) throws {
+    private func emitRun(_ read: ByteBuffer, from start: Int, to end: Int, _ visit: (Piece) throws -> Verdict) throws {
         if end > start { _ = try visit(.raw(read.getSlice(at: start, length: end - start)!)) }
     }
 

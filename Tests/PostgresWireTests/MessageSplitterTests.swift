@@ -37,13 +37,16 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
             case .raw(let run):
                 output.bytes += Array(run.readableBytesView)
             case .whole(let id, let message):
-                output.bytes += Array(message.readableBytesView)
                 output.whole.append(Array(message.readableBytesView))
                 output.ended.append(id)
+                // Describe passes in the raw run; the others are taken and come back in their place.
+                return id == UInt8(ascii: "D") ? .pass : .take
+            case .taken(_, let message):
+                output.bytes += Array(message.readableBytesView)
             case .ended(let id):
                 output.ended.append(id)
             }
-            return true
+            return .pass
         }
         start = end
     }
@@ -79,11 +82,11 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
     @Test func largeRawMessageIsNotHeld() throws {
         let copyStart = encode(Array(stream.prefix(5))).count
         var splitter = MessageSplitter(wholeIDs: MessageIDSet(Array(wholeIDs)))
-        try splitter.split(ByteBuffer(bytes: bytes[..<copyStart])) { _ in true }
+        try splitter.split(ByteBuffer(bytes: bytes[..<copyStart])) { _ in .take }
         var passed = 0
         try splitter.split(ByteBuffer(bytes: bytes[copyStart..<(copyStart + 20_000)])) { piece in
             if case .raw(let run) = piece { passed += run.readableBytes }
-            return true
+            return .take
         }
         #expect(passed == 20_000)
     }
@@ -94,11 +97,11 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
         try splitter.split(ByteBuffer(bytes: encode([(UInt8(ascii: "Q"), [0]), (UInt8(ascii: "X"), []), (UInt8(ascii: "Q"), [0])]))) {
             piece in
             switch piece {
-            case .whole(let id, _): seen.append(id); return false
+            case .whole(let id, _): seen.append(id); return .stop
             case .ended(let id): seen.append(id)
-            case .raw: break
+            case .raw, .taken: break
             }
-            return true
+            return .pass
         }
         #expect(seen == [UInt8(ascii: "Q"), UInt8(ascii: "X")])
     }
@@ -106,11 +109,11 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
     @Test func lengthsAreChecked() {
         var splitter = MessageSplitter(wholeIDs: MessageIDSet(), maxMessageLength: 1000)
         #expect(throws: WireError.invalidLength(3)) {
-            try splitter.split(ByteBuffer(bytes: [UInt8(ascii: "Q"), 0, 0, 0, 3])) { _ in true }
+            try splitter.split(ByteBuffer(bytes: [UInt8(ascii: "Q"), 0, 0, 0, 3])) { _ in .pass }
         }
         var bounded = MessageSplitter(wholeIDs: MessageIDSet(), maxMessageLength: 1000)
         #expect(throws: WireError.messageTooLarge(5000)) {
-            try bounded.split(ByteBuffer(bytes: [UInt8(ascii: "P"), 0, 0, 0x13, 0x88])) { _ in true }
+            try bounded.split(ByteBuffer(bytes: [UInt8(ascii: "P"), 0, 0, 0x13, 0x88])) { _ in .pass }
         }
     }
 }

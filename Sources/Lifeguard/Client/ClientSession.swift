@@ -592,13 +592,20 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             case .whole(let id, let message):
                 if id == FrontendID.terminate {
                     terminated = true
-                    return false
+                    return .stop
                 }
                 try accept(id)
+                guard try ExtendedQueryMessage.namesStatement(message, id: id) else {
+                    // Unchanged: it stays in the raw run, so the read still goes out in one write.
+                    if let request = ReplyQueue.Request(messageID: id) { send(.request(request)) }
+                    return .pass
+                }
+                return .take
+            case .taken(let id, let message):
                 countRequest(bytes: message.readableBytes)
                 send(try statementPiece(id, message))
             }
-            return true
+            return .pass
         }
         if terminated { closeOnTerminate() }
     }
@@ -610,14 +617,12 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         tracker.clientSent(id)
     }
 
-    /// Maps a whole Parse, Bind, Describe or Close to the client's statements. Unnamed statements and
-    /// portals pass unchanged.
+    /// Maps a whole Parse, Bind, Describe or Close that names a statement to the client's statements.
     private func statementPiece(_ id: UInt8, _ message: ByteBuffer) throws -> OutboundPiece {
         switch id {
         case FrontendID.parse:
             guard let (name, definition) = ExtendedQueryMessage.parse(message) else { throw PoolerError.badPacket }
             pool?.stats.clientParses &+= 1
-            if name.isEmpty { return .message(message, .parse) }
             guard statements[name] == nil else { throw PoolerError.preparedStatementInUse }
             let statement = shard.preparedStatements.statement(for: definition)
             statements[name] = statement
@@ -625,20 +630,17 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         case FrontendID.bind:
             guard let name = ExtendedQueryMessage.bindStatementName(message) else { throw PoolerError.badPacket }
             pool?.stats.binds &+= 1
-            if name.isEmpty { return .message(message, .bind) }
             guard let statement = statements[name] else { throw PoolerError.preparedStatementMissing }
             var renamed = ByteBuffer()
             renamed.writeBind(message, renamingStatementTo: statement.serverName)
             return .usingStatement(renamed, .bind, statement)
+        case FrontendID.close:
+            guard let (_, name) = ExtendedQueryMessage.target(message) else { throw PoolerError.badPacket }
+            // Only this client's name goes: other clients may share the statement.
+            statements[name] = nil
+            return .closeStatement
         default:
-            guard let (kind, name) = ExtendedQueryMessage.target(message) else { throw PoolerError.badPacket }
-            let request: ReplyQueue.Request = id == FrontendID.describe ? .describe : .close
-            guard kind == ExtendedQueryMessage.statementKind, !name.isEmpty else { return .message(message, request) }
-            if request == .close {
-                // Only this client's name goes: other clients may share the statement.
-                statements[name] = nil
-                return .closeStatement
-            }
+            guard let (_, name) = ExtendedQueryMessage.target(message) else { throw PoolerError.badPacket }
             guard let statement = statements[name] else { throw PoolerError.preparedStatementMissing }
             var renamed = ByteBuffer()
             renamed.writeDescribeStatement(name: statement.serverName)

@@ -9,8 +9,6 @@ enum OutboundPiece {
     case bytes(ByteBuffer)
     /// A request inside bytes passed on: the server will owe a reply for it.
     case request(ReplyQueue.Request)
-    /// A whole message passed on unchanged (an unnamed statement or a portal).
-    case message(ByteBuffer, ReplyQueue.Request)
     /// A named Parse: sent as the shared statement, or answered by Lifeguard when the server has it.
     case parse(PreparedStatement, clientName: String)
     /// Bind or Describe renamed to the shared statement, which the server must have first.

@@ -413,9 +413,6 @@ final class ServerConnection: ChannelDuplexHandler {
             forwardFromClient(bytes)
         case .request(let request):
             _ = replies.push(.client(request))
-        case .message(let message, let request):
-            forwardFromClient(message)
-            _ = replies.push(.client(request))
         case .parse(let statement, let name):
             if statementCache?.contains(statement) == true {
                 statementCache?.use(statement)

@@ -214,6 +214,35 @@ extension IntegrationTests {
         _ = try a.query("SELECT 1")
         #expect(try b.value("SHOW application_name") == "gamma")
     }
+
+    /// Every reported parameter a session can SET is replayed, invisibly, on the next server the client gets,
+    /// even one that has just been started for it.
+    @Test func setOfReportedParametersIsReplayedOnANewServer() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        try client.query("SET DateStyle = 'German, DMY'")
+        try client.query("SET IntervalStyle = 'iso_8601'")
+        try client.query("SET default_transaction_read_only = on")
+        let firstPID = try #require(client.backendPID)
+        _ = try TestEnvironment.direct().query("SELECT pg_terminate_backend(\(firstPID))")
+        usleep(200_000)
+        #expect(try client.value("SHOW DateStyle") == "German, DMY")
+        #expect(try client.value("SHOW IntervalStyle") == "iso_8601")
+        #expect(try client.value("SHOW default_transaction_read_only") == "on")
+        #expect(client.backendPID != firstPID)
+        // Another client on the same server gets its own (default) values back.
+        let other = try lifeguard.connect()
+        #expect(try other.value("SHOW IntervalStyle") == "postgres")
+        #expect(try other.value("SHOW default_transaction_read_only") == "off")
+    }
+
+    @Test func disablePQExecRefusesSimpleQueries() throws {
+        let lifeguard = try LifeguardProcess(settings: "disable_pqexec = 1")
+        let client = try lifeguard.connect()
+        #expect(try client.query("SELECT $1::text", parameters: ["extended works"]).first?[0] == "extended works")
+        let refused = #expect(throws: PGConnection.Failure.self) { try client.query("SELECT 1") }
+        #expect(refused?.message.contains("PQexec disallowed") == true)
+    }
 }
 }
 

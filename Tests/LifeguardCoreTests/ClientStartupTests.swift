@@ -200,6 +200,12 @@ private func startupError(
         #expect(client.setStatements(toMatch: server) == "SET TimeZone='UTC';SET IntervalStyle='iso_8601';")
     }
 
+    @Test func defaultTransactionReadOnlyIsTracked() {
+        var client = ParameterSet()
+        client.update(name: "default_transaction_read_only", value: "on")
+        #expect(client.setStatements(toMatch: ParameterSet()) == "SET default_transaction_read_only='on';")
+    }
+
     @Test func caseInsensitiveEqualityMeansNoSet() {
         var client = ParameterSet()
         client.update(name: "datestyle", value: "ISO, MDY")

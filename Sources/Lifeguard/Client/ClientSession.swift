@@ -534,14 +534,11 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         }
         var terminated = false
         let stop = try scanner.scan(buffer) { id, _ in
-            guard Self.acceptedIDs.contains(id) else {
-                throw PoolerError("unknown pkt from client: '\(Character(Unicode.Scalar(id)))'")
-            }
             if id == FrontendID.terminate {
                 terminated = true
                 return false
             }
-            tracker.clientSent(id)
+            try accept(id)
             return true
         }
 
@@ -610,10 +607,12 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         if terminated { closeOnTerminate() }
     }
 
+    /// A complete client message of type `id` (not Terminate) after login.
     private func accept(_ id: UInt8) throws {
         guard Self.acceptedIDs.contains(id) else {
             throw PoolerError("unknown pkt from client: '\(Character(Unicode.Scalar(id)))'")
         }
+        if id == FrontendID.query, shard.settings.disablePQExec { throw PoolerError.pqexecDisallowed }
         tracker.clientSent(id)
     }
 

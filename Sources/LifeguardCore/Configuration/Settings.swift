@@ -56,6 +56,9 @@ public struct Settings: Sendable, Equatable {
     /// Protocol-level prepared statements kept per server in transaction and statement mode; 0 turns the
     /// statement sharing off (named statements then only work in session mode).
     public var maxPreparedStatements = 200
+    /// Refuse simple-protocol Query messages (only the extended protocol, which cannot carry several
+    /// statements in one message, is allowed).
+    public var disablePQExec = false
     public var listenBacklog: Int = 128
     public var soReuseport: Bool = false
     public var pktBuf: Int = 4096
@@ -166,7 +169,7 @@ public struct Settings: Sendable, Equatable {
         key("client_tls_sslmode", "disable", .sslMode),
         key("conffile", "", .string),
         key("default_pool_size", "20", .integer, implemented: true),
-        key("disable_pqexec", "0", .boolean, restart: true),
+        key("disable_pqexec", "0", .boolean, implemented: true, restart: true),
         key("dns_max_ttl", "15", .seconds, implemented: true),
         key("dns_nxdomain_ttl", "15", .seconds, implemented: true),
         key("dns_zone_check_period", "0", .seconds),
@@ -291,6 +294,7 @@ public struct Settings: Sendable, Equatable {
         // PgBouncer reads this as an unsigned 32-bit value; anything above Int32.max is meaningless for
         // a protocol whose length field is a signed 32-bit integer.
         case "max_packet_size": maxPacketSize = try parse.integer(in: 1...2_147_483_647)
+        case "disable_pqexec": disablePQExec = try parse.boolean()
         case "max_prepared_statements": maxPreparedStatements = try parse.integer(in: 0...Int(Int32.max))
         case "listen_backlog": listenBacklog = try parse.integer(in: 1...Int.max)
         case "so_reuseport": soReuseport = try parse.boolean()

@@ -3,10 +3,13 @@ import PostgresWire
 /// The session parameters that follow a client from server to server: when a client is given a server whose
 /// values differ, Lifeguard sets the client's values first (as PgBouncer's "varcache" does).
 public enum TrackedParameter {
-    /// Names as PostgreSQL reports them in ParameterStatus, in the order SET statements are issued.
+    /// Names as PostgreSQL reports them in ParameterStatus, in the order SET statements are issued: every
+    /// parameter PostgreSQL 15 reports that a session can SET. The others it reports (server_version,
+    /// is_superuser, ...) describe the server and cannot be replayed. A parameter the server does not report
+    /// cannot be tracked: nothing would tell Lifeguard a server already has the client's value.
     public static let names = [
         "client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name",
-        "IntervalStyle",
+        "IntervalStyle", "default_transaction_read_only",
     ]
     private static let lowercasedNames = names.map { $0.lowercased() }
 

@@ -24,6 +24,7 @@ public struct PoolerError: Error, Sendable, Equatable, CustomStringConvertible {
     public static let shuttingDown = PoolerError("pooler is shutting down")
     public static let preparedStatementInUse = PoolerError("prepared statement name is already in use")
     public static let preparedStatementMissing = PoolerError("prepared statement did not exist")
+    public static let pqexecDisallowed = PoolerError("PQexec disallowed")
 
     public static func noSuchDatabase(_ name: String) -> PoolerError {
         PoolerError("no such database: \(name)")

@@ -2,7 +2,8 @@
 # Runs every test of Lifeguard on this machine, installing what is missing first:
 #   1. builds Lifeguard and its tests;
 #   2. starts a throwaway PostgreSQL 15 cluster (scripts/pg-cluster.sh) with md5, SCRAM and clear-text roles;
-#   3. smoke-tests the real binary with psql and pgbench (simple, extended, prepared, connect-per-transaction);
+#   3. smoke-tests the real binary with psql and pgbench (simple, extended, prepared, connect-per-transaction)
+#      and with the Python drivers psycopg 3 and asyncpg (installed with pip when missing);
 #   4. runs `swift test`: unit tests, handler tests and the integration tests, which start their own
 #      Lifeguard processes in front of that cluster and drive them with libpq.
 # Everything it starts is stopped on exit.
@@ -17,6 +18,7 @@ command -v pgbench >/dev/null || need_install+=(postgresql-contrib)
 command -v pkg-config >/dev/null || need_install+=(pkg-config)
 # ss and ip (network namespaces) are used by the keepalive and packet-dropping-host tests.
 command -v ss >/dev/null && command -v ip >/dev/null || need_install+=(iproute2)
+python3 -m pip --version >/dev/null 2>&1 || need_install+=(python3-pip)
 if [ ${#need_install[@]} -gt 0 ]; then
     echo "== installing ${need_install[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -88,6 +90,18 @@ for mode in "-S -c 20 -j 2" "-S -M extended -c 20 -j 2" "-M extended -c 20 -j 2"
     }
     echo "pgbench $mode: $(echo "$out" | grep -E '^tps' | head -n 1)"
 done
+echo "== Python drivers (psycopg 3, asyncpg) through Lifeguard in transaction mode"
+if ! python3 -c "import psycopg, asyncpg" 2>/dev/null; then
+    python3 -m pip install --quiet psycopg psycopg-binary asyncpg 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages psycopg psycopg-binary asyncpg
+fi
+LIFEGUARD_DSN="host=127.0.0.1 port=$lifeguard_port user=lg_scram password=scrampass dbname=lgtest" \
+    POSTGRES_DSN="host=$work/pg port=$pg_port user=postgres dbname=lgtest" \
+    python3 Tests/Drivers/python_drivers.py || {
+        echo "Python driver checks failed; Lifeguard log:"
+        tail -n 50 "$work/lifeguard.log"
+        exit 1
+    }
 kill "$lifeguard_pid"
 wait "$lifeguard_pid" 2>/dev/null || true
 lifeguard_pid=""

@@ -49,8 +49,8 @@ private let c = UInt8(ascii: "c")
         var tracker = TransactionTracker(poolMode: .transaction)
         tracker.clientSent(id)
         #expect(tracker.outstandingRequests == 0)
-        // Extended-protocol messages leave an implicit transaction open until a Sync; the rest do not.
-        #expect(tracker.isIdle == ![P, B, D, E, H, C].contains(id))
+        // Extended-protocol messages leave an implicit transaction open until a Sync; the rest (Flush too) do not.
+        #expect(tracker.isIdle == ![P, B, D, E, C].contains(id))
     }
 
     @Test func extendedQueryCountsOnlyTheSync() {
@@ -153,7 +153,7 @@ private let c = UInt8(ascii: "c")
     }
 
     @Test func extendedMessagesWithoutSyncKeepTheServer() {
-        // Parse/Bind/Execute/Flush open an implicit transaction that only a Sync ends.
+        // Parse/Bind/Execute open an implicit transaction that only a Sync ends; a Flush does not end it.
         var tracker = TransactionTracker(poolMode: .transaction)
         for id in [FrontendID.parse, FrontendID.bind, FrontendID.execute, FrontendID.flush] {
             tracker.clientSent(id)
@@ -164,6 +164,16 @@ private let c = UInt8(ascii: "c")
         #expect(!tracker.hasUnsyncedMessages)
         #expect(tracker.serverReady(.idle) == .release)
         #expect(tracker.isIdle)
+    }
+
+    @Test func flushAfterTheLastSyncDoesNotKeepTheServer() {
+        // psycopg ends every pipeline with Sync then Flush; the server once stayed with that client for good.
+        var tracker = TransactionTracker(poolMode: .transaction)
+        for id in [FrontendID.parse, FrontendID.bind, FrontendID.execute, FrontendID.sync, FrontendID.flush] {
+            tracker.clientSent(id)
+        }
+        #expect(!tracker.hasUnsyncedMessages)
+        #expect(tracker.serverReady(.idle) == .release)
     }
 
     @Test func nextBatchSentBeforeTheLastReadyForQueryKeepsTheServer() {

@@ -4,7 +4,7 @@ import PostgresWire
 ///
 /// Every client message that the server answers with exactly one ReadyForQuery (Query, Sync, FunctionCall)
 /// is counted when it has been sent; each ReadyForQuery settles one. Extended-protocol messages (Parse, Bind,
-/// Describe, Execute, Close, Flush) open an implicit transaction that only a later Sync settles, so they mark
+/// Describe, Execute, Close) open an implicit transaction that only a later Sync settles, so they mark
 /// the server busy until one is sent. The server is free again only when nothing is outstanding or unsynced
 /// and the last status was idle, so a pipelined batch or an open transaction keeps its server.
 public struct TransactionTracker: Sendable, Equatable {
@@ -39,10 +39,10 @@ public struct TransactionTracker: Sendable, Equatable {
         case FrontendID.query, FrontendID.sync, FrontendID.functionCall:
             outstandingRequests += 1
             hasUnsyncedMessages = false
-        case FrontendID.parse, FrontendID.bind, FrontendID.describe, FrontendID.execute, FrontendID.close,
-            FrontendID.flush:
+        case FrontendID.parse, FrontendID.bind, FrontendID.describe, FrontendID.execute, FrontendID.close:
             hasUnsyncedMessages = true
         default:
+            // Flush only asks for pending replies (psycopg sends one after the Sync ending a pipeline);
             // COPY data and the like belong to a request already counted.
             break
         }

@@ -3,7 +3,7 @@
 #   1. builds Lifeguard and its tests;
 #   2. starts a throwaway PostgreSQL 15 cluster (scripts/pg-cluster.sh) with md5, SCRAM and clear-text roles;
 #   3. smoke-tests the real binary with psql and pgbench (simple, extended, prepared, connect-per-transaction)
-#      and with the Python drivers psycopg 3 and asyncpg (installed with pip when missing);
+#      and with the drivers psycopg 3, asyncpg (installed with pip when missing) and pgJDBC (Debian's);
 #   4. runs `swift test`: unit tests, handler tests and the integration tests, which start their own
 #      Lifeguard processes in front of that cluster and drive them with libpq.
 # Everything it starts is stopped on exit.
@@ -19,6 +19,8 @@ command -v pkg-config >/dev/null || need_install+=(pkg-config)
 # ss and ip (network namespaces) are used by the keepalive and packet-dropping-host tests.
 command -v ss >/dev/null && command -v ip >/dev/null || need_install+=(iproute2)
 python3 -m pip --version >/dev/null 2>&1 || need_install+=(python3-pip)
+command -v javac >/dev/null || need_install+=(default-jdk-headless)
+[ -f /usr/share/java/postgresql.jar ] || need_install+=(libpostgresql-jdbc-java)
 if [ ${#need_install[@]} -gt 0 ]; then
     echo "== installing ${need_install[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -64,6 +66,8 @@ auth_file = $work/userlist.txt
 pool_mode = transaction
 default_pool_size = 10
 max_client_conn = 200
+; pgJDBC sends it at startup; PgBouncer users list it here too
+ignore_startup_parameters = extra_float_digits
 INI
 "$bin_path/lifeguard" "$work/lifeguard.ini" 2>"$work/lifeguard.log" &
 lifeguard_pid=$!
@@ -99,6 +103,14 @@ LIFEGUARD_DSN="host=127.0.0.1 port=$lifeguard_port user=lg_scram password=scramp
     POSTGRES_DSN="host=$work/pg port=$pg_port user=postgres dbname=lgtest" \
     python3 Tests/Drivers/python_drivers.py || {
         echo "Python driver checks failed; Lifeguard log:"
+        tail -n 50 "$work/lifeguard.log"
+        exit 1
+    }
+echo "== pgJDBC through Lifeguard in transaction mode"
+LIFEGUARD_JDBC_URL="jdbc:postgresql://127.0.0.1:$lifeguard_port/lgtest" LIFEGUARD_USER=lg_scram \
+    LIFEGUARD_PASSWORD=scrampass POSTGRES_SOCKET_DIR="$work/pg" POSTGRES_PORT="$pg_port" \
+    java -cp /usr/share/java/postgresql.jar Tests/Drivers/JdbcDriverCheck.java || {
+        echo "JDBC checks failed; Lifeguard log:"
         tail -n 50 "$work/lifeguard.log"
         exit 1
     }

@@ -32,20 +32,17 @@ public enum ExtendedQueryMessage {
 
     public static let statementKind = UInt8(ascii: "S")
 
-    /// Whether a whole Parse, Bind, Describe or Close (`id`) names a prepared statement, rather than the
-    /// unnamed statement or a portal. Throws on a message too short to say.
-    public static func namesStatement(_ message: ByteBuffer, id: UInt8) throws -> Bool {
+    /// Whether a Parse, Bind, Describe or Close (`id`) names a prepared statement, rather than the unnamed
+    /// statement or a portal; nil when the bytes so far (header included) do not tell yet.
+    public static func namesStatement(_ message: ByteBuffer, id: UInt8) -> Bool? {
         let start = message.readerIndex + 5
         switch id {
         case FrontendID.parse:
-            guard let first = message.getInteger(at: start, as: UInt8.self) else { throw WireError.invalidLength(4) }
-            return first != 0
+            return message.getInteger(at: start, as: UInt8.self).map { $0 != 0 }
         case FrontendID.bind:
-            guard let name = bindStatementName(message) else { throw WireError.invalidLength(4) }
-            return !name.isEmpty
+            return bindStatementName(message).map { !$0.isEmpty }
         default:
-            guard let (kind, name) = target(message) else { throw WireError.invalidLength(4) }
-            return kind == statementKind && !name.isEmpty
+            return target(message).map { $0.kind == statementKind && !$0.name.isEmpty }
         }
     }
 }

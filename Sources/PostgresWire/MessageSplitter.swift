@@ -14,6 +14,10 @@ public struct MessageSplitter: Sendable {
         case whole(id: UInt8, message: ByteBuffer)
         /// A whole message the visitor took, after the raw run that precedes it: send it (or its replacement) now.
         case taken(id: UInt8, message: ByteBuffer)
+        /// The first bytes of a message of one of `wholeIDs` that is not complete yet. If the visitor can
+        /// already tell it passes unchanged (`pass`), it streams as raw bytes and ends with `ended`; otherwise
+        /// it is held and offered again as more arrives.
+        case incomplete(id: UInt8, partial: ByteBuffer)
         /// The last byte of a message passed as raw bytes has been seen.
         case ended(id: UInt8)
     }
@@ -72,6 +76,14 @@ public struct MessageSplitter: Sendable {
             let length = try validLength(Int(read.getInteger(at: offset + 1, as: Int32.self)!))
             if wholeIDs.contains(id) {
                 guard end - offset >= 1 + length else {
+                    let partial = read.getSlice(at: offset, length: end - offset)!
+                    if try visit(.incomplete(id: id, partial: partial)) == .pass {
+                        // It streams: a 1 MB Bind of an unnamed statement is never held.
+                        offset += 5
+                        passingID = id
+                        passingBody = length - 4
+                        continue
+                    }
                     try emitRun(read, from: runStart, to: offset, visit)
                     // Kept as a copy: it grows as the rest arrives, so a lying length reserves nothing.
                     carry = ByteBuffer()
@@ -129,7 +141,15 @@ public struct MessageSplitter: Sendable {
         let take = min(1 + length - carry.readableBytes, end - offset)
         carry.writeImmutableBuffer(read.getSlice(at: offset, length: take)!)
         offset += take
-        guard carry.readableBytes == 1 + length else { return nil }
+        guard carry.readableBytes == 1 + length else {
+            if try visit(.incomplete(id: id, partial: carry)) == .pass {
+                passingID = id
+                passingBody = 1 + length - carry.readableBytes
+                _ = try visit(.raw(carry))
+                carry = ByteBuffer()
+            }
+            return nil
+        }
         let message = carry
         carry = ByteBuffer()
         switch try visit(.whole(id: id, message: message)) {

@@ -111,6 +111,15 @@ extension IntegrationTests {
         #expect(outcomes == [.rows([["1"]]), .rows([]), .rows([["same text"]]), .synced])
     }
 
+    @Test func megabyteParametersGoThroughNamedAndUnnamed() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        let big = String(repeating: "x", count: 1 << 20)
+        #expect(try client.query("SELECT length($1)", parameters: [big]).first?[0] == "1048576")
+        try client.prepare("len", "SELECT length($1::text)")
+        #expect(try client.execPrepared("len", [big + big]).first?[0] == "2097152")
+    }
+
     @Test func failedParseLeavesNoStaleName() throws {
         let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
         let client = try lifeguard.connect()

@@ -43,6 +43,8 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
                 return id == UInt8(ascii: "D") ? .pass : .take
             case .taken(_, let message):
                 output.bytes += Array(message.readableBytesView)
+            case .incomplete:
+                return .take
             case .ended(let id):
                 output.ended.append(id)
             }
@@ -91,6 +93,39 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
         #expect(passed == 20_000)
     }
 
+    /// A whole-kind message the visitor can already pass from its first bytes (a Bind of the unnamed
+    /// statement) streams like any other: 1 MB of parameters are never held.
+    @Test func incompleteMessageKnownToPassStreams() throws {
+        let bind = encode([(UInt8(ascii: "B"), [0, 0] + Array(repeating: 7, count: 1 << 20))])
+        for firstRead in [3, 6, 7, 100] {  // header split, names split, names whole, more
+            var splitter = MessageSplitter(wholeIDs: MessageIDSet([UInt8(ascii: "B")]))
+            var raw: [UInt8] = []
+            var ended: [UInt8] = []
+            var held = 0
+            let visit: (MessageSplitter.Piece) throws -> MessageSplitter.Verdict = { piece in
+                switch piece {
+                case .raw(let run): raw += Array(run.readableBytesView)
+                case .ended(let id): ended.append(id)
+                case .incomplete(_, let partial):
+                    guard let named = ExtendedQueryMessage.namesStatement(partial, id: UInt8(ascii: "B")) else {
+                        held += 1
+                        return .take
+                    }
+                    return named ? .take : .pass
+                case .whole, .taken: Issue.record("the Bind was held whole")
+                }
+                return .pass
+            }
+            try splitter.split(ByteBuffer(bytes: bind[..<firstRead]), visit)
+            try splitter.split(ByteBuffer(bytes: bind[firstRead..<(firstRead + 4096)]), visit)
+            #expect(raw.count == firstRead + 4096, "streamed as it came (first read \(firstRead))")
+            try splitter.split(ByteBuffer(bytes: bind[(firstRead + 4096)...]), visit)
+            #expect(raw == bind)
+            #expect(ended == [UInt8(ascii: "B")])
+            #expect(held == (firstRead == 6 ? 1 : 0), "undecided only while the names are cut")
+        }
+    }
+
     @Test func stoppingAtAWholeMessageDropsTheRest() throws {
         var splitter = MessageSplitter(wholeIDs: MessageIDSet([UInt8(ascii: "X")]))
         var seen: [UInt8] = []
@@ -99,7 +134,7 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
             switch piece {
             case .whole(let id, _): seen.append(id); return .stop
             case .ended(let id): seen.append(id)
-            case .raw, .taken: break
+            case .raw, .taken, .incomplete: break
             }
             return .pass
         }

@@ -592,12 +592,16 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
                     return .stop
                 }
                 try accept(id)
-                guard try ExtendedQueryMessage.namesStatement(message, id: id) else {
+                guard let named = ExtendedQueryMessage.namesStatement(message, id: id) else { throw PoolerError.badPacket }
+                guard named else {
                     // Unchanged: it stays in the raw run, so the read still goes out in one write.
                     if let request = ReplyQueue.Request(messageID: id) { send(.request(request)) }
                     return .pass
                 }
                 return .take
+            case .incomplete(let id, let partial):
+                // Known to pass unchanged: it streams and is counted at its end (`ended`).
+                return ExtendedQueryMessage.namesStatement(partial, id: id) == false ? .pass : .take
             case .taken(let id, let message):
                 countRequest(bytes: message.readableBytes)
                 send(try statementPiece(id, message))

@@ -34,14 +34,24 @@ public class JdbcDriverCheck {
         return DriverManager.getConnection(url, user, password);
     }
 
-    /** Ends every backend Lifeguard holds for this user (psql as the superuser, over the Unix socket). */
+    /** Ends every backend Lifeguard holds for this user (psql as the superuser, over the Unix socket) and
+     *  waits until they are gone, so Lifeguard has their FATAL and EOF before the next query. */
     static void terminateBackends() throws Exception {
-        Process psql = new ProcessBuilder("psql", "-X", "-q", "-h", System.getenv("POSTGRES_SOCKET_DIR"),
-            "-p", System.getenv("POSTGRES_PORT"), "-U", "postgres", "-d", "lgtest", "-c",
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '" + user + "' AND datname = 'lgtest'")
-            .redirectErrorStream(true).redirectOutput(ProcessBuilder.Redirect.DISCARD).start();
-        if (psql.waitFor() != 0) throw new IllegalStateException("psql could not terminate the backends");
-        Thread.sleep(200);
+        String mine = " FROM pg_stat_activity WHERE usename = '" + user + "' AND datname = 'lgtest'";
+        superuserQuery("SELECT pg_terminate_backend(pid)" + mine);
+        for (int attempt = 0; attempt < 100 && !superuserQuery("SELECT count(*)" + mine).equals("0"); attempt++) {
+            Thread.sleep(50);
+        }
+        Thread.sleep(100);
+    }
+
+    static String superuserQuery(String sql) throws Exception {
+        Process psql = new ProcessBuilder("psql", "-X", "-qAt", "-h", System.getenv("POSTGRES_SOCKET_DIR"),
+            "-p", System.getenv("POSTGRES_PORT"), "-U", "postgres", "-d", "lgtest", "-c", sql)
+            .redirectErrorStream(true).start();
+        String output = new String(psql.getInputStream().readAllBytes()).trim();
+        if (psql.waitFor() != 0) throw new IllegalStateException("psql failed: " + output);
+        return output;
     }
 
     static void expect(boolean condition, String what) {

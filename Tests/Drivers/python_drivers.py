@@ -29,13 +29,17 @@ def asyncpg_connect():
 
 
 def terminate_backends():
-    """Ends every backend Lifeguard holds for the test database (idle ones are simply replaced)."""
+    """Ends every backend Lifeguard holds for the test database (idle ones are simply replaced), and waits
+    until they are gone, so Lifeguard has their FATAL and EOF before the next query."""
+    settings = psycopg.conninfo.conninfo_to_dict(LIFEGUARD_DSN)
+    mine = "FROM pg_stat_activity WHERE usename = %s AND datname = %s"
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
-        settings = psycopg.conninfo.conninfo_to_dict(LIFEGUARD_DSN)
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND datname = %s",
-            (settings["user"], settings["dbname"]))
-    time.sleep(0.2)
+        admin.execute(f"SELECT pg_terminate_backend(pid) {mine}", (settings["user"], settings["dbname"]))
+        for _ in range(100):
+            if admin.execute(f"SELECT count(*) {mine}", (settings["user"], settings["dbname"])).fetchone()[0] == 0:
+                break
+            time.sleep(0.05)
+    time.sleep(0.1)
 
 
 def check(name):

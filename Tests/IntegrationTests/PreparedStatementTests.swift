@@ -8,11 +8,13 @@ extension IntegrationTests {
 @Suite struct PreparedStatementTests {
     /// Terminates every backend Lifeguard holds for lgtest, so the next transaction certainly runs on a
     /// server that has never seen the client's statements.
-    private func terminateLifeguardBackends(except keep: [String] = []) throws {
-        let kept = keep.isEmpty ? "" : " AND pid NOT IN (\(keep.joined(separator: ",")))"
-        _ = try TestEnvironment.direct().query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'lgtest' AND usename = 'lg_md5'\(kept)")
-        usleep(200_000)
+    /// Waits until the backends are gone, so Lifeguard has their FATAL and EOF before the next query.
+    private func terminateLifeguardBackends() throws {
+        let direct = try TestEnvironment.direct()
+        let mine = "FROM pg_stat_activity WHERE datname = 'lgtest' AND usename = 'lg_md5'"
+        _ = try direct.query("SELECT pg_terminate_backend(pid) \(mine)")
+        #expect(waitUntil { (try? direct.value("SELECT count(*) \(mine)")) == "0" })
+        usleep(100_000)
     }
 
     @Test func preparedStatementFollowsItsClientAcrossServers() throws {

@@ -41,6 +41,36 @@ extension IntegrationTests {
         try client.query("DROP TABLE copy_test")
     }
 
+    /// COPY errors before and after the data is done, in transaction and session mode: the client keeps a
+    /// working connection and the server goes back to the pool clean.
+    @Test(arguments: ["transaction", "session"])
+    func copyErrorsLeaveTheConnectionUsable(mode: String) throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1\npool_mode = \(mode)")
+        try lifeguard.connect().query("DROP TABLE IF EXISTS copy_errors; CREATE TABLE copy_errors (id int)")
+        do {
+            let client = try lifeguard.connect()
+            // The client gives up: CopyFail.
+            let failed = #expect(throws: PGConnection.Failure.self) {
+                try client.copyIn("COPY copy_errors FROM STDIN", lines: ["1", "2"], failure: "changed my mind")
+            }
+            #expect(failed?.sqlState == "57014")
+            // The server rejects the data once CopyDone arrives.
+            let rejected = #expect(throws: PGConnection.Failure.self) {
+                try client.copyIn("COPY copy_errors FROM STDIN", lines: ["3", "not a number"])
+            }
+            #expect(rejected?.sqlState == "22P02")
+            // The server rejects the COPY before any data: no such table.
+            #expect(throws: PGConnection.Failure.self) { try client.copyIn("COPY no_such_table FROM STDIN", lines: []) }
+            #expect(try client.query("SELECT count(*) FROM copy_errors", parameters: []).first?[0] == "0")
+            try client.copyIn("COPY copy_errors FROM STDIN", lines: ["4"])
+            #expect(try client.copyOut("COPY copy_errors TO STDOUT") == ["4"])
+        }
+        // The only server came back clean (session mode: once that client left).
+        let after = try lifeguard.connect()
+        #expect(try after.value("SELECT sum(id) FROM copy_errors") == "4")
+        try after.query("DROP TABLE copy_errors")
+    }
+
     @Test func largeResultArrivesWhole() throws {
         let lifeguard = try LifeguardProcess()
         let client = try lifeguard.connect()

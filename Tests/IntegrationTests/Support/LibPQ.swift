@@ -106,8 +106,9 @@ final class PGConnection: @unchecked Sendable {
         return PQcancel(cancel, &errorBuffer, 256) == 1
     }
 
-    /// COPY ... FROM STDIN with `lines` as the data.
-    func copyIn(_ sql: String, lines: [String]) throws {
+    /// COPY ... FROM STDIN with `lines` as the data; with `failure`, the client ends it with CopyFail instead
+    /// of CopyDone.
+    func copyIn(_ sql: String, lines: [String], failure failMessage: String? = nil) throws {
         guard let start = PQexec(handle, sql) else { throw lastFailure() }
         let status = PQresultStatus(start)
         PQclear(start)
@@ -118,7 +119,7 @@ final class PGConnection: @unchecked Sendable {
                 throw lastFailure()
             }
         }
-        guard PQputCopyEnd(handle, nil) == 1 else { throw lastFailure() }
+        guard PQputCopyEnd(handle, failMessage) == 1 else { throw lastFailure() }
         while let result = PQgetResult(handle) {
             defer { PQclear(result) }
             if PQresultStatus(result) != PGRES_COMMAND_OK { throw failure(of: result) }

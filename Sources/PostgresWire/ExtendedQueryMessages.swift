@@ -32,17 +32,26 @@ public enum ExtendedQueryMessage {
 
     public static let statementKind = UInt8(ascii: "S")
 
-    /// Whether a Parse, Bind, Describe or Close (`id`) names a prepared statement, rather than the unnamed
-    /// statement or a portal; nil when the bytes so far (header included) do not tell yet.
-    public static func namesStatement(_ message: ByteBuffer, id: UInt8) -> Bool? {
-        let start = message.readerIndex + 5
+    /// The statement a Parse, Bind, Describe or Close (`id`) refers to: its name, "" for the unnamed
+    /// statement, nil for a portal's Describe or Close. `.undecided` when the bytes so far (header included)
+    /// do not tell yet.
+    public enum StatementReference: Equatable {
+        case statement(String)
+        case portal
+        case undecided
+    }
+
+    public static func statementReference(_ message: ByteBuffer, id: UInt8) -> StatementReference {
         switch id {
         case FrontendID.parse:
-            return message.getInteger(at: start, as: UInt8.self).map { $0 != 0 }
+            var body = message
+            body.moveReaderIndex(forwardBy: 5)
+            return body.readNullTerminatedString().map { .statement($0) } ?? .undecided
         case FrontendID.bind:
-            return bindStatementName(message).map { !$0.isEmpty }
+            return bindStatementName(message).map { .statement($0) } ?? .undecided
         default:
-            return target(message).map { $0.kind == statementKind && !$0.name.isEmpty }
+            guard let (kind, name) = target(message) else { return .undecided }
+            return kind == statementKind ? .statement(name) : .portal
         }
     }
 }

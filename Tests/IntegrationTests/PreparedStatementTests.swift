@@ -122,6 +122,23 @@ extension IntegrationTests {
         #expect(try client.execPrepared("len", [big + big]).first?[0] == "2097152")
     }
 
+    /// share_unnamed_statements: a client that parses the same text before every execution (PQexecParams)
+    /// gets a shared server statement, prepared once per server.
+    @Test func unnamedStatementsAreSharedWhenAskedFor() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1\nshare_unnamed_statements = 1")
+        let client = try lifeguard.connect()
+        for value in 0..<10 {
+            #expect(try client.query("SELECT $1::int + 7", parameters: ["\(value)"]).first?[0] == "\(value + 7)")
+            if value == 4 { try terminateLifeguardBackends() }
+        }
+        // A simple Query in between (which drops PostgreSQL's unnamed statement) changes nothing.
+        try client.query("SELECT 1")
+        #expect(try client.query("SELECT $1::int + 7", parameters: ["1"]).first?[0] == "8")
+        let shared = try client.query(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT $1::int + 7'", parameters: [])
+        #expect(shared.first?[0] == "1", "one server-side statement for every execution")
+    }
+
     @Test func failedParseLeavesNoStaleName() throws {
         let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
         let client = try lifeguard.connect()

@@ -107,11 +107,13 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
                 case .raw(let run): raw += Array(run.readableBytesView)
                 case .ended(let id): ended.append(id)
                 case .incomplete(_, let partial):
-                    guard let named = ExtendedQueryMessage.namesStatement(partial, id: UInt8(ascii: "B")) else {
+                    switch ExtendedQueryMessage.statementReference(partial, id: UInt8(ascii: "B")) {
+                    case .undecided:
                         held += 1
                         return .take
+                    case .statement(let name): return name.isEmpty ? .pass : .take
+                    case .portal: return .take
                     }
-                    return named ? .take : .pass
                 case .whole, .taken: Issue.record("the Bind was held whole")
                 }
                 return .pass
@@ -171,6 +173,17 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
         #expect(ExtendedQueryMessage.bindStatementName(renamed) == "LIFEGUARD_7")
         let expected = encode([(UInt8(ascii: "B"), Array("\0LIFEGUARD_7\0".utf8) + stream[2].1.dropFirst(4))])
         #expect(Array(renamed.readableBytesView) == expected)
+    }
+
+    @Test func statementReferences() {
+        let parse = ByteBuffer(bytes: encode([stream[1]]))
+        #expect(ExtendedQueryMessage.statementReference(parse, id: UInt8(ascii: "P")) == .statement("s1"))
+        #expect(ExtendedQueryMessage.statementReference(parse.getSlice(at: 0, length: 6)!, id: UInt8(ascii: "P"))
+            == .undecided)
+        let portal = ByteBuffer(bytes: encode([(UInt8(ascii: "D"), Array("P\0".utf8))]))
+        #expect(ExtendedQueryMessage.statementReference(portal, id: UInt8(ascii: "D")) == .portal)
+        let unnamed = ByteBuffer(bytes: encode([(UInt8(ascii: "C"), Array("S\0".utf8))]))
+        #expect(ExtendedQueryMessage.statementReference(unnamed, id: UInt8(ascii: "C")) == .statement(""))
     }
 
     @Test func describeAndCloseTargets() throws {

@@ -51,6 +51,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// messages naming a statement whole, the client's statements by its own names, and the pieces
     /// waiting for a server (in place of `pendingData`).
     private var splitter: MessageSplitter?
+    /// share_unnamed_statements: the unnamed statement is mapped like a named one.
+    private var sharesUnnamed = false
     private(set) var statements: [String: PreparedStatement] = [:]
     private var pendingPieces: [OutboundPiece] = []
     /// Replies Lifeguard wrote to the client itself during a read, flushed with the read.
@@ -440,6 +442,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         scanner = FrameScanner(capturedIDs: MessageIDSet(), maxMessageLength: shard.settings.maxPacketSize)
         if pool.mode != .session, shard.settings.maxPreparedStatements > 0 {
             splitter = MessageSplitter(wholeIDs: Self.wholeIDs, maxMessageLength: shard.settings.maxPacketSize)
+            sharesUnnamed = shard.settings.shareUnnamedStatements
         }
         parameters = startup.parameters
         if shard.settings.applicationNameAddHost {
@@ -592,8 +595,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
                     return .stop
                 }
                 try accept(id)
-                guard let named = ExtendedQueryMessage.namesStatement(message, id: id) else { throw PoolerError.badPacket }
-                guard named else {
+                guard let take = takes(message, id: id) else { throw PoolerError.badPacket }
+                guard take else {
                     // Unchanged: it stays in the raw run, so the read still goes out in one write.
                     if let request = ReplyQueue.Request(messageID: id) { send(.request(request)) }
                     return .pass
@@ -601,7 +604,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
                 return .take
             case .incomplete(let id, let partial):
                 // Known to pass unchanged: it streams and is counted at its end (`ended`).
-                return ExtendedQueryMessage.namesStatement(partial, id: id) == false ? .pass : .take
+                return takes(partial, id: id) == false ? .pass : .take
             case .taken(let id, let message):
                 countRequest(bytes: message.readableBytes)
                 send(try statementPiece(id, message))
@@ -611,12 +614,28 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         if terminated { closeOnTerminate() }
     }
 
+    /// Whether a Parse, Bind, Describe or Close is mapped to a shared statement (nil: cannot tell yet). Named
+    /// statements always are; the unnamed one with share_unnamed_statements, once the client has parsed it.
+    private func takes(_ message: ByteBuffer, id: UInt8) -> Bool? {
+        switch ExtendedQueryMessage.statementReference(message, id: id) {
+        case .undecided: return nil
+        case .portal: return false
+        case .statement(let name):
+            guard name.isEmpty else { return true }
+            return sharesUnnamed && (id == FrontendID.parse || statements[""] != nil)
+        }
+    }
+
     /// A complete client message of type `id` (not Terminate) after login.
     private func accept(_ id: UInt8) throws {
         guard Self.acceptedIDs.contains(id) else {
             throw PoolerError("unknown pkt from client: '\(Character(Unicode.Scalar(id)))'")
         }
-        if id == FrontendID.query, shard.settings.disablePQExec { throw PoolerError.pqexecDisallowed }
+        if id == FrontendID.query {
+            if shard.settings.disablePQExec { throw PoolerError.pqexecDisallowed }
+            // PostgreSQL drops the unnamed statement at every simple Query.
+            if sharesUnnamed { statements[""] = nil }
+        }
         tracker.clientSent(id)
     }
 
@@ -626,7 +645,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         case FrontendID.parse:
             guard let (name, definition) = ExtendedQueryMessage.parse(message) else { throw PoolerError.badPacket }
             pool?.stats.clientParses &+= 1
-            guard statements[name] == nil else { throw PoolerError.preparedStatementInUse }
+            // The unnamed statement is replaced by each Parse, as in PostgreSQL.
+            guard name.isEmpty || statements[name] == nil else { throw PoolerError.preparedStatementInUse }
             let statement = shard.preparedStatements.statement(for: definition)
             statements[name] = statement
             return .parse(statement, clientName: name)

@@ -56,6 +56,11 @@ public struct Settings: Sendable, Equatable {
     /// Protocol-level prepared statements kept per server in transaction and statement mode; 0 turns the
     /// statement sharing off (named statements then only work in session mode).
     public var maxPreparedStatements = 200
+    /// Lifeguard only: the unnamed statement is shared like a named one, so a client that parses the same
+    /// text before every execution (pgbench -M extended, many ORMs) skips the server's parse after the
+    /// first time on each server. Off by default: the server then plans a named statement, which may choose a
+    /// generic plan after five executions where an unnamed one is planned afresh every time.
+    public var shareUnnamedStatements = false
     /// Refuse simple-protocol Query messages (only the extended protocol, which cannot carry several
     /// statements in one message, is allowed).
     public var disablePQExec = false
@@ -190,6 +195,7 @@ public struct Settings: Sendable, Equatable {
         key("max_db_connections", "0", .integer, implemented: true),
         key("max_packet_size", "2147483647", .integer, implemented: true),
         key("max_prepared_statements", "200", .integer, implemented: true),
+        key("share_unnamed_statements", "0", .boolean, implemented: true),
         key("max_user_client_connections", "0", .integer, implemented: true),
         key("max_user_connections", "0", .integer, implemented: true),
         key("min_pool_size", "0", .integer, implemented: true),
@@ -295,6 +301,7 @@ public struct Settings: Sendable, Equatable {
         // a protocol whose length field is a signed 32-bit integer.
         case "max_packet_size": maxPacketSize = try parse.integer(in: 1...2_147_483_647)
         case "disable_pqexec": disablePQExec = try parse.boolean()
+        case "share_unnamed_statements": shareUnnamedStatements = try parse.boolean()
         case "max_prepared_statements": maxPreparedStatements = try parse.integer(in: 0...Int(Int32.max))
         case "listen_backlog": listenBacklog = try parse.integer(in: 1...Int.max)
         case "so_reuseport": soReuseport = try parse.boolean()

@@ -43,7 +43,7 @@ extension IntegrationTests {
     }
 
     @Test func clientsShareOneServerStatementPerDefinition() throws {
-        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1\nadmin_users = lg_md5")
         let clients = try (0..<5).map { _ in try lifeguard.connect() }
         for (index, client) in clients.enumerated() {
             try client.prepare("mine_\(index)", "SELECT $1::text || ' shared'")
@@ -53,6 +53,12 @@ extension IntegrationTests {
             "SELECT name FROM pg_prepared_statements WHERE statement = 'SELECT $1::text || '' shared'''")
         #expect(onServer.count == 1, "one server-side statement for five clients: \(onServer)")
         #expect(onServer.first?[0]?.hasPrefix("LIFEGUARD_") == true)
+
+        // SHOW CLIENTS and SHOW SERVERS count them: one per client, one on the server.
+        let console = try lifeguard.connect(database: "pgbouncer")
+        let listed = try console.records("SHOW CLIENTS").filter { $0["database"] == "lgtest" }
+        #expect(listed.map { $0["prepared_statements"] } == Array(repeating: "1", count: 5))
+        #expect(try console.records("SHOW SERVERS").map { $0["prepared_statements"] } == ["1"])
     }
 
     @Test func maxPreparedStatementsClosesTheLeastRecentlyUsed() throws {

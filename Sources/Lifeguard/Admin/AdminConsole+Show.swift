@@ -235,7 +235,7 @@ extension AdminConsole {
                     shown, addr, port, localAddr, localPort, WallClock.format(client.connectTime),
                     WallClock.format(client.requestTime), "\(wait / 1_000_000)", "\(wait % 1_000_000)", "0",
                     pointerText(client), client.server.map(pointerText) ?? "", "0", "",
-                    client.parameters["application_name"] ?? "", "0", "\(client.id)",
+                    client.parameters["application_name"] ?? "", "\(client.statements.count)", "\(client.id)",
                 ] + extra))
             }
             for console in shard.adminSessions.values {
@@ -259,8 +259,8 @@ extension AdminConsole {
                     socketColumns ? "sv_" + (state == "new" ? "login" : state) : state, addr, port, localAddr,
                     localPort, WallClock.format(server.connectTime), WallClock.format(server.requestTime), "0", "0",
                     server.closeNeeded ? "1" : "0", pointerText(server), server.linkedClient.map(pointerText) ?? "",
-                    "\(server.backendKey?.processID ?? 0)", "", server.parameters["application_name"] ?? "", "0",
-                    "\(server.id)",
+                    "\(server.backendKey?.processID ?? 0)", "", server.parameters["application_name"] ?? "",
+                    "\(server.preparedStatementCount)", "\(server.id)",
                 ] + extra))
             }
         }

@@ -406,6 +406,9 @@ final class ServerConnection: ChannelDuplexHandler {
         return tag == "DEALLOCATE ALL" || tag == "DISCARD ALL"
     }
 
+    /// Shared statements prepared on this server, for SHOW SERVERS.
+    var preparedStatementCount: Int { statementCache?.count ?? 0 }
+
     /// A piece of the linked client's traffic, while it shares prepared statements.
     func send(_ piece: OutboundPiece, for client: ClientSession) {
         switch piece {

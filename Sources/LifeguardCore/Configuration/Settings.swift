@@ -195,7 +195,6 @@ public struct Settings: Sendable, Equatable {
         key("max_db_connections", "0", .integer, implemented: true),
         key("max_packet_size", "2147483647", .integer, implemented: true),
         key("max_prepared_statements", "200", .integer, implemented: true),
-        key("share_unnamed_statements", "0", .boolean, implemented: true),
         key("max_user_client_connections", "0", .integer, implemented: true),
         key("max_user_connections", "0", .integer, implemented: true),
         key("min_pool_size", "0", .integer, implemented: true),
@@ -229,6 +228,8 @@ public struct Settings: Sendable, Equatable {
         key("server_tls_key_file", "", .string),
         key("server_tls_protocols", "secure", .string),
         key("server_tls_sslmode", "prefer", .sslMode),
+        // Lifeguard's own; PgBouncer has no such key.
+        key("share_unnamed_statements", "0", .boolean, implemented: true),
         key("so_reuseport", "0", .boolean, implemented: true, restart: true),
         key("stats_period", "60", .integer, implemented: true),
         key("stats_users", "", .string, implemented: true),

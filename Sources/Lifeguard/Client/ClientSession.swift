@@ -55,8 +55,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     private var sharesUnnamed = false
     private(set) var statements: [String: PreparedStatement] = [:]
     private var pendingPieces: [OutboundPiece] = []
-    /// Replies Lifeguard wrote to the client itself during a read, flushed with the read.
-    private var clientNeedsFlush = false
+    /// Replies Lifeguard wrote to the client itself (ParseComplete, CloseComplete), not yet flushed.
+    private var localRepliesNeedFlush = false
     private var serverNeedsFlush = false
     private var loggedIn = false
     private var readHeld = false
@@ -164,10 +164,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             serverNeedsFlush = false
             server?.flush()
         }
-        if clientNeedsFlush {
-            clientNeedsFlush = false
-            context.flush()
-        }
+        flushLocalReplies()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -685,7 +682,13 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// A reply Lifeguard gives in the server's place (ParseComplete, CloseComplete).
     func answerLocally(_ reply: ByteBuffer) {
         context?.write(wrapOutboundOut(reply), promise: nil)
-        clientNeedsFlush = true
+        localRepliesNeedFlush = true
+    }
+
+    private func flushLocalReplies() {
+        guard localRepliesNeedFlush else { return }
+        localRepliesNeedFlush = false
+        context?.flush()
     }
 
     /// The server could not keep the client's statement `name` (its Parse failed or was skipped).
@@ -760,10 +763,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             pendingPieces = []
             for piece in pieces { server.send(piece, for: self) }
             server.flush()
-            if clientNeedsFlush {
-                clientNeedsFlush = false
-                context?.flush()
-            }
+            flushLocalReplies()
         }
         resumeReads()
     }

@@ -71,6 +71,11 @@ final class ServerConnection: ChannelDuplexHandler {
     private static let parseComplete = ByteBuffer.emptyMessage(BackendID.parseComplete)
     private static let closeComplete = ByteBuffer.emptyMessage(BackendID.closeComplete)
 
+    /// The encoded reply Lifeguard gives in the server's place: ParseComplete or CloseComplete.
+    private static func emptyReply(_ id: UInt8) -> ByteBuffer {
+        id == BackendID.parseComplete ? parseComplete : closeComplete
+    }
+
     private init(pool: Pool) {
         self.pool = pool
         self.address = pool.nextServerAddress()
@@ -378,7 +383,7 @@ final class ServerConnection: ChannelDuplexHandler {
             case .synthesize(let reply):
                 if end > runStart { client.forwardFromServer(buffer.getSlice(at: runStart, length: end - runStart)!) }
                 runStart = end
-                client.forwardFromServer(reply == BackendID.parseComplete ? Self.parseComplete : Self.closeComplete)
+                client.forwardFromServer(Self.emptyReply(reply))
             case .undone(.clientParse(let statement, let name), _):
                 statementCache?.remove(statement)
                 client.forgetStatement(named: name, statement)
@@ -457,7 +462,7 @@ final class ServerConnection: ChannelDuplexHandler {
     /// A reply Lifeguard gives itself, in the order PostgreSQL would have given it.
     private func answer(_ reply: UInt8, for client: ClientSession) {
         if replies.push(.synthetic(reply)) == .answerNow {
-            client.answerLocally(reply == BackendID.parseComplete ? Self.parseComplete : Self.closeComplete)
+            client.answerLocally(Self.emptyReply(reply))
         }
     }
 

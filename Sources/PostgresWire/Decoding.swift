@@ -67,4 +67,14 @@ public enum FrontendMessage {
         var body = body
         return body.readNullTerminatedString()
     }
+
+    /// Moves `buffer` past the whole Flush messages it starts with.
+    public static func skipLeadingFlushes(_ buffer: inout ByteBuffer) {
+        while buffer.readableBytes >= 5,
+            buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) == FrontendID.flush,
+            buffer.getInteger(at: buffer.readerIndex + 1, as: Int32.self) == 4
+        {
+            buffer.moveReaderIndex(forwardBy: 5)
+        }
+    }
 }

@@ -136,18 +136,15 @@ extension IntegrationTests.ProtocolTests {
             let socket = try RawSocket(port: lifeguard.port)
             socket.send(RawSocket.startupMessage([("user", "lg_trust"), ("database", "lgtest")]))
             _ = socket.read { $0.count >= 6 && $0.suffix(6).first == UInt8(ascii: "Z") }
-            func message(_ id: Character, _ body: [UInt8]) -> [UInt8] {
-                [UInt8(ascii: id.unicodeScalars.first!)] + RawSocket.bigEndian(Int32(body.count + 4)) + body
-            }
             let insert = Array("INSERT INTO unsynced_test VALUES (1)".utf8)
             socket.send(
-                message("P", [0] + insert + [0, 0, 0])  // unnamed statement, no parameter types
-                    + message("B", [0, 0, 0, 0, 0, 0, 0, 0])  // unnamed portal and statement, no formats/params
-                    + message("E", [0, 0, 0, 0, 0])
-                    + message("H", []))
+                RawSocket.message("P", [0] + insert + [0, 0, 0])  // unnamed statement, no parameter types
+                    + RawSocket.message("B", [0, 0, 0, 0, 0, 0, 0, 0])  // unnamed portal and statement, no formats/params
+                    + RawSocket.message("E", [0, 0, 0, 0, 0])
+                    + RawSocket.message("H"))
             // ParseComplete, BindComplete, CommandComplete arrive; no ReadyForQuery, as no Sync was sent.
             _ = socket.read { $0.contains(UInt8(ascii: "C")) }
-            socket.send(message("X", []))
+            socket.send(RawSocket.message("X"))
             socket.close()
         }
         usleep(100_000)
@@ -155,6 +152,31 @@ extension IntegrationTests.ProtocolTests {
         #expect(try next.value("SELECT count(*) FROM unsynced_test") == "0")
         #expect(try TestEnvironment.direct().value("SELECT count(*) FROM unsynced_test") == "0")
         try next.query("DROP TABLE unsynced_test")
+    }
+}
+
+extension IntegrationTests.ProtocolTests {
+    /// A Flush that arrives after ReadyForQuery released the server (psycopg ends pipelines with Sync then
+    /// Flush) asks for nothing: it must not take a server back and keep it from every other client.
+    @Test func flushAfterTheTransactionEndedTakesNoServer() throws {
+        let lifeguard = try LifeguardProcess(settings: "auth_type = trust\ndefault_pool_size = 1\nquery_wait_timeout = 3")
+        let socket = try RawSocket(port: lifeguard.port)
+        socket.send(RawSocket.startupMessage([("user", "lg_trust"), ("database", "lgtest")]))
+        _ = socket.read { $0.count >= 6 && $0.suffix(6).first == UInt8(ascii: "Z") }
+        let select = Array("SELECT 1".utf8)
+        socket.send(
+            RawSocket.message("P", [0] + select + [0, 0, 0]) + RawSocket.message("B", [0, 0, 0, 0, 0, 0, 0, 0])
+                + RawSocket.message("E", [0, 0, 0, 0, 0]) + RawSocket.message("S"))
+        _ = socket.read { $0.count >= 6 && $0.suffix(6).first == UInt8(ascii: "Z") }
+        usleep(50_000)  // the ReadyForQuery has released the only server
+        socket.send(RawSocket.message("H"))
+        usleep(100_000)
+        let other = try lifeguard.connect(user: "lg_trust", password: nil)
+        #expect(try other.value("SELECT 'served'") == "served", "\(lifeguard.log)")
+        // The client that sent the Flush still works.
+        socket.send(RawSocket.message("Q", Array("SELECT 2".utf8) + [0]))
+        let reply = socket.read { $0.count >= 6 && $0.suffix(6).first == UInt8(ascii: "Z") }
+        #expect(reply.contains(UInt8(ascii: "D")))
     }
 }
 

@@ -528,6 +528,14 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func receiveTraffic(_ buffer: ByteBuffer) throws {
+        var buffer = buffer
+        if server == nil, !hasUnsentTraffic, isBetweenMessages {
+            // With no server and nothing sent, a Flush has nothing to deliver. psycopg ends each pipeline with
+            // Sync then Flush, and the Flush may arrive after the ReadyForQuery released the server: taking a
+            // server for it would leave that server linked, as nothing would ever answer with ReadyForQuery.
+            FrontendMessage.skipLeadingFlushes(&buffer)
+            if buffer.readableBytes == 0 { return }
+        }
         if splitter != nil {
             try receiveSharingStatements(buffer)
             return

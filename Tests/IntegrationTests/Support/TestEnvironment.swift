@@ -232,6 +232,11 @@ final class RawSocket {
         return bigEndian(Int32(body.count + 4)) + body
     }
 
+    /// A frontend message: id, length, body.
+    static func message(_ id: Character, _ body: [UInt8] = []) -> [UInt8] {
+        [UInt8(ascii: id.unicodeScalars.first!)] + bigEndian(Int32(body.count + 4)) + body
+    }
+
     static func bigEndian(_ value: Int32) -> [UInt8] {
         withUnsafeBytes(of: value.bigEndian) { Array($0) }
     }

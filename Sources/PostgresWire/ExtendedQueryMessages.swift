@@ -1,7 +1,8 @@
 import NIOCore
 
 /// The extended-query messages a pooler must read and rename to share prepared statements between clients:
-/// Parse, Bind, Describe and Close, each taken whole (header included) as MessageSplitter delivers them.
+/// Parse, Describe and Close taken whole (header included) as MessageSplitter delivers them, and Bind by its
+/// head alone, so its parameters can stream.
 public enum ExtendedQueryMessage {
     /// Parse: the statement's name and its definition (query text and parameter types: everything after
     /// the name), which identifies the statement whatever a client calls it.
@@ -12,12 +13,16 @@ public enum ExtendedQueryMessage {
         return (name, body)
     }
 
-    /// Bind: the name of the statement it binds. Its portal name precedes it.
-    public static func bindStatementName(_ message: ByteBuffer) -> String? {
+    /// Bind: the name of the statement it binds, and the length of the head that ends with that name (type,
+    /// length, portal name, statement name). Only the head is needed to rename the statement, so the
+    /// parameters after it can stream. Nil until the head is complete.
+    public static func bindHead(_ message: ByteBuffer) -> (statement: String, length: Int)? {
         var body = message
         body.moveReaderIndex(forwardBy: 5)
-        guard body.readNullTerminatedString() != nil else { return nil }
-        return body.readNullTerminatedString()
+        guard body.readNullTerminatedString() != nil, let statement = body.readNullTerminatedString() else {
+            return nil
+        }
+        return (statement, body.readerIndex - message.readerIndex)
     }
 
     /// Describe or Close: `S` (statement) or `P` (portal), and the name.
@@ -48,7 +53,7 @@ public enum ExtendedQueryMessage {
             body.moveReaderIndex(forwardBy: 5)
             return body.readNullTerminatedString().map { .statement($0) } ?? .undecided
         case FrontendID.bind:
-            return bindStatementName(message).map { .statement($0) } ?? .undecided
+            return bindHead(message).map { .statement($0.statement) } ?? .undecided
         default:
             guard let (kind, name) = target(message) else { return .undecided }
             return kind == statementKind ? .statement(name) : .portal
@@ -66,16 +71,17 @@ extension ByteBuffer {
         }
     }
 
-    /// `bind` with its statement name replaced by `statementName`; portal and parameters are copied as they are.
-    public mutating func writeBind(_ bind: ByteBuffer, renamingStatementTo statementName: String) {
-        var body = bind
-        body.moveReaderIndex(forwardBy: 5)
-        guard let portal = body.readNullTerminatedString(), body.readNullTerminatedString() != nil else { return }
-        writeMessage(FrontendID.bind) {
-            $0.writeNullTerminatedString(portal)
-            $0.writeNullTerminatedString(statementName)
-            $0.writeImmutableBuffer(body)
-        }
+    /// The head of a Bind (as `ExtendedQueryMessage.bindHead` measures it) naming `statementName` instead,
+    /// its length field adjusted for the whole message: the parameters that follow the head stay as they are.
+    public mutating func writeBindHead(_ head: ByteBuffer, renamingStatementTo statementName: String) {
+        var body = head
+        guard body.readInteger(as: UInt8.self) == FrontendID.bind, let length = body.readInteger(as: Int32.self),
+            let portal = body.readNullTerminatedString(), let oldName = body.readNullTerminatedString()
+        else { return }
+        writeInteger(FrontendID.bind)
+        writeInteger(length - Int32(oldName.utf8.count) + Int32(statementName.utf8.count))
+        writeNullTerminatedString(portal)
+        writeNullTerminatedString(statementName)
     }
 
     /// Describe of the statement `name`.

@@ -10,24 +10,31 @@ public struct MessageSplitter: Sendable {
     public enum Piece {
         /// Bytes to pass on unchanged: any number of messages, possibly a part of one.
         case raw(ByteBuffer)
-        /// A complete message of one of `wholeIDs`, header included: the visitor decides whether it passes.
+        /// A complete message of one of `wholeIDs`, header included: the visitor gives its verdict.
         case whole(id: UInt8, message: ByteBuffer)
+        /// The first bytes of a message of one of `wholeIDs` that is not complete yet, header included: the
+        /// visitor gives its verdict if it can already tell (`take` holds it and offers it again as more
+        /// arrives).
+        case incomplete(id: UInt8, partial: ByteBuffer)
         /// A whole message the visitor took, after the raw run that precedes it: send it (or its replacement) now.
         case taken(id: UInt8, message: ByteBuffer)
-        /// The first bytes of a message of one of `wholeIDs` that is not complete yet. If the visitor can
-        /// already tell it passes unchanged (`pass`), it streams as raw bytes and ends with `ended`; otherwise
-        /// it is held and offered again as more arrives.
-        case incomplete(id: UInt8, partial: ByteBuffer)
-        /// The last byte of a message passed as raw bytes has been seen.
+        /// The first bytes of a message the visitor rewrites (`replaceHead`), after the raw run that precedes
+        /// it: send their replacement now. The rest of the message follows as raw bytes.
+        case head(id: UInt8, head: ByteBuffer)
+        /// The last byte of a message that went out in raw runs (after an `incomplete` that passed, or after
+        /// its `head`) has been seen.
         case ended(id: UInt8)
     }
 
-    /// What the visitor does with a whole message.
-    public enum Verdict {
-        /// It passes unchanged: it stays in the raw run around it.
+    /// What the visitor does with a message of one of `wholeIDs`.
+    public enum Verdict: Equatable {
+        /// It passes unchanged, in the raw run around it; an incomplete one streams and ends with `ended`.
         case pass
-        /// It is left out of the raw runs and comes back as `taken` in its place.
+        /// It is left out of the raw runs and comes back whole as `taken` in its place.
         case take
+        /// Its first `count` bytes come back as `head` to be replaced (the header is rewritten, so the
+        /// replacement carries the length); the rest streams as raw bytes, then `ended`.
+        case replaceHead(count: Int)
         /// Splitting stops before it: it and the rest of the read are dropped (Terminate).
         case stop
     }
@@ -75,43 +82,49 @@ public struct MessageSplitter: Sendable {
             let id: UInt8 = read.getInteger(at: offset)!
             let length = try validLength(Int(read.getInteger(at: offset + 1, as: Int32.self)!))
             if wholeIDs.contains(id) {
-                guard end - offset >= 1 + length else {
-                    let partial = read.getSlice(at: offset, length: end - offset)!
-                    if try visit(.incomplete(id: id, partial: partial)) == .pass {
-                        // It streams: a 1 MB Bind of an unnamed statement is never held.
-                        offset += 5
-                        passingID = id
-                        passingBody = length - 4
-                        continue
-                    }
+                let isComplete = end - offset >= 1 + length
+                let available = read.getSlice(at: offset, length: isComplete ? 1 + length : end - offset)!
+                let verdict = try visit(
+                    isComplete ? .whole(id: id, message: available) : .incomplete(id: id, partial: available))
+                switch verdict {
+                case .pass:
+                    // An incomplete one streams: a 1 MB Bind of an unnamed statement is never held.
+                    offset += isComplete ? 1 + length : 0
+                    if !isComplete { try startPassing(id, bodyLeft: 1 + length, visit) }
+                case .replaceHead(let count):
+                    try emitRun(read, from: runStart, to: offset, visit)
+                    _ = try visit(.head(id: id, head: available.getSlice(at: available.readerIndex, length: count)!))
+                    offset += count
+                    runStart = offset
+                    try startPassing(id, bodyLeft: 1 + length - count, visit)
+                case .take where isComplete:
+                    try emitRun(read, from: runStart, to: offset, visit)
+                    _ = try visit(.taken(id: id, message: available))
+                    offset += 1 + length
+                    runStart = offset
+                case .take:
                     try emitRun(read, from: runStart, to: offset, visit)
                     // Kept as a copy: it grows as the rest arrives, so a lying length reserves nothing.
                     carry = ByteBuffer()
-                    carry.writeImmutableBuffer(read.getSlice(at: offset, length: end - offset)!)
+                    carry.writeImmutableBuffer(available)
                     return
-                }
-                let message = read.getSlice(at: offset, length: 1 + length)!
-                let messageStart = offset
-                offset += 1 + length
-                switch try visit(.whole(id: id, message: message)) {
-                case .pass:
-                    continue
-                case .take:
-                    try emitRun(read, from: runStart, to: messageStart, visit)
-                    _ = try visit(.taken(id: id, message: message))
-                    runStart = offset
                 case .stop:
-                    try emitRun(read, from: runStart, to: messageStart, visit)
+                    try emitRun(read, from: runStart, to: offset, visit)
                     return
                 }
             } else {
                 offset += 5
-                passingID = id
-                passingBody = length - 4
-                if passingBody == 0 { _ = try visit(.ended(id: id)) }
+                try startPassing(id, bodyLeft: length - 4, visit)
             }
         }
         try emitRun(read, from: runStart, to: offset, visit)
+    }
+
+    /// The next `bodyLeft` bytes belong to a message `id` going out raw; a message already over ends now.
+    private mutating func startPassing(_ id: UInt8, bodyLeft: Int, _ visit: (Piece) throws -> Verdict) throws {
+        passingID = id
+        passingBody = bodyLeft
+        if bodyLeft == 0 { _ = try visit(.ended(id: id)) }
     }
 
     /// Completes the carried header or whole message from the start of `read`. Returns nil when the read
@@ -141,21 +154,29 @@ public struct MessageSplitter: Sendable {
         let take = min(1 + length - carry.readableBytes, end - offset)
         carry.writeImmutableBuffer(read.getSlice(at: offset, length: take)!)
         offset += take
-        guard carry.readableBytes == 1 + length else {
-            if try visit(.incomplete(id: id, partial: carry)) == .pass {
-                passingID = id
-                passingBody = 1 + length - carry.readableBytes
-                _ = try visit(.raw(carry))
-                carry = ByteBuffer()
-            }
-            return nil
-        }
+        let isComplete = carry.readableBytes == 1 + length
         let message = carry
-        carry = ByteBuffer()
-        switch try visit(.whole(id: id, message: message)) {
-        case .pass: _ = try visit(.raw(message))
-        case .take: _ = try visit(.taken(id: id, message: message))
-        case .stop: return false
+        let verdict = try visit(isComplete ? .whole(id: id, message: message) : .incomplete(id: id, partial: message))
+        switch verdict {
+        case .pass:
+            carry = ByteBuffer()
+            _ = try visit(.raw(message))
+            if !isComplete { try startPassing(id, bodyLeft: 1 + length - message.readableBytes, visit) }
+        case .replaceHead(let count):
+            carry = ByteBuffer()
+            _ = try visit(.head(id: id, head: message.getSlice(at: message.readerIndex, length: count)!))
+            if message.readableBytes > count {
+                _ = try visit(.raw(message.getSlice(at: message.readerIndex + count, length: message.readableBytes - count)!))
+            }
+            try startPassing(id, bodyLeft: 1 + length - message.readableBytes, visit)
+        case .take where isComplete:
+            carry = ByteBuffer()
+            _ = try visit(.taken(id: id, message: message))
+        case .take:
+            return nil  // still held; the read was used up
+        case .stop:
+            carry = ByteBuffer()
+            return false
         }
         return offset < end ? true : nil
     }

@@ -128,6 +128,20 @@ extension IntegrationTests {
         #expect(try client.execPrepared("len", [big + big]).first?[0] == "2097152")
     }
 
+    /// A Bind of a named statement is renamed in its first bytes and its parameters stream: Lifeguard never
+    /// holds a 48 MB message whole (its peak memory would grow by at least that much).
+    @Test func largeBindOfANamedStatementIsNotHeldWhole() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        try client.prepare("len", "SELECT length($1::text)")
+        #expect(try client.execPrepared("len", ["warm-up"]).first?[0] == "7")
+        let peakBefore = lifeguard.peakResidentKilobytes
+        let huge = String(repeating: "y", count: 48 << 20)
+        #expect(try client.execPrepared("len", [huge]).first?[0] == "\(48 << 20)")
+        let growth = lifeguard.peakResidentKilobytes - peakBefore
+        #expect(growth < 16 << 10, "peak memory grew by \(growth) kB")
+    }
+
     /// share_unnamed_statements: a client that parses the same text before every execution (PQexecParams)
     /// gets a shared server statement, prepared once per server.
     @Test func unnamedStatementsAreSharedWhenAskedFor() throws {

@@ -41,6 +41,20 @@ extension IntegrationTests {
         try client.query("DROP TABLE copy_test")
     }
 
+    /// A CopyData message far larger than any read streams through: Lifeguard's peak memory stays well
+    /// below its size.
+    @Test func largeCopyDataIsNotHeldWhole() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        try client.query("DROP TABLE IF EXISTS copy_large; CREATE TABLE copy_large (body text)")
+        let peakBefore = lifeguard.peakResidentKilobytes
+        try client.copyIn("COPY copy_large FROM STDIN", lines: [String(repeating: "z", count: 48 << 20)])
+        let growth = lifeguard.peakResidentKilobytes - peakBefore
+        #expect(growth < 16 << 10, "peak memory grew by \(growth) kB")
+        #expect(try client.value("SELECT length(body) FROM copy_large") == "\(48 << 20)")
+        try client.query("DROP TABLE copy_large")
+    }
+
     /// COPY errors before and after the data is done, in transaction and session mode: the client keeps a
     /// working connection and the server goes back to the pool clean.
     @Test(arguments: ["transaction", "session"])

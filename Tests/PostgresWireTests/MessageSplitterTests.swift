@@ -38,11 +38,19 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
                 output.bytes += Array(run.readableBytesView)
             case .whole(let id, let message):
                 output.whole.append(Array(message.readableBytesView))
-                output.ended.append(id)
-                // Describe passes in the raw run; the others are taken and come back in their place.
-                return id == UInt8(ascii: "D") ? .pass : .take
+                // Describe passes in the raw run, Bind has its head replaced, the others are taken and come
+                // back in their place.
+                switch id {
+                case UInt8(ascii: "D"): output.ended.append(id)
+                case UInt8(ascii: "B"): return .replaceHead(count: ExtendedQueryMessage.bindHead(message)!.length)
+                default:
+                    output.ended.append(id)
+                    return .take
+                }
             case .taken(_, let message):
                 output.bytes += Array(message.readableBytesView)
+            case .head(_, let head):
+                output.bytes += Array(head.readableBytesView)
             case .incomplete:
                 return .take
             case .ended(let id):
@@ -114,7 +122,7 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
                     case .statement(let name): return name.isEmpty ? .pass : .take
                     case .portal: return .take
                     }
-                case .whole, .taken: Issue.record("the Bind was held whole")
+                case .whole, .taken, .head: Issue.record("the Bind was held whole")
                 }
                 return .pass
             }
@@ -128,6 +136,50 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
         }
     }
 
+    /// A Bind of a named statement has only its head rewritten: its parameters stream as they arrive, and
+    /// what comes out is the new head followed by the untouched rest.
+    @Test func bindOfANamedStatementStreamsAfterItsHead() throws {
+        let parameters = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let bind = encode([(UInt8(ascii: "B"), Array("\0stmt\0".utf8) + parameters)])
+        let sync = encode([(UInt8(ascii: "S"), [])])
+        let headLength = 5 + 1 + 5
+        for firstRead in [3, 8, headLength, 100, bind.count + 2] {  // header cut, name cut, head only, more, all
+            var splitter = MessageSplitter(wholeIDs: MessageIDSet([UInt8(ascii: "B")]))
+            var out: [UInt8] = []
+            var heads = 0
+            var ended: [UInt8] = []
+            let visit: (MessageSplitter.Piece) throws -> MessageSplitter.Verdict = { piece in
+                switch piece {
+                case .raw(let run): out += Array(run.readableBytesView)
+                case .ended(let id): ended.append(id)
+                case .head(_, let head):
+                    heads += 1
+                    #expect(head.readableBytes == headLength)
+                    var renamed = ByteBuffer()
+                    renamed.writeBindHead(head, renamingStatementTo: "LIFEGUARD_12")
+                    out += Array(renamed.readableBytesView)
+                case .incomplete(_, let partial), .whole(_, let partial):
+                    return ExtendedQueryMessage.bindHead(partial).map { .replaceHead(count: $0.length) } ?? .take
+                case .taken: Issue.record("the Bind was held whole")
+                }
+                return .pass
+            }
+            let stream = bind + sync
+            try splitter.split(ByteBuffer(bytes: stream[..<firstRead]), visit)
+            let second = min(stream.count, firstRead + 4096)
+            try splitter.split(ByteBuffer(bytes: stream[firstRead..<second]), visit)
+            if firstRead < headLength + 4096 {
+                #expect(out.count == second + "LIFEGUARD_12".count - "stmt".count, "streamed as it came (first read \(firstRead))")
+            }
+            try splitter.split(ByteBuffer(bytes: stream[second...]), visit)
+            let expected = encode([(UInt8(ascii: "B"), Array("\0LIFEGUARD_12\0".utf8) + parameters)]) + sync
+            #expect(out == expected, "first read \(firstRead)")
+            #expect(heads == 1)
+            #expect(ended == [UInt8(ascii: "B"), UInt8(ascii: "S")])
+            #expect(splitter.isAtMessageBoundary)
+        }
+    }
+
     @Test func stoppingAtAWholeMessageDropsTheRest() throws {
         var splitter = MessageSplitter(wholeIDs: MessageIDSet([UInt8(ascii: "X")]))
         var seen: [UInt8] = []
@@ -136,7 +188,7 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
             switch piece {
             case .whole(let id, _): seen.append(id); return .stop
             case .ended(let id): seen.append(id)
-            case .raw, .taken, .incomplete: break
+            case .raw, .taken, .incomplete, .head: break
             }
             return .pass
         }
@@ -165,13 +217,15 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
         #expect(rebuilt == message)
     }
 
-    @Test func bindIsRenamedKeepingPortalAndParameters() throws {
-        let message = ByteBuffer(bytes: encode([stream[2]]))
-        #expect(ExtendedQueryMessage.bindStatementName(message) == "s1")
+    @Test func bindHeadIsRenamedKeepingPortalAndLength() throws {
+        let message = ByteBuffer(bytes: encode([(UInt8(ascii: "B"), Array("portal\0s1\0".utf8) + [0, 0, 0, 0, 0, 0])]))
+        let head = try #require(ExtendedQueryMessage.bindHead(message))
+        #expect(head.statement == "s1" && head.length == 5 + 7 + 3)
+        #expect(ExtendedQueryMessage.bindHead(message.getSlice(at: 0, length: 14)!) == nil)
         var renamed = ByteBuffer()
-        renamed.writeBind(message, renamingStatementTo: "LIFEGUARD_7")
-        #expect(ExtendedQueryMessage.bindStatementName(renamed) == "LIFEGUARD_7")
-        let expected = encode([(UInt8(ascii: "B"), Array("\0LIFEGUARD_7\0".utf8) + stream[2].1.dropFirst(4))])
+        renamed.writeBindHead(message.getSlice(at: 0, length: head.length)!, renamingStatementTo: "LIFEGUARD_7")
+        renamed.writeImmutableBuffer(message.getSlice(at: head.length, length: message.readableBytes - head.length)!)
+        let expected = encode([(UInt8(ascii: "B"), Array("portal\0LIFEGUARD_7\0".utf8) + [0, 0, 0, 0, 0, 0])])
         #expect(Array(renamed.readableBytesView) == expected)
     }
 

@@ -583,7 +583,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Transaction and statement mode with max_prepared_statements: the messages that name a prepared
-    /// statement are taken whole and mapped to the shared statements; all other bytes pass as they came.
+    /// statement are mapped to the shared statements (a Bind only in its head, so its parameters stream);
+    /// all other bytes pass as they came.
     private func receiveSharingStatements(_ buffer: ByteBuffer) throws {
         var terminated = false
         try splitter!.split(buffer) { piece in
@@ -599,36 +600,44 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
                     terminated = true
                     return .stop
                 }
-                try accept(id)
-                guard let take = takes(message, id: id) else { throw PoolerError.badPacket }
-                guard take else {
+                guard let verdict = verdict(on: message, id: id) else { throw PoolerError.badPacket }
+                if verdict == .pass {
                     // Unchanged: it stays in the raw run, so the read still goes out in one write.
+                    try accept(id)
                     if let request = ReplyQueue.Request(messageID: id) { send(.request(request)) }
-                    return .pass
                 }
-                return .take
+                return verdict
             case .incomplete(let id, let partial):
-                // Known to pass unchanged: it streams and is counted at its end (`ended`).
-                return takes(partial, id: id) == false ? .pass : .take
+                // Held until its statement name is known.
+                return verdict(on: partial, id: id) ?? .take
             case .taken(let id, let message):
+                try accept(id)
                 countRequest(bytes: message.readableBytes)
-                send(try statementPiece(id, message))
+                try sendTaken(id, message)
+            case .head(_, let head):
+                countRequest(bytes: head.readableBytes)
+                send(try renamedBindHead(head))
             }
             return .pass
         }
         if terminated { closeOnTerminate() }
     }
 
-    /// Whether a Parse, Bind, Describe or Close is mapped to a shared statement (nil: cannot tell yet). Named
-    /// statements always are; the unnamed one with share_unnamed_statements, once the client has parsed it.
-    private func takes(_ message: ByteBuffer, id: UInt8) -> Bool? {
+    /// What becomes of a Parse, Bind, Describe or Close (nil: the bytes so far do not tell). Messages that
+    /// name a statement are mapped (the unnamed one too with share_unnamed_statements, once the client has
+    /// parsed it): a Bind by its head, the others whole.
+    private func verdict(on message: ByteBuffer, id: UInt8) -> MessageSplitter.Verdict? {
+        let name: String
         switch ExtendedQueryMessage.statementReference(message, id: id) {
         case .undecided: return nil
-        case .portal: return false
-        case .statement(let name):
-            guard name.isEmpty else { return true }
-            return sharesUnnamed && (id == FrontendID.parse || statements[""] != nil)
+        case .portal: return .pass
+        case .statement(let statementName): name = statementName
         }
+        guard !name.isEmpty || (sharesUnnamed && (id == FrontendID.parse || statements[""] != nil)) else {
+            return .pass
+        }
+        guard id == FrontendID.bind else { return .take }
+        return ExtendedQueryMessage.bindHead(message).map { .replaceHead(count: $0.length) }
     }
 
     /// A complete client message of type `id` (not Terminate) after login.
@@ -644,8 +653,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         tracker.clientSent(id)
     }
 
-    /// Maps a whole Parse, Bind, Describe or Close that names a statement to the client's statements.
-    private func statementPiece(_ id: UInt8, _ message: ByteBuffer) throws -> OutboundPiece {
+    /// Maps a whole Parse, Describe or Close that names a statement to the client's statements.
+    private func sendTaken(_ id: UInt8, _ message: ByteBuffer) throws {
         switch id {
         case FrontendID.parse:
             guard let (name, definition) = ExtendedQueryMessage.parse(message) else { throw PoolerError.badPacket }
@@ -654,26 +663,30 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             guard name.isEmpty || statements[name] == nil else { throw PoolerError.preparedStatementInUse }
             let statement = shard.preparedStatements.statement(for: definition)
             statements[name] = statement
-            return .parse(statement, clientName: name)
-        case FrontendID.bind:
-            guard let name = ExtendedQueryMessage.bindStatementName(message) else { throw PoolerError.badPacket }
-            pool?.stats.binds &+= 1
-            guard let statement = statements[name] else { throw PoolerError.preparedStatementMissing }
-            var renamed = ByteBuffer()
-            renamed.writeBind(message, renamingStatementTo: statement.serverName)
-            return .usingStatement(renamed, .bind, statement)
+            send(.parse(statement, clientName: name))
         case FrontendID.close:
             guard let (_, name) = ExtendedQueryMessage.target(message) else { throw PoolerError.badPacket }
             // Only this client's name goes: other clients may share the statement.
             statements[name] = nil
-            return .closeStatement
+            send(.closeStatement)
         default:
             guard let (_, name) = ExtendedQueryMessage.target(message) else { throw PoolerError.badPacket }
             guard let statement = statements[name] else { throw PoolerError.preparedStatementMissing }
             var renamed = ByteBuffer()
             renamed.writeDescribeStatement(name: statement.serverName)
-            return .usingStatement(renamed, .describe, statement)
+            send(.usingStatement(renamed, statement))
+            send(.request(.describe))
         }
+    }
+
+    /// The head of a Bind of a named statement, naming the shared statement; its parameters follow raw.
+    private func renamedBindHead(_ head: ByteBuffer) throws -> OutboundPiece {
+        guard let (name, _) = ExtendedQueryMessage.bindHead(head) else { throw PoolerError.badPacket }
+        pool?.stats.binds &+= 1
+        guard let statement = statements[name] else { throw PoolerError.preparedStatementMissing }
+        var renamed = ByteBuffer()
+        renamed.writeBindHead(head, renamingStatementTo: statement.serverName)
+        return .usingStatement(renamed, statement)
     }
 
     /// Hands a piece to the ready server, or keeps it until one is.

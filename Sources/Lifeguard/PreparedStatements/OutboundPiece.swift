@@ -11,8 +11,9 @@ enum OutboundPiece {
     case request(ReplyQueue.Request)
     /// A named Parse: sent as the shared statement, or answered by Lifeguard when the server has it.
     case parse(PreparedStatement, clientName: String)
-    /// Bind or Describe renamed to the shared statement, which the server must have first.
-    case usingStatement(ByteBuffer, ReplyQueue.Request, PreparedStatement)
+    /// A Describe, or a Bind's head, renamed to the shared statement, which the server must have first.
+    /// The client's request follows as `request` where the message ends.
+    case usingStatement(ByteBuffer, PreparedStatement)
     /// Close of a named statement: only the client's name goes; Lifeguard answers CloseComplete.
     case closeStatement
 }

@@ -430,14 +430,13 @@ final class ServerConnection: ChannelDuplexHandler {
             } else {
                 prepare(statement, as: .clientParse(statement, clientName: name))
             }
-        case .usingStatement(let message, let request, let statement):
+        case .usingStatement(let message, let statement):
             if statementCache?.contains(statement) == true {
                 statementCache?.use(statement)
             } else if !replies.isSkippingUntilSync {
                 prepare(statement, as: .hidden(.parse, statement))
             }
             forwardFromClient(message)
-            _ = replies.push(.client(request))
         case .closeStatement:
             answer(BackendID.closeComplete, for: client)
         }

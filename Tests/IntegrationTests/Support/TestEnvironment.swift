@@ -112,9 +112,14 @@ final class LifeguardProcess: @unchecked Sendable {
     var pid: Int32 { process.processIdentifier }
 
     /// Resident memory of the Lifeguard process, from /proc.
-    var residentKilobytes: Int {
+    var residentKilobytes: Int { memoryStatus("VmRSS") }
+
+    /// The most resident memory the Lifeguard process has had so far.
+    var peakResidentKilobytes: Int { memoryStatus("VmHWM") }
+
+    private func memoryStatus(_ field: String) -> Int {
         let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix(field + ":") } ?? ""
         return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
     }
 

@@ -58,6 +58,7 @@ struct LifeguardCommand: ParsableCommand {
             fail("\(error)")
         }
         let settings = configuration.settings
+        TrackedParameter.track(extraNames: settings.trackExtraParameters)
 
         if daemon {
             guard let pidfile = settings.pidfile, !pidfile.isEmpty else {

@@ -236,6 +236,29 @@ extension IntegrationTests {
         #expect(try other.value("SHOW default_transaction_read_only") == "off")
     }
 
+    /// track_extra_parameters: a parameter PostgreSQL 15 does not report (search_path) is accepted in the
+    /// startup packet and set on every server the client gets; a client that did not ask for it keeps the
+    /// server's default. Without the setting the startup parameter is refused, as by PgBouncer.
+    @Test func extraTrackedParameterFollowsTheClientThatAskedForIt() throws {
+        let refusing = try LifeguardProcess(settings: "default_pool_size = 1")
+        let refused = #expect(throws: PGConnection.Failure.self) {
+            try refusing.connect(extra: "options=-csearch_path=lg_extra")
+        }
+        #expect(refused?.message.contains("unsupported startup parameter") == true)
+
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1\ntrack_extra_parameters = IntervalStyle, search_path")
+        let client = try lifeguard.connect(extra: "options=-csearch_path=lg_extra,public")
+        #expect(try client.value("SHOW search_path") == "lg_extra, public")
+        let firstPID = try #require(client.backendPID)
+        _ = try TestEnvironment.direct().query("SELECT pg_terminate_backend(\(firstPID))")
+        usleep(200_000)
+        #expect(try client.value("SHOW search_path") == "lg_extra, public")
+        #expect(client.backendPID != firstPID)
+        let other = try lifeguard.connect()
+        #expect(try other.value("SHOW search_path") == "\"$user\", public")
+        #expect(try client.value("SHOW search_path") == "lg_extra, public")
+    }
+
     @Test func disablePQExecRefusesSimpleQueries() throws {
         let lifeguard = try LifeguardProcess(settings: "disable_pqexec = 1")
         let client = try lifeguard.connect()

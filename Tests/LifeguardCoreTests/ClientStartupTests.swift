@@ -212,7 +212,25 @@ private func startupError(
         var server = ParameterSet()
         server.update(name: "DateStyle", value: "iso, mdy")
         #expect(client.setStatements(toMatch: server) == nil)
-        #expect(ParameterSet().setStatements(toMatch: server) == nil)
+    }
+
+    /// A value the client lacks (one PostgreSQL does not report, so no default is known) while the server
+    /// has one from another client is reset, never inherited.
+    @Test func valueTheClientLacksIsReset() {
+        var server = ParameterSet()
+        server.update(name: "IntervalStyle", value: "iso_8601")
+        #expect(ParameterSet().setStatements(toMatch: server) == "RESET IntervalStyle;")
+        #expect(ParameterSet().setStatements(toMatch: ParameterSet()) == nil)
+    }
+
+    @Test func extraNamesFollowTheBuiltInOnesOnce() {
+        let names = TrackedParameter.names(adding: ["intervalstyle", "search_path", "SEARCH_PATH", "citus.x"])
+        #expect(names == TrackedParameter.builtInNames + ["search_path", "citus.x"])
+    }
+
+    @Test func searchPathIsSetAsAListOthersAsLiterals() {
+        #expect(TrackedParameter.setValue("\"$user\", public", of: "search_path") == "\"$user\", public")
+        #expect(TrackedParameter.setValue("it's", of: "application_name") == "'it''s'")
     }
 
     @Test func updateOnlyAcceptsTrackedNames() {

@@ -807,9 +807,11 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// After a parameter sync, the server's spelling of each value becomes the client's, so later
-    /// comparisons match (PostgreSQL reports "UTF8" for a client that asked for "utf-8").
+    /// comparisons match (PostgreSQL reports "UTF8" for a client that asked for "utf-8"); a value the client
+    /// lacked and the server reported after its RESET is the default the client now has.
     func adoptServerParameters(_ serverParameters: ParameterSet) {
         parameters.adoptSpelling(from: serverParameters)
+        parameters.fillUnset(from: serverParameters)
     }
 
     func forwardFromServer(_ buffer: ByteBuffer) {

@@ -614,6 +614,9 @@ final class ServerConnection: ChannelDuplexHandler {
     /// Lends this server to `client`; if the client's tracked parameters differ, they are set first.
     func assign(to client: ClientSession) {
         if let statements = client.parameters.setStatements(toMatch: parameters) {
+            // Taken as done (a failing SET closes the server): parameters PostgreSQL does not report would
+            // otherwise never be known, and the reported ones are confirmed by their ParameterStatus.
+            parameters = client.parameters
             state = .syncingParameters(client, failure: nil)
             sendQuery(statements)
             client.serverAssigned(self, ready: false)

@@ -42,6 +42,8 @@ public struct Settings: Sendable, Equatable {
     public var serverResetQuery: String = "DISCARD ALL"
     public var serverResetQueryAlways: Bool = false
     public var ignoreStartupParameters: [String] = []
+    /// Reported parameters tracked besides the built-in ones (TrackedParameter.builtInNames).
+    public var trackExtraParameters = ["IntervalStyle"]
     public var applicationNameAddHost: Bool = false
     public var logfile: String? = nil
     public var pidfile: String? = nil
@@ -244,7 +246,7 @@ public struct Settings: Sendable, Equatable {
         key("tcp_keepintvl", "0", .integer, implemented: true),
         key("tcp_socket_buffer", "0", .integer, implemented: true),
         key("tcp_user_timeout", "0", .integer, implemented: true),
-        key("track_extra_parameters", "IntervalStyle", .string, restart: true),
+        key("track_extra_parameters", "IntervalStyle", .string, implemented: true, restart: true),
         key("transaction_timeout", "0", .seconds, implemented: true),
         key("unix_socket_dir", "/tmp", .string, implemented: true, restart: true),
         key("unix_socket_group", "", .string, restart: true),
@@ -289,6 +291,7 @@ public struct Settings: Sendable, Equatable {
         case "server_reset_query": serverResetQuery = value
         case "server_reset_query_always": serverResetQueryAlways = try parse.boolean()
         case "ignore_startup_parameters": ignoreStartupParameters = parse.list()
+        case "track_extra_parameters": trackExtraParameters = parse.list()
         case "application_name_add_host": applicationNameAddHost = try parse.boolean()
         case "logfile": logfile = parse.optionalString()
         case "pidfile": pidfile = parse.optionalString()

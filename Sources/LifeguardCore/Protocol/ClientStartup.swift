@@ -3,15 +3,36 @@ import PostgresWire
 /// The session parameters that follow a client from server to server: when a client is given a server whose
 /// values differ, Lifeguard sets the client's values first (as PgBouncer's "varcache" does).
 public enum TrackedParameter {
-    /// Names as PostgreSQL reports them in ParameterStatus, in the order SET statements are issued: every
-    /// parameter PostgreSQL 15 reports that a session can SET. The others it reports (server_version,
-    /// is_superuser, ...) describe the server and cannot be replayed. A parameter the server does not report
-    /// cannot be tracked: nothing would tell Lifeguard a server already has the client's value.
-    public static let names = [
+    /// Tracked whatever the configuration says: every parameter PostgreSQL 15 reports in ParameterStatus
+    /// that a session can SET, in the order SET statements are issued. The others it reports (server_version,
+    /// is_superuser, ...) describe the server and cannot be replayed.
+    public static let builtInNames = [
         "client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name",
         "IntervalStyle", "default_transaction_read_only",
     ]
-    private static let lowercasedNames = names.map { $0.lowercased() }
+
+    /// The tracked names: the built-in ones, then those of track_extra_parameters. Set once at startup,
+    /// before any connection (the setting needs a restart, as in PgBouncer), so every ParameterSet has the
+    /// same slots.
+    public nonisolated(unsafe) private(set) static var names = builtInNames
+    private nonisolated(unsafe) static var lowercasedNames = builtInNames.map { $0.lowercased() }
+
+    /// Tracks `extraNames` (track_extra_parameters) too. Only parameters the server reports follow the
+    /// clients' own SET commands; the others keep the value each client asked for in its startup packet.
+    public static func track(extraNames: [String]) {
+        names = names(adding: extraNames)
+        lowercasedNames = names.map { $0.lowercased() }
+    }
+
+    /// The built-in names followed by those of `extraNames` that are not among them, in any case.
+    public static func names(adding extraNames: [String]) -> [String] {
+        var result = builtInNames
+        var seen = Set(result.map { $0.lowercased() })
+        for name in extraNames where seen.insert(name.lowercased()).inserted {
+            result.append(name)
+        }
+        return result
+    }
 
     /// The slot of `name` in `names`, in any case, or nil when the parameter is not tracked.
     /// PostgreSQL reports the canonical spelling, so the exact match is tried first.
@@ -24,6 +45,13 @@ public enum TrackedParameter {
     /// The canonical spelling for a name given in any case, or nil when the parameter is not tracked.
     public static func canonicalName(_ name: String) -> String? {
         index(of: name).map { names[$0] }
+    }
+
+    /// `value` as the right-hand side of `SET name=`: a quoted literal, except for search_path, whose
+    /// value is a list of identifiers as PostgreSQL reports it (quoting it would name a single schema).
+    static func setValue(_ value: String, of name: String) -> String {
+        if name.lowercased() == "search_path" { return value }
+        return "'" + value.replacingOccurrences(of: "'", with: "''") + "'"
     }
 }
 
@@ -58,20 +86,22 @@ public struct ParameterSet: Sendable, Equatable {
 
     /// The SET statements that turn a server with `server` values into one with these values, or nil when
     /// nothing differs. Values compare case-insensitively, as PostgreSQL spells them back in its own case.
+    /// A value this set lacks while the server has one (a parameter PostgreSQL does not report, so no
+    /// default was learnt, that another client set) is RESET, so no client inherits another's.
     public func setStatements(toMatch server: ParameterSet) -> String? {
         var sql: String?
         for index in values.indices {
-            guard let wanted = values[index] else { continue }
+            let name = TrackedParameter.names[index]
+            guard let wanted = values[index] else {
+                if server.values[index] != nil { sql = (sql ?? "") + "RESET \(name);" }
+                continue
+            }
             if let current = server.values[index], current == wanted || current.lowercased() == wanted.lowercased() {
                 continue
             }
-            sql = (sql ?? "") + "SET \(TrackedParameter.names[index])=\(Self.quoteLiteral(wanted));"
+            sql = (sql ?? "") + "SET \(name)=\(TrackedParameter.setValue(wanted, of: name));"
         }
         return sql
-    }
-
-    static func quoteLiteral(_ value: String) -> String {
-        "'" + value.replacingOccurrences(of: "'", with: "''") + "'"
     }
 
     /// Fills in every tracked value this set lacks from `defaults`.

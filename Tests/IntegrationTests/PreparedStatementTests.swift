@@ -104,6 +104,22 @@ extension IntegrationTests {
         #expect(again == [.rows([["42"]]), .error("22P02"), .synced])
     }
 
+    /// Pipelines of Syncs alone and of a Describe alone, on servers that have the statement and on a new one
+    /// (where Lifeguard's hidden Parse goes before the Describe).
+    @Test func syncOnlyAndDescribeOnlyPipelines() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        try client.prepare("two", "SELECT $1::int + $2::int")
+        #expect(try client.pipeline([.sync]) == [.synced])
+        #expect(try client.pipeline([.sync, .sync]) == [.synced, .synced])
+        #expect(try client.pipeline([.describePrepared(name: "two"), .sync]) == [.described(parameters: 2), .synced])
+        try terminateLifeguardBackends()
+        #expect(try client.pipeline([.describePrepared(name: "two"), .sync]) == [.described(parameters: 2), .synced])
+        #expect(try client.execPrepared("two", ["40", "2"]).first?[0] == "42")
+        // Another client gets the server back: nothing was left outstanding.
+        #expect(try lifeguard.connect().value("SELECT 'next'") == "next")
+    }
+
     @Test func statementPreparedInAPipelineOnAServerThatAlreadyHasIt() throws {
         let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
         let first = try lifeguard.connect()

@@ -178,6 +178,7 @@ final class PGConnection: @unchecked Sendable {
         case prepare(name: String, sql: String)
         case execPrepared(name: String, parameters: [String])
         case query(sql: String, parameters: [String])
+        case describePrepared(name: String)
         case sync
     }
 
@@ -188,6 +189,8 @@ final class PGConnection: @unchecked Sendable {
         case error(String)
         case aborted
         case synced
+        /// A Describe of a prepared statement: how many parameters it takes.
+        case described(parameters: Int)
     }
 
     /// Sends every step in libpq's pipeline mode without waiting, then reads one outcome per step.
@@ -206,6 +209,8 @@ final class PGConnection: @unchecked Sendable {
                 sent = withParameters(parameters) {
                     PQsendQueryParams(handle, sql, Int32(parameters.count), nil, $0, nil, nil, 0)
                 }
+            case .describePrepared(let name):
+                sent = PQsendDescribePrepared(handle, name)
             case .sync:
                 sent = PQpipelineSync(handle)
             }
@@ -215,9 +220,13 @@ final class PGConnection: @unchecked Sendable {
         while outcomes.count < steps.count {
             guard let result = PQgetResult(handle) else { continue }  // NULL ends one step's results
             defer { PQclear(result) }
+            var describing = false
+            if case .describePrepared = steps[outcomes.count] { describing = true }
             switch PQresultStatus(result) {
             case PGRES_PIPELINE_SYNC: outcomes.append(.synced)
             case PGRES_PIPELINE_ABORTED: outcomes.append(.aborted)
+            case PGRES_COMMAND_OK where describing:
+                outcomes.append(.described(parameters: Int(PQnparams(result))))
             case PGRES_TUPLES_OK, PGRES_COMMAND_OK: outcomes.append(.rows(try rows(of: result)))
             default: outcomes.append(.error(failure(of: result).sqlState ?? "?"))
             }

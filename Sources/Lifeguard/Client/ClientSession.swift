@@ -58,6 +58,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// Replies Lifeguard wrote to the client itself (ParseComplete, CloseComplete), not yet flushed.
     private var localRepliesNeedFlush = false
     private var serverNeedsFlush = false
+    /// Between channelRead and channelReadComplete: what is written meanwhile is flushed once, at the end.
+    private var handlingRead = false
     private var loggedIn = false
     private var readHeld = false
     private var cancelKey: CancelKey?
@@ -132,6 +134,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
+        handlingRead = true
         requestTime = shard.clockSeconds
         do {
             switch phase {
@@ -160,6 +163,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        handlingRead = false
         if serverNeedsFlush {
             serverNeedsFlush = false
             server?.flush()
@@ -627,17 +631,19 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// name a statement are mapped (the unnamed one too with share_unnamed_statements, once the client has
     /// parsed it): a Bind by its head, the others whole.
     private func verdict(on message: ByteBuffer, id: UInt8) -> MessageSplitter.Verdict? {
-        let name: String
+        if id == FrontendID.bind {
+            guard let head = ExtendedQueryMessage.bindHead(message) else { return nil }
+            return mapsStatement(named: head.statement, id: id) ? .replaceHead(count: head.length) : .pass
+        }
         switch ExtendedQueryMessage.statementReference(message, id: id) {
         case .undecided: return nil
         case .portal: return .pass
-        case .statement(let statementName): name = statementName
+        case .statement(let name): return mapsStatement(named: name, id: id) ? .take : .pass
         }
-        guard !name.isEmpty || (sharesUnnamed && (id == FrontendID.parse || statements[""] != nil)) else {
-            return .pass
-        }
-        guard id == FrontendID.bind else { return .take }
-        return ExtendedQueryMessage.bindHead(message).map { .replaceHead(count: $0.length) }
+    }
+
+    private func mapsStatement(named name: String, id: UInt8) -> Bool {
+        !name.isEmpty || (sharesUnnamed && (id == FrontendID.parse || statements[""] != nil))
     }
 
     /// A complete client message of type `id` (not Terminate) after login.
@@ -774,17 +780,27 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func sendPendingData() {
-        if let data = pendingData, let server {
-            pendingData = nil
-            server.forwardFromClient(data)
-            server.flush()
-        }
-        if !pendingPieces.isEmpty, let server {
-            let pieces = pendingPieces
-            pendingPieces = []
-            for piece in pieces { server.send(piece, for: self) }
-            server.flush()
-            flushLocalReplies()
+        if let server {
+            if let data = pendingData {
+                pendingData = nil
+                server.forwardFromClient(data)
+                serverNeedsFlush = true
+            }
+            if !pendingPieces.isEmpty {
+                let pieces = pendingPieces
+                pendingPieces = []
+                for piece in pieces { server.send(piece, for: self) }
+                serverNeedsFlush = true
+            }
+            // A server lent while the client's read is handled (the usual case in transaction mode) is
+            // flushed once, with the rest of that read, by channelReadComplete.
+            if !handlingRead {
+                if serverNeedsFlush {
+                    serverNeedsFlush = false
+                    server.flush()
+                }
+                flushLocalReplies()
+            }
         }
         resumeReads()
     }

@@ -627,13 +627,31 @@ final class ServerConnection: ChannelDuplexHandler {
         }
     }
 
-    /// Client bytes for PostgreSQL, as they arrived.
+    /// Client bytes for PostgreSQL, as they arrived. Small ones are gathered into one write: NIO's cost is
+    /// per write, and a read often yields several pieces (a renamed Bind head, then Execute and Sync).
     func forwardFromClient(_ buffer: ByteBuffer) {
+        if buffer.readableBytes <= Self.gatherLimit {
+            // Cleared once written: reused while NIO has let go of it, reallocated if it has not.
+            if gathered.readableBytes == 0 { gathered.clear() }
+            gathered.writeImmutableBuffer(buffer)
+            return
+        }
+        writeGathered()
         context?.write(wrapOutboundOut(buffer), promise: nil)
     }
 
     func flush() {
+        writeGathered()
         context?.flush()
+    }
+
+    private static let gatherLimit = 4096
+    private var gathered = ByteBuffer()
+
+    private func writeGathered() {
+        guard gathered.readableBytes > 0 else { return }
+        context?.write(wrapOutboundOut(gathered), promise: nil)
+        gathered.moveReaderIndex(to: gathered.writerIndex)
     }
 
     /// The linked client went away. A server between transactions goes back to the pool; one with a
@@ -723,6 +741,7 @@ final class ServerConnection: ChannelDuplexHandler {
         guard let context else { return }
         var buffer = context.channel.allocator.buffer(capacity: sql.utf8.count + 6)
         buffer.writeQuery(sql)
+        writeGathered()
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
 
@@ -737,6 +756,7 @@ final class ServerConnection: ChannelDuplexHandler {
         if closeReason == nil { closeReason = reason }
         var buffer = context.channel.allocator.buffer(capacity: 5)
         buffer.writeTerminate()
+        writeGathered()
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         context.close(promise: nil)
     }

@@ -17,12 +17,13 @@ public enum ExtendedQueryMessage {
     /// length, portal name, statement name). Only the head is needed to rename the statement, so the
     /// parameters after it can stream. Nil until the head is complete.
     public static func bindHead(_ message: ByteBuffer) -> (statement: String, length: Int)? {
-        var body = message
-        body.moveReaderIndex(forwardBy: 5)
-        guard body.readNullTerminatedString() != nil, let statement = body.readNullTerminatedString() else {
-            return nil
+        message.withUnsafeReadableBytes { bytes in
+            guard bytes.count > 5, let portalEnd = bytes[5...].firstIndex(of: 0),
+                let nameEnd = bytes[(portalEnd + 1)...].firstIndex(of: 0)
+            else { return nil }
+            let name = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[(portalEnd + 1)..<nameEnd]), as: UTF8.self)
+            return (name, nameEnd + 1)
         }
-        return (statement, body.readerIndex - message.readerIndex)
     }
 
     /// Describe or Close: `S` (statement) or `P` (portal), and the name.
@@ -74,14 +75,16 @@ extension ByteBuffer {
     /// The head of a Bind (as `ExtendedQueryMessage.bindHead` measures it) naming `statementName` instead,
     /// its length field adjusted for the whole message: the parameters that follow the head stay as they are.
     public mutating func writeBindHead(_ head: ByteBuffer, renamingStatementTo statementName: String) {
-        var body = head
-        guard body.readInteger(as: UInt8.self) == FrontendID.bind, let length = body.readInteger(as: Int32.self),
-            let portal = body.readNullTerminatedString(), let oldName = body.readNullTerminatedString()
-        else { return }
-        writeInteger(FrontendID.bind)
-        writeInteger(length - Int32(oldName.utf8.count) + Int32(statementName.utf8.count))
-        writeNullTerminatedString(portal)
-        writeNullTerminatedString(statementName)
+        head.withUnsafeReadableBytes { bytes in
+            guard bytes.count > 6, bytes[0] == FrontendID.bind, let portalEnd = bytes[5...].firstIndex(of: 0) else { return }
+            let oldNameLength = bytes.count - portalEnd - 2
+            let length = Int(head.getInteger(at: head.readerIndex + 1, as: Int32.self)!)
+            writeInteger(FrontendID.bind)
+            writeInteger(Int32(length - oldNameLength + statementName.utf8.count))
+            writeBytes(UnsafeRawBufferPointer(rebasing: bytes[5...portalEnd]))
+            writeString(statementName)
+            writeInteger(UInt8(0))
+        }
     }
 
     /// Describe of the statement `name`.

@@ -55,6 +55,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     private var sharesUnnamed = false
     private(set) var statements: [String: PreparedStatement] = [:]
     private var pendingPieces: [OutboundPiece] = []
+    /// The statement a Bind names, read when its head was judged: the splitter hands the head over next.
+    private var headStatementName = ""
     /// Replies Lifeguard wrote to the client itself (ParseComplete, CloseComplete), not yet flushed.
     private var localRepliesNeedFlush = false
     private var serverNeedsFlush = false
@@ -620,7 +622,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
                 try sendTaken(id, message)
             case .head(_, let head):
                 countRequest(bytes: head.readableBytes)
-                send(try renamedBindHead(head))
+                try sendBindHead(head)
             }
             return .pass
         }
@@ -633,7 +635,9 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     private func verdict(on message: ByteBuffer, id: UInt8) -> MessageSplitter.Verdict? {
         if id == FrontendID.bind {
             guard let head = ExtendedQueryMessage.bindHead(message) else { return nil }
-            return mapsStatement(named: head.statement, id: id) ? .replaceHead(count: head.length) : .pass
+            guard mapsStatement(named: head.statement, id: id) else { return .pass }
+            headStatementName = head.statement
+            return .replaceHead(count: head.length)
         }
         switch ExtendedQueryMessage.statementReference(message, id: id) {
         case .undecided: return nil
@@ -678,21 +682,16 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         default:
             guard let (_, name) = ExtendedQueryMessage.target(message) else { throw PoolerError.badPacket }
             guard let statement = statements[name] else { throw PoolerError.preparedStatementMissing }
-            var renamed = ByteBuffer()
-            renamed.writeDescribeStatement(name: statement.serverName)
-            send(.usingStatement(renamed, statement))
+            send(.describe(statement))
             send(.request(.describe))
         }
     }
 
-    /// The head of a Bind of a named statement, naming the shared statement; its parameters follow raw.
-    private func renamedBindHead(_ head: ByteBuffer) throws -> OutboundPiece {
-        guard let (name, _) = ExtendedQueryMessage.bindHead(head) else { throw PoolerError.badPacket }
+    /// The head of a Bind of the statement `headStatementName` names; its parameters follow raw.
+    private func sendBindHead(_ head: ByteBuffer) throws {
         pool?.stats.binds &+= 1
-        guard let statement = statements[name] else { throw PoolerError.preparedStatementMissing }
-        var renamed = ByteBuffer()
-        renamed.writeBindHead(head, renamingStatementTo: statement.serverName)
-        return .usingStatement(renamed, statement)
+        guard let statement = statements[headStatementName] else { throw PoolerError.preparedStatementMissing }
+        send(.bindHead(head, statement))
     }
 
     /// Hands a piece to the ready server, or keeps it until one is.

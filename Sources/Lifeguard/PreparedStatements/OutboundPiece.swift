@@ -11,9 +11,12 @@ enum OutboundPiece {
     case request(ReplyQueue.Request)
     /// A named Parse: sent as the shared statement, or answered by Lifeguard when the server has it.
     case parse(PreparedStatement, clientName: String)
-    /// A Describe, or a Bind's head, renamed to the shared statement, which the server must have first.
-    /// The client's request follows as `request` where the message ends.
-    case usingStatement(ByteBuffer, PreparedStatement)
+    /// A Describe of a named statement, sent as one of the shared statement, which the server must have
+    /// first. The client's request follows as `request`.
+    case describe(PreparedStatement)
+    /// The head of a Bind of a named statement (as the client sent it), sent naming the shared statement,
+    /// which the server must have first. The parameters follow as `bytes`, then the `request`.
+    case bindHead(ByteBuffer, PreparedStatement)
     /// Close of a named statement: only the client's name goes; Lifeguard answers CloseComplete.
     case closeStatement
 }

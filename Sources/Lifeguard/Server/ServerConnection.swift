@@ -422,23 +422,29 @@ final class ServerConnection: ChannelDuplexHandler {
         case .request(let request):
             _ = replies.push(.client(request))
         case .parse(let statement, let name):
-            if statementCache?.contains(statement) == true {
-                statementCache?.use(statement)
+            if statementCache?.use(statement) == true {
                 answer(BackendID.parseComplete, for: client)
             } else if replies.isSkippingUntilSync {
                 client.forgetStatement(named: name, statement)  // the server will not run it
             } else {
                 prepare(statement, as: .clientParse(statement, clientName: name))
             }
-        case .usingStatement(let message, let statement):
-            if statementCache?.contains(statement) == true {
-                statementCache?.use(statement)
-            } else if !replies.isSkippingUntilSync {
-                prepare(statement, as: .hidden(.parse, statement))
-            }
-            forwardFromClient(message)
+        case .describe(let statement):
+            prepareIfMissing(statement)
+            gather { $0.writeDescribeStatement(name: statement.serverName) }
+        case .bindHead(let head, let statement):
+            prepareIfMissing(statement)
+            gather { $0.writeBindHead(head, renamingStatementTo: statement.serverName) }
         case .closeStatement:
             answer(BackendID.closeComplete, for: client)
+        }
+    }
+
+    /// A client's message uses `statement`: the server gets its Parse first if it lacks it (unless it is
+    /// skipping to Sync after an error, and would skip the Parse too).
+    private func prepareIfMissing(_ statement: PreparedStatement) {
+        if statementCache?.use(statement) != true, !replies.isSkippingUntilSync {
+            prepare(statement, as: .hidden(.parse, statement))
         }
     }
 
@@ -448,9 +454,7 @@ final class ServerConnection: ChannelDuplexHandler {
             statementCache = ServerStatementCache(capacity: max(1, pool.shard.settings.maxPreparedStatements))
         }
         if let evicted = statementCache!.insert(statement) {
-            var close = ByteBuffer()
-            close.writeCloseStatement(name: evicted.serverName)
-            forwardFromClient(close)
+            gather { $0.writeCloseStatement(name: evicted.serverName) }
             _ = replies.push(.hidden(.close, evicted))
         }
         forwardFromClient(statement.parseMessage)
@@ -631,13 +635,18 @@ final class ServerConnection: ChannelDuplexHandler {
     /// per write, and a read often yields several pieces (a renamed Bind head, then Execute and Sync).
     func forwardFromClient(_ buffer: ByteBuffer) {
         if buffer.readableBytes <= Self.gatherLimit {
-            // Cleared once written: reused while NIO has let go of it, reallocated if it has not.
-            if gathered.readableBytes == 0 { gathered.clear() }
-            gathered.writeImmutableBuffer(buffer)
+            gather { $0.writeImmutableBuffer(buffer) }
             return
         }
         writeGathered()
         context?.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    /// Appends a small message to the next write.
+    private func gather(_ write: (inout ByteBuffer) -> Void) {
+        // Cleared once written: reused while NIO has let go of it, reallocated if it has not.
+        if gathered.readableBytes == 0 { gathered.clear() }
+        write(&gathered)
     }
 
     func flush() {

@@ -15,10 +15,12 @@ public struct ServerStatementCache {
         entries[statement.id] != nil
     }
 
-    /// Marks `statement` as just used.
-    public mutating func use(_ statement: PreparedStatement) {
+    /// Marks `statement` as just used; false when this server does not have it (one lookup for both).
+    public mutating func use(_ statement: PreparedStatement) -> Bool {
+        guard let index = entries.index(forKey: statement.id) else { return false }
         clock += 1
-        entries[statement.id]?.lastUse = clock
+        entries.values[index].lastUse = clock
+        return true
     }
 
     /// Adds `statement`; returns the least recently used one when that had to go to stay within capacity.

@@ -38,7 +38,7 @@ public enum ExtendedQueryMessage {
 
     public static let statementKind = UInt8(ascii: "S")
 
-    /// The statement a Parse, Bind, Describe or Close (`id`) refers to: its name, "" for the unnamed
+    /// The statement a Parse, Describe or Close (`id`) refers to (a Bind's is read by `bindHead`): its name, "" for the unnamed
     /// statement, nil for a portal's Describe or Close. `.undecided` when the bytes so far (header included)
     /// do not tell yet.
     public enum StatementReference: Equatable {
@@ -53,8 +53,6 @@ public enum ExtendedQueryMessage {
             var body = message
             body.moveReaderIndex(forwardBy: 5)
             return body.readNullTerminatedString().map { .statement($0) } ?? .undecided
-        case FrontendID.bind:
-            return bindHead(message).map { .statement($0.statement) } ?? .undecided
         default:
             guard let (kind, name) = target(message) else { return .undecided }
             return kind == statementKind ? .statement(name) : .portal

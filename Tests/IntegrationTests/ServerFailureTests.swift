@@ -59,8 +59,7 @@ extension IntegrationTests {
         let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
         let client = try lifeguard.connect()
         let pid = try #require(client.backendPID)
-        _ = try TestEnvironment.direct().query("SELECT pg_terminate_backend(\(pid))")
-        usleep(200_000)
+        try TestEnvironment.terminateIdleBackend(pid)
         // The idle server's death was noticed; the next transaction gets a fresh one.
         let newPID = client.backendPID
         #expect(newPID != nil && newPID != pid)

@@ -115,13 +115,11 @@ private func split(_ bytes: [UInt8], cuts: [Int], sourceLocation: SourceLocation
                 case .raw(let run): raw += Array(run.readableBytesView)
                 case .ended(let id): ended.append(id)
                 case .incomplete(_, let partial):
-                    switch ExtendedQueryMessage.statementReference(partial, id: UInt8(ascii: "B")) {
-                    case .undecided:
+                    guard let head = ExtendedQueryMessage.bindHead(partial) else {
                         held += 1
                         return .take
-                    case .statement(let name): return name.isEmpty ? .pass : .take
-                    case .portal: return .take
                     }
+                    return head.statement.isEmpty ? .pass : .take
                 case .whole, .taken, .head: Issue.record("the Bind was held whole")
                 }
                 return .pass

@@ -11,10 +11,6 @@ public struct ServerStatementCache {
 
     public var count: Int { entries.count }
 
-    public func contains(_ statement: PreparedStatement) -> Bool {
-        entries[statement.id] != nil
-    }
-
     /// Marks `statement` as just used; false when this server does not have it (one lookup for both).
     public mutating func use(_ statement: PreparedStatement) -> Bool {
         guard let index = entries.index(forKey: statement.id) else { return false }

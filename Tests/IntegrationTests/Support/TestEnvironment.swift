@@ -22,6 +22,13 @@ enum TestEnvironment {
     static func direct(database: String = "lgtest") throws -> PGConnection {
         try PGConnection("host=\(postgresSocketDirectory!) port=\(postgresPort!) user=postgres dbname=\(database)")
     }
+
+    /// Ends the backend `pid` of an idle server and gives Lifeguard time to see it go, so the client's next
+    /// transaction runs on a new server.
+    static func terminateIdleBackend(_ pid: String) throws {
+        _ = try direct().query("SELECT pg_terminate_backend(\(pid))")
+        usleep(200_000)
+    }
 }
 
 /// A free TCP port on the loopback interface.

@@ -68,6 +68,45 @@ public enum FrontendMessage {
         return body.readNullTerminatedString()
     }
 
+    /// Whether `message` (header included, as MessageSplitter hands it over, maybe still incomplete) is a
+    /// Query, or a Parse of the unnamed statement (libpq's pipeline mode sends queries so), whose text drops
+    /// every prepared statement of the session, as drivers send it: `DEALLOCATE ALL`, `DEALLOCATE PREPARE
+    /// ALL` or `DISCARD ALL`, in any case and spacing, with an optional `;`. Nil while too little of a
+    /// short message has arrived to tell.
+    public static func dropsAllStatements(_ message: ByteBuffer) -> Bool? {
+        let longest = 80
+        guard let id = message.getInteger(at: message.readerIndex, as: UInt8.self),
+            let length = message.getInteger(at: message.readerIndex + 1, as: Int32.self)
+        else { return nil }
+        guard length - 4 <= longest else { return false }
+        guard message.readableBytes >= 1 + Int(length) else { return nil }
+        var text = message.readableBytesView.dropFirst(5)
+        if id == FrontendID.parse {
+            // The unnamed statement's name is the empty string: its text starts after one zero byte.
+            guard text.first == 0 else { return false }
+            text = text.dropFirst()
+            text = text.prefix { $0 != 0 }
+        }
+        // Most queries are told apart by their first letter, without building any string.
+        guard let first = text.first(where: { $0 > 0x20 }), first | 0x20 == UInt8(ascii: "d") else { return false }
+        var words: [String] = []
+        var word = ""
+        for byte in text {
+            switch byte {
+            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: ";"), 0:
+                if !word.isEmpty { words.append(word) }
+                word = ""
+            default:
+                word.unicodeScalars.append(Unicode.Scalar(byte >= 0x61 && byte <= 0x7A ? byte - 0x20 : byte))
+            }
+        }
+        if !word.isEmpty { words.append(word) }
+        switch words {
+        case ["DEALLOCATE", "ALL"], ["DEALLOCATE", "PREPARE", "ALL"], ["DISCARD", "ALL"]: return true
+        default: return false
+        }
+    }
+
     /// Moves `buffer` past the whole Flush messages it starts with.
     public static func skipLeadingFlushes(_ buffer: inout ByteBuffer) {
         while buffer.readableBytes >= 5,

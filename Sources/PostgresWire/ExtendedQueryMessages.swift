@@ -26,6 +26,19 @@ public enum ExtendedQueryMessage {
         }
     }
 
+    /// The length field of a Bind whose head (as `bindHead` measures it) is renamed to `statementName`, or
+    /// nil when the head is malformed or the new length does not fit the Int32 field.
+    public static func renamedBindLength(_ head: ByteBuffer, statementName: String) -> Int32? {
+        guard head.readableBytes > 6, head.getInteger(at: head.readerIndex, as: UInt8.self) == FrontendID.bind,
+            let length = head.getInteger(at: head.readerIndex + 1, as: Int32.self), length >= 4,
+            let portalEnd = head.readableBytesView.dropFirst(5).firstIndex(of: 0)
+        else { return nil }
+        // The old name lies between the portal's terminator and the head's last byte (its terminator).
+        let oldNameLength = head.readableBytesView.endIndex - portalEnd - 2
+        guard oldNameLength >= 0 else { return nil }
+        return Int32(exactly: Int(length) - oldNameLength + statementName.utf8.count)
+    }
+
     /// Describe or Close: `S` (statement) or `P` (portal), and the name.
     public static func target(_ message: ByteBuffer) -> (kind: UInt8, name: String)? {
         var body = message
@@ -72,16 +85,21 @@ extension ByteBuffer {
 
     /// The head of a Bind (as `ExtendedQueryMessage.bindHead` measures it) naming `statementName` instead,
     /// its length field adjusted for the whole message: the parameters that follow the head stay as they are.
-    public mutating func writeBindHead(_ head: ByteBuffer, renamingStatementTo statementName: String) {
-        head.withUnsafeReadableBytes { bytes in
-            guard bytes.count > 6, bytes[0] == FrontendID.bind, let portalEnd = bytes[5...].firstIndex(of: 0) else { return }
-            let oldNameLength = bytes.count - portalEnd - 2
-            let length = Int(head.getInteger(at: head.readerIndex + 1, as: Int32.self)!)
+    /// Returns false, writing nothing, when the head is malformed or the renamed message's length would not
+    /// fit its Int32 field (a hostile length near 2^31 and a longer name).
+    @discardableResult
+    public mutating func writeBindHead(_ head: ByteBuffer, renamingStatementTo statementName: String) -> Bool {
+        guard let length = ExtendedQueryMessage.renamedBindLength(head, statementName: statementName) else {
+            return false
+        }
+        return head.withUnsafeReadableBytes { bytes in
+            guard let portalEnd = bytes[5...].firstIndex(of: 0) else { return false }
             writeInteger(FrontendID.bind)
-            writeInteger(Int32(length - oldNameLength + statementName.utf8.count))
+            writeInteger(length)
             writeBytes(UnsafeRawBufferPointer(rebasing: bytes[5...portalEnd]))
             writeString(statementName)
             writeInteger(UInt8(0))
+            return true
         }
     }
 

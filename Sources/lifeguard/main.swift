@@ -45,6 +45,16 @@ struct LifeguardCommand: ParsableCommand {
             print("PgBouncer-compatible configuration, console and protocol handling")
             return
         }
+        // Blocked before any thread exists, so that every thread inherits the mask and the signals wait for
+        // sigwait below instead of reaching a thread that would ignore or die of them.
+        var handledSignals = sigset_t()
+        sigemptyset(&handledSignals)
+        for signalNumber in [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2] {
+            sigaddset(&handledSignals, signalNumber)
+        }
+        pthread_sigmask(SIG_BLOCK, &handledSignals, nil)
+        signal(SIGPIPE, SIG_IGN)
+
         let configuration: Configuration
         let userList: UserList
         do {
@@ -91,6 +101,18 @@ struct LifeguardCommand: ParsableCommand {
         let server = LifeguardServer(
             configurationPath: config!, configuration: configuration, userList: userList, logger: logger,
             reopenLog: { sink.reopen() }, requestExit: { stop.signal() })
+        // One thread takes the signals (blocked everywhere since the start of run) and hands them to the
+        // server, which acts on its event loop. Started before the listeners open: a signal sent as soon as
+        // the port answers is acted on, not lost.
+        nonisolated(unsafe) let signalTarget = server  // handleSignal is safe from any thread
+        let waitedSignals = handledSignals
+        DispatchQueue(label: "lifeguard.signals").async {
+            var signals = waitedSignals
+            while true {
+                var signalNumber: Int32 = 0
+                if sigwait(&signals, &signalNumber) == 0 { signalTarget.handleSignal(signalNumber) }
+            }
+        }
         do {
             try server.start()
         } catch {
@@ -102,16 +124,6 @@ struct LifeguardCommand: ParsableCommand {
         }
         logger.info("process up: \(LifeguardVersion.line), pid \(getpid())")
 
-        // Signals arrive on a dispatch queue and are handed to the server, which acts on its event loop.
-        var sources: [DispatchSourceSignal] = []
-        for signalNumber in [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2] {
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber)
-            source.setEventHandler { server.handleSignal(signalNumber) }
-            source.resume()
-            sources.append(source)
-        }
-        signal(SIGPIPE, SIG_IGN)
         stop.wait()
         server.shutdown()
         if let pidfile = settings.pidfile, !pidfile.isEmpty { unlink(pidfile) }

@@ -75,7 +75,11 @@ import Testing
         let serverFirst = try server.receiveClientFirst(clientFirst).get()
 
         reply.clear()
-        _ = try auth.receive(code: AuthenticationCode.saslContinue, data: ByteBuffer(bytes: serverFirst), into: &reply)
+        let step = try auth.receive(code: AuthenticationCode.saslContinue, data: ByteBuffer(bytes: serverFirst), into: &reply)
+        if case .deriveSaltedPassword(let request) = step {
+            // The daemon runs this on a thread pool; the answer is the same.
+            auth.receiveSaltedPassword(request.derive(), into: &reply)
+        }
         let clientFinal = Array(try passwordBody(reply).readableBytesView)
         let serverFinal = try server.receiveClientFinal(clientFinal).get()
 
@@ -135,5 +139,52 @@ import Testing
         #expect(throws: PoolerError.self) {
             _ = try auth.receive(code: AuthenticationCode.sasl, data: mechanisms, into: &reply)
         }
+    }
+
+    /// SASL's first steps, up to the server-first-message `serverFirst` (its nonce must extend the client's).
+    private func saslContinue(_ auth: inout ServerAuthentication, serverFirst: (String) -> String) throws
+        -> ServerAuthentication.Step
+    {
+        var reply = ByteBuffer()
+        var mechanisms = ByteBuffer()
+        mechanisms.writeNullTerminatedString("SCRAM-SHA-256")
+        mechanisms.writeInteger(UInt8(0))
+        _ = try auth.receive(code: AuthenticationCode.sasl, data: mechanisms, into: &reply)
+        let (_, clientFirst) = try #require(FrontendMessage.saslInitialResponse(try passwordBody(reply)))
+        let nonce = String(decoding: clientFirst, as: UTF8.self).components(separatedBy: "r=").last ?? ""
+        reply.clear()
+        return try auth.receive(
+            code: AuthenticationCode.saslContinue, data: ByteBuffer(string: serverFirst(nonce)), into: &reply)
+    }
+
+    /// A password login asks for PBKDF2 instead of running it: the daemon does it off the event loop.
+    @Test func scramWithAPasswordAsksForTheSaltedPassword() throws {
+        var auth = ServerAuthentication(user: "u", secret: .plain("pw"), scramKeys: nil, random: fixedRandom)
+        let step = try saslContinue(&auth) { "r=\($0)xyz,s=AQIDBA==,i=4096" }
+        guard case .deriveSaltedPassword(let request) = step else {
+            Issue.record("expected a PBKDF2 request, got \(step)")
+            return
+        }
+        #expect(request.derive() == SCRAM.saltedPassword(password: SCRAM.passwordBytes("pw"), salt: [1, 2, 3, 4], iterations: 4096))
+    }
+
+    /// A server asking for an absurd iteration count would pin a CPU for minutes: refused.
+    @Test func hugeIterationCountIsRefused() throws {
+        var auth = ServerAuthentication(user: "u", secret: .plain("pw"), scramKeys: nil, random: fixedRandom)
+        let error = #expect(throws: PoolerError.self) {
+            _ = try saslContinue(&auth) { "r=\($0)xyz,s=AQIDBA==,i=2000000000" }
+        }
+        #expect(error?.message == "SCRAM: SCRAM iteration count 2000000000 is above the limit of 1000000")
+    }
+
+    /// AuthenticationOk in the middle of SCRAM: the server never proved it knows the secret.
+    @Test func authenticationOkBeforeSCRAMEndsIsRefused() throws {
+        var auth = ServerAuthentication(user: "u", secret: .plain("pw"), scramKeys: nil, random: fixedRandom)
+        _ = try saslContinue(&auth) { "r=\($0)xyz,s=AQIDBA==,i=4096" }
+        var reply = ByteBuffer()
+        let error = #expect(throws: PoolerError.self) {
+            _ = try auth.receive(code: AuthenticationCode.ok, data: ByteBuffer(), into: &reply)
+        }
+        #expect(error?.message == "server sent AuthenticationOk before completing SCRAM")
     }
 }

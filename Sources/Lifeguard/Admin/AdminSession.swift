@@ -8,9 +8,13 @@ import PostgresWire
 ///
 /// Only the simple query protocol is served, one command per Query; replies follow PgBouncer's
 /// (console errors are ERROR 08P01 and the session stays open).
-final class AdminSession: ChannelInboundHandler {
+final class AdminSession: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
+
+    /// The longest command accepted: the longest useful one is a SET of a long list.
+    static let maxCommandLength = 64 * 1024
 
     unowned let shard: PoolShard
     let role: AdminRole
@@ -23,8 +27,11 @@ final class AdminSession: ChannelInboundHandler {
     private var scanner: FrameScanner
     private var context: ChannelHandlerContext?
     private var closeReason: String?
-    /// A PAUSE or WAIT_CLOSE whose reply waits until servers are gone.
+    /// A PAUSE or WAIT_CLOSE whose reply waits until servers are gone. Meanwhile no further command runs:
+    /// reads stop, and what was already read waits in `heldInput`.
     private var pendingReply: DeferredCommand?
+    private var heldInput: ByteBuffer?
+    private var readHeld = false
     private let cancelKey: CancelKey
 
     init(shard: PoolShard, role: AdminRole, user: String, id: Int, connectTime: Int, peer: String, cancelKey: CancelKey) {
@@ -37,7 +44,8 @@ final class AdminSession: ChannelInboundHandler {
         self.peer = peer
         self.cancelKey = cancelKey
         self.scanner = FrameScanner(
-            capturedIDs: MessageIDSet([FrontendID.query]), maxMessageLength: shard.settings.maxPacketSize)
+            capturedIDs: MessageIDSet([FrontendID.query]),
+            maxMessageLength: min(shard.settings.maxPacketSize, Self.maxCommandLength))
     }
 
     private var logPrefix: String {
@@ -76,15 +84,73 @@ final class AdminSession: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         requestTime = WallClock.seconds()
+        // A read already under way when a deferred command began, or one NIO delivers from inside a flush
+        // of ours (it reads to learn why a write failed), waits for the commands before it.
+        if mustWait || isExecuting {
+            hold(buffer)
+            return
+        }
+        execute(buffer)
+        runHeldCommands()
+    }
+
+    private var isExecuting = false
+
+    /// A deferred reply, or output the client has not read yet: the next command waits.
+    private var mustWait: Bool {
+        pendingReply != nil || context?.channel.isWritable != true
+    }
+
+    /// Runs the commands in `buffer`, stopping at one whose reply is deferred or after one whose output
+    /// fills the client's buffers; the rest waits.
+    private func execute(_ buffer: ByteBuffer) {
+        isExecuting = true
+        defer { isExecuting = false }
         do {
-            _ = try scanner.scan(buffer) { id, body in
+            let stop = try scanner.scan(buffer) { id, body in
                 try receive(id, body)
+            }
+            if let stop, mustWait, stop < buffer.writerIndex {
+                // The rest of this read comes before anything held meanwhile.
+                var rest = buffer.getSlice(at: stop, length: buffer.writerIndex - stop)!
+                if let later = heldInput { rest.writeImmutableBuffer(later) }
+                heldInput = rest
             }
         } catch let error as PoolerError {
             closeWithFatal(error)
+        } catch WireError.messageTooLarge(let length) {
+            closeWithFatal(PoolerError("console command too long: \(length) bytes"))
         } catch {
             closeWithFatal(PoolerError("bad packet"))
         }
+    }
+
+    private func hold(_ bytes: ByteBuffer) {
+        if heldInput == nil {
+            heldInput = bytes
+        } else {
+            heldInput!.writeImmutableBuffer(bytes)
+        }
+    }
+
+    /// Holds reads while a command's reply is deferred, and while the client is not reading its replies:
+    /// console output must not pile up for a client that only sends.
+    func read(context: ChannelHandlerContext) {
+        if mustWait {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        runHeldCommands()
+    }
+
+    private func resumeReads() {
+        guard readHeld, !mustWait, let context else { return }
+        readHeld = false
+        context.read()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -103,6 +169,8 @@ final class AdminSession: ChannelInboundHandler {
 
     /// Returns false to stop reading the rest of the read (the session is closing).
     private func receive(_ id: UInt8, _ body: ByteBuffer?) throws -> Bool {
+        // Commands read before the client went away are not run: nobody would read their output.
+        guard let context, context.channel.isActive else { return false }
         switch id {
         case FrontendID.query:
             var body = body ?? ByteBuffer()
@@ -112,17 +180,19 @@ final class AdminSession: ChannelInboundHandler {
             switch outcome {
             case .done:
                 reply.writeReadyForQuery(.idle)
-                context?.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+                return !mustWait
             case .deferred(let deferred):
-                // The tag and ReadyForQuery come later; meanwhile no further command is read.
+                // The tag and ReadyForQuery come later; the commands after it wait.
                 pendingReply = deferred
+                return false
             case .exit:
                 break
             }
             return true
         case FrontendID.terminate:
             closeReason = "client close request"
-            context?.close(promise: nil)
+            context.close(promise: nil)
             return false
         case FrontendID.parse, FrontendID.bind, FrontendID.execute:
             sendErrorThenClose("extended query protocol not supported by admin console")
@@ -143,6 +213,16 @@ final class AdminSession: ChannelInboundHandler {
         reply.writeCommandComplete(tag)
         reply.writeReadyForQuery(.idle)
         context?.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+        // Called while the shard walks its deferred replies: the commands that waited run after that.
+        context?.eventLoop.execute { self.runHeldCommands() }
+    }
+
+    private func runHeldCommands() {
+        while !mustWait, let held = heldInput {
+            heldInput = nil
+            execute(held)
+        }
+        resumeReads()
     }
 
     /// ERROR + ReadyForQuery, then FATAL `bad packet` and a close, as PgBouncer answers protocol misuse.
@@ -160,7 +240,7 @@ final class AdminSession: ChannelInboundHandler {
         if closeReason == nil { closeReason = error.message }
         var reply = ByteBuffer()
         reply.writeErrorResponse(severity: "FATAL", code: error.sqlState, message: error.message)
-        context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
+        context.writeLastMessageAndClose(wrapOutboundOut(reply))
     }
 
     var isWaitingForReply: Bool { pendingReply != nil }

@@ -22,9 +22,11 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         case closed
     }
 
-    /// Messages kept whole while prepared statements are shared: the ones that name a statement, and Terminate.
+    /// Messages kept whole while prepared statements are shared: the ones that name a statement, Terminate,
+    /// and short Queries (one may be DEALLOCATE ALL; longer ones stream).
     private static let wholeIDs = MessageIDSet([
         FrontendID.parse, FrontendID.bind, FrontendID.describe, FrontendID.close, FrontendID.terminate,
+        FrontendID.query,
     ])
 
     /// Client message ids a pooler accepts after login; anything else is a protocol violation.
@@ -34,10 +36,16 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         FrontendID.copyDone, FrontendID.copyFail, FrontendID.terminate, FrontendID.password,
     ])
 
+    /// Before login every message (password, SASL) is small, so an unauthenticated client cannot make
+    /// Lifeguard hold a large buffer; PgBouncer likewise closes a client whose login packet exceeds pkt_buf.
+    static let maxLoginMessageLength = 8192
+
     private unowned let shard: PoolShard
     private var phase = Phase.startup
     private var context: ChannelHandlerContext?
     private var startupBuffer = ByteBuffer()
+    /// Which of SSLRequest (true) and GSSENCRequest (false) were answered.
+    private var encryptionRequestsAnswered: Set<Bool> = []
     private var scanner: FrameScanner
     private(set) var pool: Pool?
     private var tracker = TransactionTracker(poolMode: .session)
@@ -54,6 +62,11 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// share_unnamed_statements: the unnamed statement is mapped like a named one.
     private var sharesUnnamed = false
     private(set) var statements: [String: PreparedStatement] = [:]
+    /// The query text and parameter types `statements` hold, in bytes. Both are bounded, so one client
+    /// cannot make Lifeguard hold unbounded statement definitions (each may be up to max_packet_size).
+    private var statementBytes = 0
+    static let maxStatementsPerClient = 10_000
+    static let maxStatementBytesPerClient = 64 << 20
     private var pendingPieces: [OutboundPiece] = []
     /// The statement a Bind names, read when its head was judged: the splitter hands the head over next.
     private var headStatementName = ""
@@ -91,7 +104,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     init(shard: PoolShard) {
         self.shard = shard
-        self.scanner = FrameScanner(capturedIDs: .all, maxMessageLength: shard.settings.maxPacketSize)
+        self.scanner = FrameScanner(capturedIDs: .all, maxMessageLength: Self.maxLoginMessageLength)
         self.id = shard.nextConnectionID()
     }
 
@@ -138,6 +151,25 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         let buffer = unwrapInboundIn(data)
         handlingRead = true
         requestTime = shard.clockSeconds
+        // NIO may deliver a read from inside a flush of ours (it reads to learn why a write failed): those
+        // bytes follow the ones being handled, so they wait until that is done.
+        if nestedReads != nil {
+            nestedReads!.append(buffer)
+            return
+        }
+        nestedReads = []
+        receive(buffer)
+        while let next = nestedReads?.first {
+            nestedReads!.removeFirst()
+            receive(next)
+        }
+        nestedReads = nil
+    }
+
+    /// Reads that arrived while one was being handled; nil outside channelRead.
+    private var nestedReads: [ByteBuffer]?
+
+    private func receive(_ buffer: ByteBuffer) {
         do {
             switch phase {
             case .startup:
@@ -158,7 +190,11 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         } catch let error as PoolerError {
             closeWithError(error, reason: error.message)
         } catch WireError.messageTooLarge(let length) {
-            closeWithError(.packetTooLarge(length), reason: "max_packet_size exceeded")
+            if loggedIn {
+                closeWithError(.packetTooLarge(length), reason: "max_packet_size exceeded")
+            } else {
+                closeWithError(.loginPacketTooLarge(length), reason: "login packet too large")
+            }
         } catch {
             closeWithError(.badPacket, reason: "bad packet: \(error)")
         }
@@ -199,7 +235,9 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { server?.resumeReads() }
+        guard context.channel.isWritable else { return }
+        server?.resumeReads()
+        resumeReads()
     }
 
     /// Holds reads while the server cannot take more bytes, or while bytes wait for a server.
@@ -213,6 +251,9 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var shouldHoldReads: Bool {
         if hasUnsentTraffic || (loggedIn && shard.isSuspended) { return true }
+        // Replies Lifeguard gives itself (ParseComplete, CloseComplete, errors) must not pile up for a
+        // client that sends without reading: its next requests wait until it has read what is queued.
+        if let context, !context.channel.isWritable { return true }
         if let server, serverReady, !server.isWritable { return true }
         return false
     }
@@ -292,6 +333,10 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         while case .startup = phase, let packet = try StartupPacket.read(from: &startupBuffer) {
             switch packet {
             case .sslRequest, .gssEncryptionRequest:
+                // One of each per connection, as in PostgreSQL: a client repeating them is answered no more.
+                guard encryptionRequestsAnswered.insert(packet == .sslRequest).inserted else {
+                    throw WireError.malformedStartup("repeated encryption request")
+                }
                 // No TLS or GSSAPI yet: "N" tells the client to go on in plain text.
                 var reply = ByteBuffer()
                 reply.writeInteger(UInt8(ascii: "N"))
@@ -633,6 +678,15 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// name a statement are mapped (the unnamed one too with share_unnamed_statements, once the client has
     /// parsed it): a Bind by its head, the others whole.
     private func verdict(on message: ByteBuffer, id: UInt8) -> MessageSplitter.Verdict? {
+        if id == FrontendID.query || (id == FrontendID.parse && !sharesUnnamed && isUnnamedParse(message)) {
+            guard let dropsAll = FrontendMessage.dropsAllStatements(message) else { return nil }
+            if dropsAll {
+                // Applied where it stands in the stream, so Parses pipelined after it are kept.
+                forgetAllStatements()
+                send(.dropAllStatements)
+            }
+            return .pass
+        }
         if id == FrontendID.bind {
             guard let head = ExtendedQueryMessage.bindHead(message) else { return nil }
             guard mapsStatement(named: head.statement, id: id) else { return .pass }
@@ -644,6 +698,10 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         case .portal: return .pass
         case .statement(let name): return mapsStatement(named: name, id: id) ? .take : .pass
         }
+    }
+
+    private func isUnnamedParse(_ message: ByteBuffer) -> Bool {
+        message.getInteger(at: message.readerIndex + 5, as: UInt8.self) == 0
     }
 
     private func mapsStatement(named name: String, id: UInt8) -> Bool {
@@ -658,7 +716,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         if id == FrontendID.query {
             if shard.settings.disablePQExec { throw PoolerError.pqexecDisallowed }
             // PostgreSQL drops the unnamed statement at every simple Query.
-            if sharesUnnamed { statements[""] = nil }
+            if sharesUnnamed { forget("") }
         }
         tracker.clientSent(id)
     }
@@ -671,13 +729,18 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             pool?.stats.clientParses &+= 1
             // The unnamed statement is replaced by each Parse, as in PostgreSQL.
             guard name.isEmpty || statements[name] == nil else { throw PoolerError.preparedStatementInUse }
+            let replaced = statements[name]?.definition.readableBytes ?? 0
+            guard statements.count < Self.maxStatementsPerClient || statements[name] != nil,
+                statementBytes - replaced + definition.readableBytes <= Self.maxStatementBytesPerClient
+            else { throw PoolerError.tooManyPreparedStatements }
             let statement = shard.preparedStatements.statement(for: definition)
+            statementBytes += definition.readableBytes - replaced
             statements[name] = statement
             send(.parse(statement, clientName: name))
         case FrontendID.close:
             guard let (_, name) = ExtendedQueryMessage.target(message) else { throw PoolerError.badPacket }
             // Only this client's name goes: other clients may share the statement.
-            statements[name] = nil
+            forget(name)
             send(.closeStatement)
         default:
             guard let (_, name) = ExtendedQueryMessage.target(message) else { throw PoolerError.badPacket }
@@ -691,6 +754,10 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     private func sendBindHead(_ head: ByteBuffer) throws {
         pool?.stats.binds &+= 1
         guard let statement = statements[headStatementName] else { throw PoolerError.preparedStatementMissing }
+        // A length field near 2^31 plus the longer server name would not fit the renamed message's header.
+        guard ExtendedQueryMessage.renamedBindLength(head, statementName: statement.serverName) != nil else {
+            throw PoolerError.packetTooLarge(Int(head.getInteger(at: head.readerIndex + 1, as: Int32.self) ?? 0))
+        }
         send(.bindHead(head, statement))
     }
 
@@ -719,12 +786,18 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The server could not keep the client's statement `name` (its Parse failed or was skipped).
     func forgetStatement(named name: String, _ statement: PreparedStatement) {
-        if statements[name] === statement { statements[name] = nil }
+        if statements[name] === statement { forget(name) }
+    }
+
+    private func forget(_ name: String) {
+        guard let statement = statements.removeValue(forKey: name) else { return }
+        statementBytes -= statement.definition.readableBytes
     }
 
     /// DEALLOCATE ALL or DISCARD ALL ran for this client.
     func forgetAllStatements() {
         statements = [:]
+        statementBytes = 0
     }
 
     /// PgBouncer's counting: a transaction and a query start with the first client bytes after the previous
@@ -858,9 +931,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         phase = .closed
         var buffer = context.channel.allocator.buffer(capacity: 64 + error.message.utf8.count)
         buffer.writeErrorResponse(severity: "FATAL", code: error.sqlState, message: error.message)
-        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in
-            context.close(promise: nil)
-        }
         readHeld = true
+        context.writeLastMessageAndClose(wrapOutboundOut(buffer))
     }
 }

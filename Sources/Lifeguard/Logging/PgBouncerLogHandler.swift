@@ -20,7 +20,37 @@ public struct PgBouncerLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        sink.write("\(Self.timestamp()) [\(sink.processID)] \(Self.levelName(event.level)) \(event.message)\n")
+        let message = Self.escapingControlCharacters("\(event.message)")
+        sink.write("\(Self.timestamp()) [\(sink.processID)] \(Self.levelName(event.level)) \(message)\n")
+    }
+
+    /// `text` with its control characters written as escapes (`\n`, `\r`, `\t`, `\xNN`): messages carry
+    /// what clients chose (user and database names, parameters, console commands), and a newline in one
+    /// must not start a forged log line. C1 controls count too (some tools break lines at NEL, U+0085).
+    static func escapingControlCharacters(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: isControl) else { return text }
+        var escaped = String.UnicodeScalarView()
+        for scalar in text.unicodeScalars {
+            guard isControl(scalar) else {
+                escaped.append(scalar)
+                continue
+            }
+            let replacement: String
+            switch scalar {
+            case "\n": replacement = "\\n"
+            case "\r": replacement = "\\r"
+            case "\t": replacement = "\\t"
+            default:
+                let hex = String(scalar.value, radix: 16)
+                replacement = "\\x" + (hex.count < 2 ? "0" + hex : hex)
+            }
+            escaped.append(contentsOf: replacement.unicodeScalars)
+        }
+        return String(escaped)
+    }
+
+    private static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value)
     }
 
     /// PgBouncer's level words.

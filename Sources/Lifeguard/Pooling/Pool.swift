@@ -260,6 +260,8 @@ final class Pool {
             server.close(reason: "pause")
         } else if server.closeNeeded {
             server.close(reason: "server close needed (RECONNECT or configuration change)")
+        } else if server.statementCacheUntrusted {
+            server.close(reason: "SQL PREPARE or DEALLOCATE ran while prepared statements are shared")
         } else if Timeouts.lifetimeOver(
             connectedSeconds: server.connectTime, nowSeconds: shard.clockSeconds,
             lifetimeSeconds: serverLifetime)

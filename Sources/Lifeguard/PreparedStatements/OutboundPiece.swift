@@ -19,4 +19,7 @@ enum OutboundPiece {
     case bindHead(ByteBuffer, PreparedStatement)
     /// Close of a named statement: only the client's name goes; Lifeguard answers CloseComplete.
     case closeStatement
+    /// The client sent DEALLOCATE ALL or DISCARD ALL (in the bytes around this piece): the server's
+    /// statements are gone from here on, for the messages pipelined after it too.
+    case dropAllStatements
 }

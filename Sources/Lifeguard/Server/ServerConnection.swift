@@ -56,12 +56,16 @@ final class ServerConnection: ChannelDuplexHandler {
     private(set) var cancelsInFlight = 0
     private var parkedForCancel = false
 
-    private static let linkedCapturedIDs = MessageIDSet([
-        BackendID.readyForQuery, BackendID.parameterStatus, BackendID.errorResponse,
-    ])
-    /// While statements are shared, CommandComplete too: DEALLOCATE ALL and DISCARD ALL empty the caches.
+    /// Message bodies read while linked. Not ErrorResponse: it goes to the client as it streams, so a
+    /// huge error text is never copied.
+    private static let linkedCapturedIDs = MessageIDSet([BackendID.readyForQuery, BackendID.parameterStatus])
+    /// While statements are shared, CommandComplete too: its tag tells what SQL did to prepared statements.
     private static let sharingCapturedIDs = MessageIDSet([
-        BackendID.readyForQuery, BackendID.parameterStatus, BackendID.errorResponse, BackendID.commandComplete,
+        BackendID.readyForQuery, BackendID.parameterStatus, BackendID.commandComplete,
+    ])
+    /// An idle server's error is read for the log line that closes it.
+    private static let idleCapturedIDs = MessageIDSet([
+        BackendID.readyForQuery, BackendID.parameterStatus, BackendID.errorResponse,
     ])
 
     /// While a client shares prepared statements: the requests this server still owes replies for, and the
@@ -284,7 +288,7 @@ final class ServerConnection: ChannelDuplexHandler {
                     return
                 }
                 // Nothing may touch the scanner while it scans, so the bodies it keeps are chosen here.
-                scanner.capturedIDs = isBetweenQueries ? Self.linkedCapturedIDs : .all
+                scanner.capturedIDs = isIdle ? Self.idleCapturedIDs : .all
                 var stateChanged = false
                 let stop = try scanner.scan(buffer, from: offset) { id, body in
                     stateChanged = try handleControlMessage(id, body ?? ByteBuffer())
@@ -297,11 +301,9 @@ final class ServerConnection: ChannelDuplexHandler {
         }
     }
 
-    private var isBetweenQueries: Bool {
-        switch state {
-        case .idle, .linked: return true
-        default: return false
-        }
+    private var isIdle: Bool {
+        if case .idle = state { return true }
+        return false
     }
 
     /// The hot path: forward the read to the client, stopping only where the transaction ends.
@@ -396,20 +398,52 @@ final class ServerConnection: ChannelDuplexHandler {
                 break
             }
         }
-        if id == BackendID.commandComplete, let body, Self.dropsAllStatements(body) {
-            statementCache?.removeAll()
-            client.forgetAllStatements()
+        if id == BackendID.commandComplete, let body {
+            switch Self.statementEffect(of: body) {
+            case .droppedAll where dropAllRepliesDue > 0:
+                dropAllRepliesDue -= 1  // applied when it was sent
+            case .droppedAll:
+                // A form Lifeguard did not see coming (inside a longer query or a function).
+                statementCache?.removeAll()
+                client.forgetAllStatements()
+            case .changedSome:
+                // SQL named statements on this server: they may have dropped or replaced a shared one (a client
+                // can read the names in pg_prepared_statements), so no other client may rely on its cache.
+                sqlChangedStatements = true
+            case nil:
+                break
+            }
         }
         return runStart
     }
 
-    /// DEALLOCATE ALL and DISCARD ALL remove every prepared statement of the session.
-    private static func dropsAllStatements(_ commandComplete: ByteBuffer) -> Bool {
-        guard commandComplete.getInteger(at: commandComplete.readerIndex, as: UInt8.self) == UInt8(ascii: "D"),
-            let tag = BackendMessage.commandTag(commandComplete)
-        else { return false }
-        return tag == "DEALLOCATE ALL" || tag == "DISCARD ALL"
+    /// What a command did to the session's prepared statements, judged by its CommandComplete tag.
+    private enum StatementEffect {
+        /// DEALLOCATE ALL, DISCARD ALL: none are left.
+        case droppedAll
+        /// PREPARE or DEALLOCATE of a name the tag does not tell.
+        case changedSome
     }
+
+    private static func statementEffect(of commandComplete: ByteBuffer) -> StatementEffect? {
+        let first = commandComplete.getInteger(at: commandComplete.readerIndex, as: UInt8.self)
+        guard first == UInt8(ascii: "D") || first == UInt8(ascii: "P"),
+            let tag = BackendMessage.commandTag(commandComplete)
+        else { return nil }
+        switch tag {
+        case "DEALLOCATE ALL", "DISCARD ALL": return .droppedAll
+        case "DEALLOCATE", "PREPARE": return .changedSome
+        default: return nil
+        }
+    }
+
+    /// The server is closed when released instead of serving another client from a cache that may lie: a
+    /// client ran SQL PREPARE or DEALLOCATE here, or a DEALLOCATE ALL the cache was emptied for never
+    /// completed (it failed, so the statements may still be there).
+    var statementCacheUntrusted: Bool { sqlChangedStatements || dropAllRepliesDue != 0 }
+    private var sqlChangedStatements = false
+    /// DEALLOCATE ALL / DISCARD ALL queries the cache was emptied for when they were sent, not yet answered.
+    private var dropAllRepliesDue = 0
 
     /// Shared statements prepared on this server, for SHOW SERVERS.
     var preparedStatementCount: Int { statementCache?.count ?? 0 }
@@ -434,9 +468,15 @@ final class ServerConnection: ChannelDuplexHandler {
             gather { $0.writeDescribeStatement(name: statement.serverName) }
         case .bindHead(let head, let statement):
             prepareIfMissing(statement)
-            gather { $0.writeBindHead(head, renamingStatementTo: statement.serverName) }
+            var renamed = true
+            gather { renamed = $0.writeBindHead(head, renamingStatementTo: statement.serverName) }
+            // The client checks the renamed length first; should a head still not fit, nothing half-written stays.
+            if !renamed { close(reason: "Bind head could not be renamed") }
         case .closeStatement:
             answer(BackendID.closeComplete, for: client)
+        case .dropAllStatements:
+            statementCache?.removeAll()
+            dropAllRepliesDue += 1
         }
     }
 
@@ -497,7 +537,7 @@ final class ServerConnection: ChannelDuplexHandler {
         case BackendID.readyForQuery:
             return readyForQuery()
         default:
-            if id == BackendID.commandComplete, Self.dropsAllStatements(body) { statementCache?.removeAll() }
+            if id == BackendID.commandComplete, Self.statementEffect(of: body) == .droppedAll { statementCache?.removeAll() }
             switch state {
             case .runningConnectQuery, .syncingParameters, .resetting, .checking:
                 return false  // results of our own queries, swallowed
@@ -599,9 +639,25 @@ final class ServerConnection: ChannelDuplexHandler {
             case .continueLogin:
                 if reply.readableBytes > 0 { context?.writeAndFlush(wrapOutboundOut(reply), promise: nil) }
                 return false
+            case .deriveSaltedPassword(let request):
+                deriveOffLoop(request)
+                return false
             }
         } catch {
             return failLogin(error.message)
+        }
+    }
+
+    /// SCRAM's PBKDF2 (thousands of HMACs, as many as the server asks up to a limit) runs on a thread pool, so
+    /// the event loop keeps serving every other connection meanwhile.
+    private func deriveOffLoop(_ request: SCRAMClientExchange.SaltedPasswordRequest) {
+        guard let eventLoop = context?.eventLoop else { return }
+        NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { request.derive() }.whenSuccess { salted in
+            // The server may have gone (or timed out) meanwhile.
+            guard case .authenticating = self.state, let context = self.context else { return }
+            var reply = ByteBuffer()
+            self.authentication.receiveSaltedPassword(salted, into: &reply)
+            context.writeAndFlush(self.wrapOutboundOut(reply), promise: nil)
         }
     }
 

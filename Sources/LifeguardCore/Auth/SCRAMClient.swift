@@ -10,9 +10,27 @@ public struct SCRAMClientExchange: Sendable {
         case keys(clientKey: [UInt8], serverKey: [UInt8])
     }
 
+    /// PBKDF2 with the server's salt and iteration count: thousands of HMACs, so the caller runs it off its
+    /// event loop and hands the result to `finishServerFirst`.
+    public struct SaltedPasswordRequest: Sendable, Equatable {
+        let password: [UInt8]
+        let salt: [UInt8]
+        let iterations: Int
+
+        public func derive() -> [UInt8] {
+            SCRAM.saltedPassword(password: password, salt: salt, iterations: iterations)
+        }
+    }
+
+    /// The most PBKDF2 iterations Lifeguard runs for a server: PostgreSQL's default is 4096 and hardening
+    /// guides ask for up to 600,000; a larger count is a server making Lifeguard burn CPU.
+    public static let maxIterations = 1_000_000
+
     private let credentials: Credentials
     private let clientFirstBare: [UInt8]
     private let clientNonce: [UInt8]
+    /// The server-first-message and its nonce, between `beginServerFirst` and `finishServerFirst`.
+    private var serverFirst: (message: [UInt8], nonce: [UInt8])?
     /// Set once the client-final-message is built; checked against "v=".
     private var expectedServerSignature: [UInt8]?
 
@@ -38,9 +56,16 @@ public struct SCRAMClientExchange: Sendable {
         Array("n,,".utf8) + clientFirstBare
     }
 
-    /// Takes AuthenticationSASLContinue data; returns the SASLResponse data.
+    /// Takes AuthenticationSASLContinue data; returns the SASLResponse data. Runs PBKDF2 inline: for tests
+    /// and callers off an event loop.
     public mutating func receiveServerFirst(_ message: [UInt8]) -> Result<[UInt8], SCRAMError> {
-        guard expectedServerSignature == nil else {
+        beginServerFirst(message).map { request in finishServerFirst(saltedPassword: request?.derive()) }
+    }
+
+    /// Checks AuthenticationSASLContinue data. Returns the PBKDF2 work the SASLResponse needs when the
+    /// credentials are a password (nil with pass-through keys); `finishServerFirst` then builds the response.
+    public mutating func beginServerFirst(_ message: [UInt8]) -> Result<SaltedPasswordRequest?, SCRAMError> {
+        guard expectedServerSignature == nil, serverFirst == nil else {
             return .failure(SCRAMError("unexpected SCRAM server-first-message"))
         }
         let fields = SCRAM.fields(message)
@@ -66,19 +91,34 @@ public struct SCRAMClientExchange: Sendable {
         guard let iterations = SCRAM.parseIterations(iterationText) else {
             return .failure(SCRAMError("invalid SCRAM iteration count"))
         }
+        switch credentials {
+        case .password(let password):
+            guard iterations <= Self.maxIterations else {
+                return .failure(SCRAMError("SCRAM iteration count \(iterations) is above the limit of \(Self.maxIterations)"))
+            }
+            serverFirst = (message, Array(nonce))
+            return .success(SaltedPasswordRequest(password: SCRAM.passwordBytes(password), salt: salt, iterations: iterations))
+        case .keys(let clientKey, let serverKey):
+            guard clientKey.count == SCRAM.keyLength, serverKey.count == SCRAM.keyLength else {
+                return .failure(SCRAMError("invalid SCRAM pass-through keys"))
+            }
+            serverFirst = (message, Array(nonce))
+            return .success(nil)
+        }
+    }
 
+    /// The SASLResponse data (client-final-message) for the server-first-message `beginServerFirst` took,
+    /// given the salted password it asked for (nil with pass-through keys).
+    public mutating func finishServerFirst(saltedPassword: [UInt8]?) -> [UInt8] {
+        guard let (message, nonce) = serverFirst else { return [] }
         let clientKey: [UInt8]
         let serverKey: [UInt8]
         switch credentials {
-        case .password(let password):
-            let salted = SCRAM.saltedPassword(
-                password: SCRAM.passwordBytes(password), salt: salt, iterations: iterations)
+        case .password:
+            let salted = saltedPassword ?? []
             clientKey = SCRAM.clientKey(saltedPassword: salted)
             serverKey = SCRAM.serverKey(saltedPassword: salted)
         case .keys(let givenClientKey, let givenServerKey):
-            guard givenClientKey.count == SCRAM.keyLength, givenServerKey.count == SCRAM.keyLength else {
-                return .failure(SCRAMError("invalid SCRAM pass-through keys"))
-            }
             clientKey = givenClientKey
             serverKey = givenServerKey
         }
@@ -89,7 +129,7 @@ public struct SCRAMClientExchange: Sendable {
             clientFirstBare: clientFirstBare, serverFirst: message, clientFinalWithoutProof: withoutProof)
         let proof = SCRAM.clientProof(clientKey: clientKey, authMessage: authMessage)
         expectedServerSignature = SCRAM.serverSignature(serverKey: serverKey, authMessage: authMessage)
-        return .success(withoutProof + Array(",p=".utf8) + SCRAMBase64.encode(proof))
+        return withoutProof + Array(",p=".utf8) + SCRAMBase64.encode(proof)
     }
 
     /// Takes AuthenticationSASLFinal data. Success proves the server knows the

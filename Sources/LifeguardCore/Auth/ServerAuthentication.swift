@@ -12,6 +12,8 @@ public struct ServerAuthentication {
         case continueLogin
         /// AuthenticationOk: the server now sends ParameterStatus, BackendKeyData and ReadyForQuery.
         case authenticated
+        /// SCRAM needs PBKDF2 before it can answer: run it off the event loop, then `receiveSaltedPassword`.
+        case deriveSaltedPassword(SCRAMClientExchange.SaltedPasswordRequest)
     }
 
     private let user: String
@@ -37,6 +39,8 @@ public struct ServerAuthentication {
     {
         switch code {
         case AuthenticationCode.ok:
+            // A server that skips the end of SCRAM never proved it knows the secret.
+            guard scram == nil else { throw PoolerError("server sent AuthenticationOk before completing SCRAM") }
             return .authenticated
         case AuthenticationCode.cleartextPassword:
             guard case .plain(let password) = secret else {
@@ -69,9 +73,14 @@ public struct ServerAuthentication {
             scram = exchange
         case AuthenticationCode.saslContinue:
             guard var exchange = scram else { throw PoolerError("unexpected SASL continue message") }
-            switch exchange.receiveServerFirst(Array(data.readableBytesView)) {
-            case .success(let final): reply.writeSASLResponse(final)
-            case .failure(let error): throw PoolerError("SCRAM: \(error.message)")
+            switch exchange.beginServerFirst(Array(data.readableBytesView)) {
+            case .success(let request?):
+                scram = exchange
+                return .deriveSaltedPassword(request)
+            case .success(nil):
+                reply.writeSASLResponse(exchange.finishServerFirst(saltedPassword: nil))
+            case .failure(let error):
+                throw PoolerError("SCRAM: \(error.message)")
             }
             scram = exchange
         case AuthenticationCode.saslFinal:
@@ -84,6 +93,13 @@ public struct ServerAuthentication {
             throw PoolerError("unsupported server authentication method \(code)")
         }
         return .continueLogin
+    }
+
+    /// Answers the SASL continue message once the PBKDF2 that `.deriveSaltedPassword` asked for is done.
+    public mutating func receiveSaltedPassword(_ saltedPassword: [UInt8], into reply: inout ByteBuffer) {
+        guard var exchange = scram else { return }
+        reply.writeSASLResponse(exchange.finishServerFirst(saltedPassword: saltedPassword))
+        scram = exchange
     }
 
     private func scramCredentials() throws(PoolerError) -> SCRAMClientExchange.Credentials {

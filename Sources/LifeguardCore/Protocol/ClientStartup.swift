@@ -47,11 +47,15 @@ public enum TrackedParameter {
         index(of: name).map { names[$0] }
     }
 
-    /// `value` as the right-hand side of `SET name=`: a quoted literal, except for search_path, whose
-    /// value is a list of identifiers as PostgreSQL reports it (quoting it would name a single schema).
-    static func setValue(_ value: String, of name: String) -> String {
-        if name.lowercased() == "search_path" { return value }
-        return "'" + value.replacingOccurrences(of: "'", with: "''") + "'"
+    /// `text` as an SQL string literal that means the same whatever `standard_conforming_strings` is: an
+    /// escape string (`E'...'`) with quotes and backslashes doubled. Client-chosen values never become SQL.
+    public static func literal(_ text: String) -> String {
+        var quoted = "E'"
+        for character in text.unicodeScalars {
+            if character == "'" || character == "\\" { quoted.unicodeScalars.append(character) }
+            quoted.unicodeScalars.append(character)
+        }
+        return quoted + "'"
     }
 }
 
@@ -84,24 +88,28 @@ public struct ParameterSet: Sendable, Equatable {
         return true
     }
 
-    /// The SET statements that turn a server with `server` values into one with these values, or nil when
-    /// nothing differs. Values compare case-insensitively, as PostgreSQL spells them back in its own case.
-    /// A value this set lacks while the server has one (a parameter PostgreSQL does not report, so no
-    /// default was learnt, that another client set) is RESET, so no client inherits another's.
+    /// The query that turns a server with `server` values into one with these values, or nil when nothing
+    /// differs. Values compare case-insensitively, as PostgreSQL spells them back in its own case. A value
+    /// this set lacks while the server has one (a parameter PostgreSQL does not report, so no default was
+    /// learnt, that another client set) is reset, so no client inherits another's.
+    ///
+    /// Each value goes through `set_config` as a string literal: PostgreSQL parses it exactly as it would
+    /// the startup packet's value (a search_path list stays a list), and no value can end the statement.
     public func setStatements(toMatch server: ParameterSet) -> String? {
-        var sql: String?
+        var calls: [String] = []
         for index in values.indices {
-            let name = TrackedParameter.names[index]
+            let name = TrackedParameter.literal(TrackedParameter.names[index])
             guard let wanted = values[index] else {
-                if server.values[index] != nil { sql = (sql ?? "") + "RESET \(name);" }
+                // A NULL value resets the parameter to its default.
+                if server.values[index] != nil { calls.append("pg_catalog.set_config(\(name), NULL, false)") }
                 continue
             }
             if let current = server.values[index], current == wanted || current.lowercased() == wanted.lowercased() {
                 continue
             }
-            sql = (sql ?? "") + "SET \(name)=\(TrackedParameter.setValue(wanted, of: name));"
+            calls.append("pg_catalog.set_config(\(name), \(TrackedParameter.literal(wanted)), false)")
         }
-        return sql
+        return calls.isEmpty ? nil : "SELECT " + calls.joined(separator: ", ")
     }
 
     /// Fills in every tracked value this set lacks from `defaults`.

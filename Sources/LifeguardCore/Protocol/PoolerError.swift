@@ -25,6 +25,7 @@ public struct PoolerError: Error, Sendable, Equatable, CustomStringConvertible {
     public static let preparedStatementInUse = PoolerError("prepared statement name is already in use")
     public static let preparedStatementMissing = PoolerError("prepared statement did not exist")
     public static let pqexecDisallowed = PoolerError("PQexec disallowed")
+    public static let tooManyPreparedStatements = PoolerError("too many prepared statements for one client")
 
     public static func noSuchDatabase(_ name: String) -> PoolerError {
         PoolerError("no such database: \(name)")
@@ -43,5 +44,10 @@ public struct PoolerError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public static func packetTooLarge(_ length: Int) -> PoolerError {
         PoolerError("packet too large: \(length) bytes (max_packet_size)")
+    }
+
+    /// A password or SASL message over the small limit that applies before login.
+    public static func loginPacketTooLarge(_ length: Int) -> PoolerError {
+        PoolerError("login packet too large: \(length) bytes")
     }
 }

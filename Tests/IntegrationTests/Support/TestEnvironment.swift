@@ -118,6 +118,13 @@ final class LifeguardProcess: @unchecked Sendable {
 
     var pid: Int32 { process.processIdentifier }
 
+    /// SIGKILL, for a test whose failure may leave Lifeguard unable to act on SIGTERM.
+    func kill() {
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
     /// Resident memory of the Lifeguard process, from /proc.
     var residentKilobytes: Int { memoryStatus("VmRSS") }
 
@@ -208,6 +215,33 @@ final class RawSocket {
 
     func send(_ bytes: [UInt8]) {
         _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Sends `bytes` for as long as the peer keeps reading: stops when a send has waited `stallSeconds`
+    /// without progress (the peer stopped reading) or after `limitSeconds`. Returns the bytes sent.
+    func sendUntilStalled(_ bytes: [UInt8], stallSeconds: Int32 = 3, limitSeconds: Double = 60) -> Int {
+        var sent = 0
+        let deadline = Date().addingTimeInterval(limitSeconds)
+        while sent < bytes.count, Date() < deadline {
+            let count = bytes[sent...].withUnsafeBytes {
+                Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
+            if count > 0 {
+                sent += count
+            } else if errno == EAGAIN || errno == EWOULDBLOCK {
+                var waiting = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                if poll(&waiting, 1, stallSeconds * 1000) == 0 { break }
+            } else {
+                break
+            }
+        }
+        return sent
+    }
+
+    /// Bytes that have arrived and not been read yet, without waiting.
+    var pendingByteCount: Int {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        return max(0, recv(fd, &chunk, chunk.count, Int32(MSG_PEEK | MSG_DONTWAIT)))
     }
 
     /// Reads until the peer closes (or the 10 s timeout); returns everything received and whether it closed.

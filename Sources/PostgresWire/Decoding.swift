@@ -78,7 +78,7 @@ public enum FrontendMessage {
         guard let id = message.getInteger(at: message.readerIndex, as: UInt8.self),
             let length = message.getInteger(at: message.readerIndex + 1, as: Int32.self)
         else { return nil }
-        guard length - 4 <= longest else { return false }
+        guard Int(length) - 4 <= longest else { return false }
         guard message.readableBytes >= 1 + Int(length) else { return nil }
         var text = message.readableBytesView.dropFirst(5)
         if id == FrontendID.parse {

@@ -9,8 +9,10 @@ extension IntegrationTests {
     private static let trustConsole = "auth_type = trust\nadmin_users = lg_trust"
 
     /// Logs in over a raw socket (trust) and returns the socket, positioned after the first ReadyForQuery.
-    private func loggedInSocket(_ lifeguard: LifeguardProcess, database: String = "lgtest") throws -> RawSocket {
-        let socket = try RawSocket(port: lifeguard.port)
+    private func loggedInSocket(
+        _ lifeguard: LifeguardProcess, database: String = "lgtest", receiveBuffer: Int32? = nil
+    ) throws -> RawSocket {
+        let socket = try RawSocket(port: lifeguard.port, receiveBuffer: receiveBuffer)
         socket.send(RawSocket.startupMessage([("user", "lg_trust"), ("database", database)]))
         let welcome = socket.read { bytes in bytes.count >= 6 && bytes.suffix(6).first == UInt8(ascii: "Z") }
         try #require(welcome.contains(UInt8(ascii: "K")), "no welcome: \(welcome)")
@@ -172,14 +174,15 @@ extension IntegrationTests {
         #expect(next.result == "served")
     }
 
-    /// Replies Lifeguard gives itself (here CloseComplete) wait while the client does not read: its
-    /// requests stop being read instead of its replies piling up in Lifeguard.
+    /// Replies Lifeguard gives itself (ParseComplete of a statement the server has, CloseComplete) do not
+    /// pile up for a client that sends without Sync and does not read: they queue behind the first Parse's
+    /// reply, which the server holds until a Flush; Lifeguard asks for it and stops reading meanwhile.
     @Test func localRepliesWaitForAClientThatDoesNotRead() throws {
         let lifeguard = try LifeguardProcess(settings: "auth_type = trust")
-        let socket = try loggedInSocket(lifeguard)
-        let close = RawSocket.message("C", [UInt8(ascii: "S")] + Self.cString("x"))
+        let socket = try loggedInSocket(lifeguard, receiveBuffer: 64 << 10)
+        let parseAndClose = Self.parse("x", "SELECT 1") + RawSocket.message("C", [UInt8(ascii: "S")] + Self.cString("x"))
         let before = lifeguard.residentKilobytes
-        let sent = socket.sendUntilStalled(Array([[UInt8]](repeating: close, count: 4_000_000).joined()))
+        let sent = socket.sendUntilStalled(Array([[UInt8]](repeating: parseAndClose, count: 2_000_000).joined()))
         let growth = lifeguard.residentKilobytes - before
         #expect(sent < 32_000_000, "Lifeguard read all \(sent) bytes")
         #expect(growth < 20 << 10, "resident memory grew by \(growth) kB")
@@ -190,7 +193,7 @@ extension IntegrationTests {
     /// Console output likewise waits for a console client that does not read.
     @Test func consoleOutputWaitsForAClientThatDoesNotRead() throws {
         let lifeguard = try LifeguardProcess(settings: Self.trustConsole)
-        let socket = try loggedInSocket(lifeguard, database: "pgbouncer")
+        let socket = try loggedInSocket(lifeguard, database: "pgbouncer", receiveBuffer: 64 << 10)
         let before = lifeguard.residentKilobytes
         // More commands than the kernel's socket buffers hold, each with about 15 kB of output.
         let show = Self.query("SHOW CONFIG")

@@ -247,14 +247,15 @@ extension IntegrationTests {
 
         let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1\ntrack_extra_parameters = IntervalStyle, search_path")
         let client = try lifeguard.connect(extra: "options=-csearch_path=lg_extra,public")
-        #expect(try client.value("SHOW search_path") == "lg_extra, public")
+        // Set as the literal string the client sent, so shown as PostgreSQL shows a startup option.
+        #expect(try client.value("SHOW search_path") == "lg_extra,public")
         let firstPID = try #require(client.backendPID)
         try TestEnvironment.terminateIdleBackend(firstPID)
-        #expect(try client.value("SHOW search_path") == "lg_extra, public")
+        #expect(try client.value("SHOW search_path") == "lg_extra,public")
         #expect(client.backendPID != firstPID)
         let other = try lifeguard.connect()
         #expect(try other.value("SHOW search_path") == "\"$user\", public")
-        #expect(try client.value("SHOW search_path") == "lg_extra, public")
+        #expect(try client.value("SHOW search_path") == "lg_extra,public")
     }
 
     @Test func disablePQExecRefusesSimpleQueries() throws {

@@ -197,6 +197,39 @@ extension IntegrationTests {
         #expect(try client.value("SELECT count(*) FROM pg_prepared_statements") == "1")
     }
 
+    /// DEALLOCATE ALL pipelined before Parses: the server's statements are gone from where it stands in the
+    /// stream, not from when its reply comes back. Otherwise the Parse after it is answered from a stale
+    /// cache (26000 at the Bind), and one answered by the server is forgotten (42P05 at the next Parse).
+    @Test func pipelinedDeallocateAllTakesEffectWhereItStands() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        try client.prepare("q", "SELECT 'one'")
+        #expect(try client.execPrepared("q").first?[0] == "one")
+        let outcomes = try client.pipeline([
+            .query(sql: "DEALLOCATE ALL", parameters: []),
+            .prepare(name: "q", sql: "SELECT 'one'"),
+            .execPrepared(name: "q", parameters: []),
+            .prepare(name: "r", sql: "SELECT 'two'"),
+            .sync,
+        ])
+        #expect(outcomes == [.rows([]), .rows([]), .rows([["one"]]), .rows([]), .synced])
+        try client.prepare("s", "SELECT 'two'")
+        #expect(try client.execPrepared("s").first?[0] == "two")
+    }
+
+    /// More locally answered Parses in one pipeline than Lifeguard queues before it stops reading the client
+    /// (ServerConnection.owedRepliesLimit): it asks the server for the replies they wait behind, so the
+    /// pipeline completes instead of both sides waiting for each other.
+    @Test func longPipelineOfLocallyAnsweredParsesCompletes() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
+        let client = try lifeguard.connect()
+        let steps = (0..<6000).map { PGConnection.PipelineStep.prepare(name: "p\($0)", sql: "SELECT 'same'") }
+        let outcomes = try client.pipeline(steps + [.execPrepared(name: "p5999", parameters: []), .sync])
+        #expect(outcomes.count == 6002)
+        #expect(outcomes.prefix(6000).allSatisfy { $0 == .rows([]) })
+        #expect(outcomes.suffix(2) == [.rows([["same"]]), .synced])
+    }
+
     @Test func reusedAndUnknownNamesGetPgBouncersErrors() throws {
         let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
         let reuser = try lifeguard.connect()

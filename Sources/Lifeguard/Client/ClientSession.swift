@@ -254,7 +254,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         // Replies Lifeguard gives itself (ParseComplete, CloseComplete, errors) must not pile up for a
         // client that sends without reading: its next requests wait until it has read what is queued.
         if let context, !context.channel.isWritable { return true }
-        if let server, serverReady, !server.isWritable { return true }
+        if let server, serverReady, !server.isWritable || server.owesTooManyReplies { return true }
         return false
     }
 

@@ -74,6 +74,7 @@ final class ServerConnection: ChannelDuplexHandler {
     private var statementCache: ServerStatementCache?
     private static let parseComplete = ByteBuffer.emptyMessage(BackendID.parseComplete)
     private static let closeComplete = ByteBuffer.emptyMessage(BackendID.closeComplete)
+    private static let flushMessage = ByteBuffer.emptyMessage(FrontendID.flush)
 
     /// The encoded reply Lifeguard gives in the server's place: ParseComplete or CloseComplete.
     private static func emptyReply(_ id: UInt8) -> ByteBuffer {
@@ -181,6 +182,10 @@ final class ServerConnection: ChannelDuplexHandler {
         if clientNeedsFlush {
             clientNeedsFlush = false
             if case .linked(let client) = state { client.flushToClient() }
+        }
+        if flushRequested, !owesTooManyReplies {
+            flushRequested = false
+            if case .linked(let client) = state { client.resumeReads() }
         }
     }
 
@@ -506,8 +511,19 @@ final class ServerConnection: ChannelDuplexHandler {
     private func answer(_ reply: UInt8, for client: ClientSession) {
         if replies.push(.synthetic(reply)) == .answerNow {
             client.answerLocally(Self.emptyReply(reply))
+        } else if replies.count >= Self.owedRepliesLimit, !flushRequested {
+            // Local answers queue behind replies the server holds until a Flush or Sync the client may
+            // never send: ask for them, and stop reading the client meanwhile (owesTooManyReplies).
+            flushRequested = true
+            gather { $0.writeImmutableBuffer(Self.flushMessage) }
         }
     }
+
+    /// Past this many owed replies the client is not read until the server has answered some, so a
+    /// client that sends without Sync cannot make Lifeguard queue local answers without end.
+    static let owedRepliesLimit = 4096
+    private var flushRequested = false
+    var owesTooManyReplies: Bool { replies.count >= Self.owedRepliesLimit }
 
     /// Login, connect_query, parameter sync and reset: everything that is not a client's own traffic.
     /// Returns true when the state changed, so the caller rescans what is left of the read.

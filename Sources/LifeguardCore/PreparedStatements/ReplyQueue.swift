@@ -98,6 +98,9 @@ public struct ReplyQueue {
 
     public var isEmpty: Bool { entries.isEmpty }
 
+    /// Requests still owed a reply (server or synthetic).
+    public var count: Int { entries.count }
+
     /// The server is skipping messages until the next Sync: anything Lifeguard adds now would be skipped.
     public var isSkippingUntilSync: Bool { skippingUntilSync }
 

@@ -181,15 +181,20 @@ final class LifeguardProcess: @unchecked Sendable {
 final class RawSocket {
     private var fd: Int32
 
-    init(port: Int) throws {
-        fd = try Self.connectedDescriptor(port: port)
+    /// `receiveBuffer` caps the kernel's receive buffer (set before connecting), so a test of a client that
+    /// does not read fills it quickly.
+    init(port: Int, receiveBuffer: Int32? = nil) throws {
+        fd = try Self.connectedDescriptor(port: port, receiveBuffer: receiveBuffer)
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
     /// A connected TCP socket to 127.0.0.1:`port`.
-    static func connectedDescriptor(port: Int) throws -> Int32 {
+    static func connectedDescriptor(port: Int, receiveBuffer: Int32? = nil) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        if var size = receiveBuffer {
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")

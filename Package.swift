@@ -16,6 +16,8 @@ let package = Package(
     ],
     targets: [
         // Protocol framing and the few messages the pooler inspects. NIOCore only.
+        // A seeded generator shared by the wire tests and the fuzz targets (not linked into lifeguard).
+        .target(name: "SplitMix"),
         .target(
             name: "PostgresWire",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
@@ -66,7 +68,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PostgresWireTests",
-            dependencies: ["PostgresWire", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["PostgresWire", "SplitMix", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "LifeguardCoreTests",
@@ -91,3 +93,21 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer harness for the parsers (scripts/fuzz.sh). Declared only when LIFEGUARD_FUZZ is set: it links
+// only with `-sanitize=fuzzer`, so the normal build must not see it.
+if Context.environment["LIFEGUARD_FUZZ"] != nil {
+    package.targets += [
+        .executableTarget(
+            name: "LifeguardFuzz",
+            dependencies: [
+                "LifeguardFuzzDriver", "PostgresWire", "LifeguardCore", "SplitMix",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Sources/LifeguardFuzz/Targets"
+        ),
+        // C glue that starts libFuzzer from SwiftPM's renamed entry point (see driver.c).
+        .target(name: "LifeguardFuzzDriver", path: "Sources/LifeguardFuzz/Driver"),
+    ]
+    package.products.append(.executable(name: "lifeguard-fuzz", targets: ["LifeguardFuzz"]))
+}

@@ -5,7 +5,8 @@
 #   3. smoke-tests the real binary with psql and pgbench (simple, extended, prepared, connect-per-transaction)
 #      and with the drivers psycopg 3, asyncpg (installed with pip when missing) and pgJDBC (Debian's);
 #   4. runs `swift test`: unit tests, handler tests and the integration tests, which start their own
-#      Lifeguard processes in front of that cluster and drive them with libpq.
+#      Lifeguard processes in front of that cluster and drive them with libpq;
+#   5. builds the libFuzzer harness and runs each target for 5 s, then a 20 s chaos run (its own cluster).
 # Everything it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -121,5 +122,10 @@ unset PGPASSWORD
 
 echo "== swift test"
 export LIFEGUARD_TEST_PGPORT=$pg_port LIFEGUARD_TEST_PGDIR="$work/pg" LIFEGUARD_BINARY="$bin_path/lifeguard"
-swift test --skip-build 2>&1 | grep -vE '^(◇|↳)' 
-exit "${PIPESTATUS[0]}"
+swift test --skip-build 2>&1 | grep -vE '^(◇|↳)'
+
+echo "== fuzz smoke: every libFuzzer target for 5 s (scripts/fuzz.sh)"
+scripts/fuzz.sh 5
+
+echo "== chaos: 20 s of killed backends, PostgreSQL restarts, reloads and vanishing clients (scripts/chaos.sh)"
+scripts/chaos.sh 20

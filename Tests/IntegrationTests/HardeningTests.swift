@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import LifeguardCore
 import Testing
 
 /// A hostile client or server must not crash Lifeguard, poison another client's statements, inject SQL or
@@ -237,6 +238,39 @@ extension IntegrationTests {
         let (bytes, closed) = socket.readUntilClosed()
         #expect(closed)
         #expect(RawSocket.errorMessage(in: bytes)?.message.hasPrefix("console command too long") == true)
+    }
+
+    /// A clear-text password checked against a userlist SCRAM secret costs a PBKDF2 of the userlist's
+    /// iteration count: it runs off the event loop, so other clients are served meanwhile.
+    @Test func clearTextPasswordAgainstSCRAMSecretDoesNotBlockOthers() throws {
+        // Calibrated so that the slow check takes about two seconds on this machine and build.
+        let probeIterations = 20_000
+        let probeStart = Date()
+        _ = SCRAMSecret.derive(password: "slowpass", salt: Array("calibration".utf8), iterations: probeIterations)
+        let perIteration = max(Date().timeIntervalSince(probeStart), 0.001) / Double(probeIterations)
+        let iterations = min(Int(2.0 / perIteration), 20_000_000)
+        let secret = SCRAMSecret.derive(password: "slowpass", salt: Array("lifeguard-salt".utf8), iterations: iterations)
+        let lifeguard = try LifeguardProcess(
+            settings: "auth_type = plain\nadmin_users = lg_slow, lg_fast",
+            userList: "\"lg_slow\" \"\(secret.encoded)\"\n\"lg_fast\" \"fastpass\"")
+
+        let slowStart = Date()
+        let slow = Background<String> {
+            let console = try? lifeguard.connect(user: "lg_slow", password: "slowpass", database: "pgbouncer")
+            return (try? console?.value("SHOW VERSION")) != nil ? "in" : "refused"
+        }
+        usleep(200_000)
+        let fastStart = Date()
+        let fast = try lifeguard.connect(user: "lg_fast", password: "fastpass", database: "pgbouncer")
+        _ = try fast.value("SHOW VERSION")
+        let fastSeconds = Date().timeIntervalSince(fastStart)
+        #expect(slow.finished(within: 60))
+        let slowSeconds = Date().timeIntervalSince(slowStart)
+        #expect(slow.result == "in")
+        #expect(slowSeconds > 1, "the check was expected to take seconds, took \(slowSeconds)")
+        #expect(fastSeconds < slowSeconds / 3, "a plain login took \(fastSeconds) s beside a \(slowSeconds) s check")
+        let wrong = lifeguard.loginFailure(user: "lg_slow", password: "wrongpass", database: "pgbouncer")
+        #expect(wrong.contains("password authentication failed"))
     }
 
     // MARK: Hostile servers

@@ -211,7 +211,16 @@ private let storedSCRAM = SCRAMSecret.derive(password: "hunter2", salt: Array(1.
         #expect(code == AuthenticationCode.cleartextPassword)
         #expect(data.isEmpty)
         do throws(PoolerError) {
-            let received = try auth.receive(passwordBody(answer), into: &reply)
+            var received = try auth.receive(passwordBody(answer), into: &reply)
+            if case .checkPassword(let check) = received {
+                // Against a SCRAM secret the PBKDF2 is handed back to run off the event loop.
+                guard case .scram = secret else {
+                    Issue.record("only a SCRAM secret needs an off-loop check")
+                    return nil
+                }
+                #expect(receiveError(&auth, passwordBody(answer)) == PoolerError("unexpected password packet"))
+                received = try auth.receivePasswordCheck(check.run())
+            }
             #expect(received == .authenticated)
             #expect(reply.readableBytes == 0)
             // Done: a second password packet is refused.
@@ -238,6 +247,23 @@ private let storedSCRAM = SCRAMSecret.derive(password: "hunter2", salt: Array(1.
     @Test func plainAgainstSCRAMSecret() throws {
         #expect(try runPlain(secret: .scram(storedSCRAM), answer: "hunter2") == nil)
         #expect(try runPlain(secret: .scram(storedSCRAM), answer: "hunter3") == .passwordFailed)
+    }
+
+    @Test func plainAgainstSCRAMSecretIsCheckedByTheCaller() throws {
+        var auth = try makeAuth(.plain, secret: .scram(storedSCRAM))
+        var reply = ByteBuffer()
+        _ = try auth.start(into: &reply)
+        let step = try auth.receive(passwordBody("hunter2"), into: &reply)
+        guard case .checkPassword(let check) = step else {
+            Issue.record("expected an off-loop check, got \(step)")
+            return
+        }
+        #expect(check.run())
+        // Only the check that was asked for is taken, and only once.
+        var fresh = try makeAuth(.plain, secret: .scram(storedSCRAM))
+        #expect(throws: PoolerError("unexpected password check")) { try fresh.receivePasswordCheck(true) }
+        #expect(try auth.receivePasswordCheck(true) == .authenticated)
+        #expect(throws: PoolerError("unexpected password check")) { try auth.receivePasswordCheck(true) }
     }
 
     @Test func plainUnknownUserFails() throws {

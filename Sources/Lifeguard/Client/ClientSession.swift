@@ -3,6 +3,7 @@ import Glibc
 import LifeguardCore
 import Logging
 import NIOCore
+import NIOPosix
 import PostgresWire
 
 /// One client connection: startup and authentication, then its traffic relayed to whichever server the
@@ -170,7 +171,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     private var nestedReads: [ByteBuffer]?
 
     private func receive(_ buffer: ByteBuffer) {
-        do {
+        handlingErrors {
             switch phase {
             case .startup:
                 if startupBuffer.readableBytes == 0 {
@@ -187,6 +188,13 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             case .closed:
                 return
             }
+        }
+    }
+
+    /// Closes the client with the error a failed step throws, as PgBouncer words it.
+    private func handlingErrors(_ body: () throws -> Void) {
+        do {
+            try body()
         } catch let error as PoolerError {
             closeWithError(error, reason: error.message)
         } catch WireError.messageTooLarge(let length) {
@@ -202,6 +210,11 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         handlingRead = false
+        flushPendingWrites()
+    }
+
+    /// One flush per batch of work, towards the server and towards the client.
+    private func flushPendingWrites() {
         if serverNeedsFlush {
             serverNeedsFlush = false
             server?.flush()
@@ -250,7 +263,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private var shouldHoldReads: Bool {
-        if hasUnsentTraffic || (loggedIn && shard.isSuspended) { return true }
+        if hasUnsentTraffic || (loggedIn && shard.isSuspended) || passwordCheckLeftover != nil { return true }
         // Replies Lifeguard gives itself (ParseComplete, CloseComplete, errors) must not pile up for a
         // client that sends without reading: its next requests wait until it has read what is queued.
         if let context, !context.channel.isWritable { return true }
@@ -436,7 +449,14 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func receiveAuthentication(_ buffer: ByteBuffer) throws {
+        if passwordCheckLeftover != nil {
+            // Read while a password check runs: it follows the password message.
+            var buffer = buffer
+            passwordCheckLeftover!.writeBuffer(&buffer)
+            return
+        }
         var authenticated: ClientAuthentication?
+        var check: ClientAuthentication.PasswordCheck?
         let stop = try scanner.scan(buffer) { id, body in
             guard case .authenticating(var authentication) = phase else { return false }
             guard id == FrontendID.password, let body else {
@@ -446,22 +466,53 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             let step = try authentication.receive(body, into: &reply)
             if reply.readableBytes > 0 { context?.writeAndFlush(wrapOutboundOut(reply), promise: nil) }
             phase = .authenticating(authentication)
-            if step == .authenticated {
+            switch step {
+            case .awaitingPassword:
+                return true
+            case .authenticated:
                 authenticated = authentication
-                return false
+            case .checkPassword(let asked):
+                check = asked
             }
-            return true
+            return false
         }
-        // The scanner is replaced at login, so login happens after the scan, never inside it.
-        guard let authenticated else { return }
-        try finishLogin(authenticated)
+        let rest = stop.flatMap { buffer.getSlice(at: $0, length: buffer.writerIndex - $0) } ?? ByteBuffer()
+        if let check {
+            checkPasswordOffLoop(check, leftover: rest)
+        } else if let authenticated {
+            // The scanner is replaced at login, so login happens after the scan, never inside it.
+            try completeLogin(authenticated, leftover: rest)
+        }
+    }
+
+    private func completeLogin(_ authentication: ClientAuthentication, leftover: ByteBuffer) throws {
+        try finishLogin(authentication)
         if adminSuccessor != nil {
-            let rest = stop.flatMap { buffer.getSlice(at: $0, length: buffer.writerIndex - $0) }
-            completeAdminHandover(leftover: rest)
-            return
+            completeAdminHandover(leftover: leftover.readableBytes > 0 ? leftover : nil)
+        } else if leftover.readableBytes > 0 {
+            try receiveTraffic(leftover)
         }
-        if let stop, stop < buffer.writerIndex {
-            try receiveTraffic(buffer.getSlice(at: stop, length: buffer.writerIndex - stop)!)
+    }
+
+    /// Bytes read after a clear-text password that is being checked off the loop; nil when none is.
+    private var passwordCheckLeftover: ByteBuffer?
+
+    /// A clear-text password against a SCRAM secret costs a PBKDF2 (thousands of HMACs, as many as the
+    /// userlist says): it runs on a thread pool, and the client is not read meanwhile.
+    private func checkPasswordOffLoop(_ check: ClientAuthentication.PasswordCheck, leftover: ByteBuffer) {
+        passwordCheckLeftover = leftover
+        NIOThreadPool.singleton.runIfActive(eventLoop: shard.eventLoop) { check.run() }.whenComplete { result in
+            guard let leftover = self.passwordCheckLeftover else { return }
+            self.passwordCheckLeftover = nil
+            // The client may have gone meanwhile.
+            guard case .authenticating(var authentication) = self.phase else { return }
+            self.handlingErrors {
+                let step = try authentication.receivePasswordCheck((try? result.get()) ?? false)
+                self.phase = .authenticating(authentication)
+                if step == .authenticated { try self.completeLogin(authentication, leftover: leftover) }
+            }
+            self.flushPendingWrites()
+            self.resumeReads()
         }
     }
 
@@ -542,7 +593,13 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     private func completeAdminHandover(leftover: ByteBuffer?) {
         guard let context else { return }
         if let leftover, leftover.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(leftover)) }
+        let channel = context.channel
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        // A read this session held (during an off-loop password check) now goes to the console.
+        if readHeld {
+            readHeld = false
+            channel.read()
+        }
     }
 
     /// AuthenticationOk, the pool's ParameterStatus set with this client's own values, a Lifeguard

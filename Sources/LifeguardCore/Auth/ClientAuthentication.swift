@@ -10,11 +10,26 @@ public struct ClientAuthentication {
     public enum Step: Equatable, Sendable {
         case awaitingPassword
         case authenticated
+        /// A clear-text password to check against a stored SCRAM secret: PBKDF2, thousands of HMACs, so the
+        /// caller runs the check off its event loop and hands the answer to `receivePasswordCheck`.
+        case checkPassword(PasswordCheck)
+    }
+
+    /// PBKDF2 of a clear-text password with a stored SCRAM secret's salt and iteration count.
+    public struct PasswordCheck: Equatable, Sendable {
+        let password: String
+        let secret: SCRAMSecret
+
+        /// Whether the password derives to the secret. Slow: run it off the event loop.
+        public func run() -> Bool {
+            ClientAuthentication.verify(password: password, user: "", against: .scram(secret))
+        }
     }
 
     private enum State {
         case initial
         case cleartext
+        case checkingPassword
         case md5(salt: [UInt8])
         case scramInitial(SCRAMServerExchange, isMock: Bool, fromStoredSecret: Bool)
         case scramFinal(SCRAMServerExchange, isMock: Bool, fromStoredSecret: Bool)
@@ -119,9 +134,12 @@ public struct ClientAuthentication {
             guard let password = FrontendMessage.password(body) else { throw .passwordFailed }
             // PostgreSQL and PgBouncer never accept an empty password, whatever is stored.
             guard !password.isEmpty else { throw PoolerError("empty password returned by client") }
-            guard let secret,
-                Self.verify(password: password, user: user, against: secret)
-            else { throw .passwordFailed }
+            guard let secret else { throw .passwordFailed }
+            if case .scram(let stored) = secret {
+                state = .checkingPassword
+                return .checkPassword(PasswordCheck(password: password, secret: stored))
+            }
+            guard Self.verify(password: password, user: user, against: secret) else { throw .passwordFailed }
         case .md5(let salt):
             guard let answer = FrontendMessage.password(body) else { throw .passwordFailed }
             let storedHash: String?
@@ -153,9 +171,17 @@ public struct ClientAuthentication {
             if fromStoredSecret, case .scram(let stored) = secret, let clientKey = exchange.recoveredClientKey {
                 scramKeys = (clientKey, stored.serverKey)
             }
-        case .initial, .done:
+        case .initial, .checkingPassword, .done:
             throw PoolerError("unexpected password packet")
         }
+        state = .done
+        return .authenticated
+    }
+
+    /// The outcome of the `PasswordCheck` that `receive` asked for.
+    public mutating func receivePasswordCheck(_ matches: Bool) throws(PoolerError) -> Step {
+        guard case .checkingPassword = state else { throw PoolerError("unexpected password check") }
+        guard matches else { throw .passwordFailed }
         state = .done
         return .authenticated
     }

@@ -61,6 +61,10 @@ extension IntegrationTests {
         #expect(closed)
         #expect(RawSocket.errorMessage(in: bytes)?.message == "login packet too large: 2147483632 bytes")
         #expect(try lifeguard.connect().value("SELECT 'alive'") == "alive")
+        // PgBouncer's longest password (65531 bytes) is still read and judged like any other.
+        let clearText = try LifeguardProcess(settings: "auth_type = plain")
+        let longest = String(repeating: "a", count: 65_531)
+        #expect(clearText.loginFailure(user: "lg_clear", password: longest).contains("password authentication failed"))
     }
 
     /// One SSLRequest and one GSSENCRequest are answered; a repeated one ends the connection.

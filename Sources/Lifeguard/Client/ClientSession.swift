@@ -37,9 +37,10 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         FrontendID.copyDone, FrontendID.copyFail, FrontendID.terminate, FrontendID.password,
     ])
 
-    /// Before login every message (password, SASL) is small, so an unauthenticated client cannot make
-    /// Lifeguard hold a large buffer; PgBouncer likewise closes a client whose login packet exceeds pkt_buf.
-    static let maxLoginMessageLength = 8192
+    /// Before login every message (password, SASL) is bounded, so an unauthenticated client cannot make
+    /// Lifeguard hold a large buffer. The bound is PgBouncer's: a password of up to MAX_PASSWORD (65531)
+    /// bytes, which long tokens used as passwords need, plus its terminator and the length field.
+    static let maxLoginMessageLength = 65_536
 
     private unowned let shard: PoolShard
     private var phase = Phase.startup

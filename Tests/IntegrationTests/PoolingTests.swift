@@ -154,6 +154,32 @@ extension IntegrationTests {
         #expect(waiter.result == "1")
     }
 
+    /// Ten clients of five users at once on a database with max_db_connections = 4: the pools take slots
+    /// from each other by closing idle servers, and each slot freed so is taken at once. Taking it on a
+    /// later round left it unused whenever the waiting client was served meanwhile (3 servers at the end
+    /// instead of PgBouncer's 4, its suite's test_max_db_connections).
+    @Test func slotsFreedUnderMaxDBConnectionsAreTakenAtOnce() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "auth_type = trust\npool_mode = statement\nadmin_users = lg_trust",
+            databases: "shared = {PG} dbname=lgbench max_db_connections=4")
+        let users = ["lg_md5", "lg_scram", "lg_clear", "lg_trust", "postgres"]
+        for round in 1...5 {
+            let clients = (0..<10).map { index in
+                Background<Bool> {
+                    let client = try? lifeguard.connect(user: users[index % 5], password: nil, database: "shared")
+                    return (try? client?.value("SELECT pg_sleep(0.5)")) != nil
+                }
+            }
+            for client in clients {
+                #expect(client.finished(within: 30))
+                #expect(client.result == true)
+            }
+            let console = try lifeguard.connect(user: "lg_trust", password: nil, database: "pgbouncer")
+            let servers = try console.records("SHOW SERVERS").filter { $0["database"] == .some("shared") }
+            #expect(servers.count == 4, "round \(round): \(servers.count) servers")
+        }
+    }
+
     @Test func maxUserConnectionsCapsServersAcrossDatabases() throws {
         let lifeguard = try LifeguardProcess(settings: "max_user_connections = 1\ndefault_pool_size = 5")
         let holder = try lifeguard.connect(database: "lgtest")

@@ -195,8 +195,20 @@ final class Pool {
     /// Closes one idle server, if this pool has any; returns whether it did.
     func closeOneIdleServer(reason: String) -> Bool {
         guard let server = idleServers.popLast() else { return false }
+        // Uncounted now, so that the pool that asked can take the slot at once, as in PgBouncer.
+        uncount(server)
+        evictedServers.insert(ObjectIdentifier(server))
         server.close(reason: reason)
         return true
+    }
+
+    /// Servers closed to free a slot for another pool: already uncounted when their close completes.
+    private var evictedServers: Set<ObjectIdentifier> = []
+
+    private func uncount(_ server: ServerConnection) {
+        serverCount -= 1
+        shard.counts.serversPerDatabase[key.database, default: 1] -= 1
+        shard.counts.serversPerUser[key.user, default: 1] -= 1
     }
 
     // MARK: Servers
@@ -289,10 +301,8 @@ final class Pool {
 
     /// A server connection closed, for whatever reason.
     func serverClosed(_ server: ServerConnection, duringLogin: Bool) {
-        serverCount -= 1
+        if evictedServers.remove(ObjectIdentifier(server)) == nil { uncount(server) }
         if duringLogin { serversLoggingIn -= 1 }
-        shard.counts.serversPerDatabase[key.database, default: 1] -= 1
-        shard.counts.serversPerUser[key.user, default: 1] -= 1
         idleServers.removeAll { $0 === server }
         shard.unregister(server)
         launchIfNeeded(now: .now())
@@ -368,12 +378,11 @@ final class Pool {
         case .wait:
             return
         case .evictForDatabaseLimit:
-            // The freed slot is taken on a later janitor round.
-            shard.evictIdleServer(excluding: self) { $0.key.database == key.database }
-            return
+            // The slot is taken at once: waiting for the close would let it go unused when this pool's
+            // waiting client is served by one of its own servers meanwhile (PgBouncer launches at once too).
+            guard shard.evictIdleServer(excluding: self, where: { $0.key.database == key.database }) else { return }
         case .evictForUserLimit:
-            shard.evictIdleServer(excluding: self) { $0.key.user == key.user }
-            return
+            guard shard.evictIdleServer(excluding: self, where: { $0.key.user == key.user }) else { return }
         case .launchFromReserve:
             logger.info("\(logPrefix) taking connection from reserve_pool")
         case .launch:

@@ -175,12 +175,14 @@ final class PoolShard {
     var allPools: Dictionary<PoolKey, Pool>.Values { pools.values }
 
     /// Closes an idle server of some other pool that `matches`, to free a slot under a shared limit.
-    func evictIdleServer(excluding requester: Pool, where matches: (Pool) -> Bool) {
+    /// Returns false when there was none.
+    func evictIdleServer(excluding requester: Pool, where matches: (Pool) -> Bool) -> Bool {
         for pool in pools.values where pool !== requester && matches(pool) {
             if pool.closeOneIdleServer(reason: "evicted to make room (max_db_connections/max_user_connections)") {
-                return
+                return true
             }
         }
+        return false
     }
 
     /// The secret the userlist holds for `user`, if any.

@@ -8,6 +8,7 @@
 #   BENCH_ROUNDS    how many times to repeat every (workload, pooler) pair (default 1)
 #   BENCH_WARMUP    seconds of unmeasured pgbench traffic through each pooler before measuring (default 2)
 #   BENCH_SCALE     pgbench -i scale factor (default 10)
+#   LIFEGUARD_BINARY  a lifeguard binary to measure instead of building one (to compare two builds)
 #   PG_PORT, LIFEGUARD_PORT, PGBOUNCER_PORT
 #                   first port to try for each process (defaults 55432, 56432, 56532); a port that is
 #                   already taken is skipped, so a system pgbouncer on 6432 is never touched
@@ -58,7 +59,7 @@ command -v swift >/dev/null || die "swift is not installed (needed to build Life
 # 2. Build Lifeguard (release)
 # ---------------------------------------------------------------------------------------------
 log "building Lifeguard (release)"
-LIFEGUARD=$("$repo/scripts/build-release.sh")
+LIFEGUARD=${LIFEGUARD_BINARY:-$("$repo/scripts/build-release.sh")}
 [ -x "$LIFEGUARD" ] || die "build did not produce $LIFEGUARD"
 
 # ---------------------------------------------------------------------------------------------

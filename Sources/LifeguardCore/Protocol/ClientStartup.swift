@@ -50,12 +50,15 @@ public enum TrackedParameter {
     /// `text` as an SQL string literal that means the same whatever `standard_conforming_strings` is: an
     /// escape string (`E'...'`) with quotes and backslashes doubled. Client-chosen values never become SQL.
     public static func literal(_ text: String) -> String {
-        var quoted = "E'"
-        for character in text.unicodeScalars {
-            if character == "'" || character == "\\" { quoted.unicodeScalars.append(character) }
-            quoted.unicodeScalars.append(character)
+        var quoted: [UInt8] = Array("E'".utf8)
+        quoted.reserveCapacity(text.utf8.count + 3)
+        for byte in text.utf8 {
+            // Both are ASCII, so they never occur inside a multi-byte UTF-8 sequence.
+            if byte == UInt8(ascii: "'") || byte == UInt8(ascii: "\\") { quoted.append(byte) }
+            quoted.append(byte)
         }
-        return quoted + "'"
+        quoted.append(UInt8(ascii: "'"))
+        return String(decoding: quoted, as: UTF8.self)
     }
 }
 
@@ -97,16 +100,19 @@ public struct ParameterSet: Sendable, Equatable {
     /// the startup packet's value (a search_path list stays a list), and no value can end the statement.
     public func setStatements(toMatch server: ParameterSet) -> String? {
         var calls: [String] = []
+        // Runs on every link of a client to a server: nothing is built unless a value differs.
         for index in values.indices {
-            let name = TrackedParameter.literal(TrackedParameter.names[index])
             guard let wanted = values[index] else {
                 // A NULL value resets the parameter to its default.
-                if server.values[index] != nil { calls.append("pg_catalog.set_config(\(name), NULL, false)") }
+                if server.values[index] != nil {
+                    calls.append("pg_catalog.set_config(\(TrackedParameter.literal(TrackedParameter.names[index])), NULL, false)")
+                }
                 continue
             }
             if let current = server.values[index], current == wanted || current.lowercased() == wanted.lowercased() {
                 continue
             }
+            let name = TrackedParameter.literal(TrackedParameter.names[index])
             calls.append("pg_catalog.set_config(\(name), \(TrackedParameter.literal(wanted)), false)")
         }
         return calls.isEmpty ? nil : "SELECT " + calls.joined(separator: ", ")

@@ -10,20 +10,8 @@ final class CancelHoldingRelay: @unchecked Sendable {
     private let heldCancels = NIOLockedValueBox<[Int32]>([])
 
     init(targetPort: Int) throws {
-        listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        (listener, port) = try loopbackListener(backlog: 64)
         let listener = self.listener
-        withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                _ = bind(listener, $0, length)
-                _ = getsockname(listener, $0, &length)
-            }
-        }
-        port = Int(UInt16(bigEndian: address.sin_port))
-        guard Glibc.listen(listener, 64) == 0 else { throw PGConnection.Failure(message: "relay: listen failed") }
         let held = heldCancels
         // Dedicated threads, not Dispatch: these loops block, and Dispatch's pool is as wide as the CPU count.
         Thread.detachNewThread {

@@ -49,6 +49,25 @@ func freePort() -> Int {
     return Int(UInt16(bigEndian: address.sin_port))
 }
 
+/// A listening TCP socket on a free loopback port, for the stand-in servers of the tests.
+func loopbackListener(backlog: Int32) throws -> (descriptor: Int32, port: Int) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+        }
+    }
+    guard bound, listen(fd, backlog) == 0 else {
+        close(fd)
+        throw PGConnection.Failure(message: "cannot listen on a loopback port")
+    }
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
+}
+
 /// A real Lifeguard process with a generated configuration, stopped when the test is done with it.
 /// Unchecked: after init only `port`, `directory` and the thread-safe `conninfo`/`connect` are shared.
 final class LifeguardProcess: @unchecked Sendable {

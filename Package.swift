@@ -31,21 +31,31 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
-        // IO: listeners, channel handlers, pools, logging.
+        // The event loop: epoll, non-blocking sockets with write queues, listeners, timers, signals.
+        .target(
+            name: "LifeguardEngine",
+            dependencies: [
+                "CLinuxShims",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        // The pooler on the engine: client and server sessions, pools, the console, logging.
         .target(
             name: "Lifeguard",
             dependencies: [
                 "LifeguardCore",
+                "LifeguardEngine",
                 "PostgresWire",
                 "CLinuxShims",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ],
-            // The handlers of one event loop call each other directly; Swift 6's isolation checking cannot see
-            // that they share the loop, so this target stays in the Swift 5 language mode.
+            // The sessions of one loop call each other directly; Swift 6's isolation checking cannot see that
+            // they share the loop's thread, so this target stays in the Swift 5 language mode.
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         .executableTarget(
@@ -57,6 +67,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/lifeguard"
+        ),
+        // A test socket that drives connections on an engine loop (engine and session tests; not linked into lifeguard).
+        .target(
+            name: "EngineTestSupport",
+            dependencies: ["LifeguardEngine", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         // glibc declarations Swift's Glibc module lacks: malloc_usable_size (SHOW MEM) and struct ucred.
         .systemLibrary(name: "CLinuxShims"),
@@ -75,12 +91,14 @@ let package = Package(
             dependencies: ["LifeguardCore", "PostgresWire"]
         ),
         .testTarget(
+            name: "LifeguardEngineTests",
+            dependencies: ["LifeguardEngine", "EngineTestSupport", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
             name: "LifeguardTests",
             dependencies: [
-                "Lifeguard", "LifeguardCore", "PostgresWire",
+                "Lifeguard", "LifeguardCore", "LifeguardEngine", "EngineTestSupport", "PostgresWire",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOEmbedded", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Dispatch
 import Glibc
 import Lifeguard
 import LifeguardCore
@@ -46,13 +45,12 @@ struct LifeguardCommand: ParsableCommand {
             return
         }
         // Blocked before any thread exists, so that every thread inherits the mask and the signals wait for
-        // sigwait below instead of reaching a thread that would ignore or die of them.
-        var handledSignals = sigset_t()
-        sigemptyset(&handledSignals)
-        for signalNumber in [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2] {
-            sigaddset(&handledSignals, signalNumber)
-        }
-        pthread_sigmask(SIG_BLOCK, &handledSignals, nil)
+        // the event loop's signalfd instead of reaching a thread that would ignore or die of them.
+        let handledSignals = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2]
+        var signalMask = sigset_t()
+        sigemptyset(&signalMask)
+        for signalNumber in handledSignals { sigaddset(&signalMask, signalNumber) }
+        pthread_sigmask(SIG_BLOCK, &signalMask, nil)
         signal(SIGPIPE, SIG_IGN)
 
         let configuration: Configuration
@@ -97,24 +95,14 @@ struct LifeguardCommand: ParsableCommand {
         if let pidfile = settings.pidfile, !pidfile.isEmpty {
             writePidfile(pidfile)
         }
-        let stop = DispatchSemaphore(value: 0)
-        let server = LifeguardServer(
-            configurationPath: config!, configuration: configuration, userList: userList, logger: logger,
-            reopenLog: { sink.reopen() }, requestExit: { stop.signal() })
-        // One thread takes the signals (blocked everywhere since the start of run) and hands them to the
-        // server, which acts on its event loop. Started before the listeners open: a signal sent as soon as
-        // the port answers is acted on, not lost.
-        nonisolated(unsafe) let signalTarget = server  // handleSignal is safe from any thread
-        let waitedSignals = handledSignals
-        DispatchQueue(label: "lifeguard.signals").async {
-            var signals = waitedSignals
-            while true {
-                var signalNumber: Int32 = 0
-                if sigwait(&signals, &signalNumber) == 0 { signalTarget.handleSignal(signalNumber) }
-            }
-        }
+        // The signals, blocked in every thread since the start of run, reach the event loop through a
+        // signalfd opened before the listeners: a signal sent as soon as the port answers is acted on.
+        let server: LifeguardServer
         do {
-            try server.start()
+            server = try LifeguardServer(
+                configurationPath: config!, configuration: configuration, userList: userList, logger: logger,
+                reopenLog: { sink.reopen() })
+            try server.start(signals: handledSignals)
         } catch {
             logger.critical("\(error)")
             fail("\(error)")
@@ -124,7 +112,7 @@ struct LifeguardCommand: ParsableCommand {
         }
         logger.info("process up: \(LifeguardVersion.line), pid \(getpid())")
 
-        stop.wait()
+        server.run()
         server.shutdown()
         if let pidfile = settings.pidfile, !pidfile.isEmpty { unlink(pidfile) }
         logger.info("shutdown complete")

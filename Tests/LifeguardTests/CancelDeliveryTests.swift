@@ -1,7 +1,8 @@
+import EngineTestSupport
 import Foundation
 import Glibc
+import LifeguardEngine
 import NIOCore
-import NIOPosix
 import Testing
 
 @testable import Lifeguard
@@ -15,31 +16,31 @@ import Testing
         defer { _ = system("scripts/blackhole-host.sh destroy \(name)") }
         try #require(system("scripts/blackhole-host.sh create \(name) 10.214.0") == 0, "no network namespace")
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
+        let loop = try EngineLoop()
         let start = Date()
-        let delivery = sendCancel(
+        var finished = false
+        CancelDelivery.send(
             to: try SocketAddress(ipAddress: "10.214.0.2", port: 5432), processID: 1, secretKey: 2, timeout: 0.3,
-            on: group.next())
-        #expect(throws: (any Error).self) { try delivery.wait() }
+            on: loop
+        ) { finished = true }
+        #expect(loop.run(until: { finished }))
         let elapsed = Date().timeIntervalSince(start)
         #expect(elapsed >= 0.25 && elapsed < 3, "gave up after \(elapsed) s")
     }
 
     @Test func cancelToAListeningServerIsDelivered() throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
-        let received = group.next().makePromise(of: ByteBuffer.self)
-        let server = try ServerBootstrap(group: group)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(Collector(promise: received))
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).wait()
-        defer { try? server.close().wait() }
-        try sendCancel(to: server.localAddress!, processID: 7, secretKey: 9, timeout: 5, on: group.next()).wait()
-        var packet = try received.futureResult.wait()
+        let loop = try EngineLoop()
+        let collector = Collector()
+        let server = try Listener.listen(
+            on: try SocketAddress(ipAddress: "127.0.0.1", port: 0), backlog: 4, listenerOptions: [], loop: loop
+        ) { $0.delegate = collector }
+        defer { server.close() }
+        var finished = false
+        CancelDelivery.send(to: server.localAddress!, processID: 7, secretKey: 9, timeout: 5, on: loop) {
+            finished = true
+        }
+        try #require(loop.run(until: { finished }), "the delivery did not finish")
+        var packet = collector.bytes
         #expect(packet.readInteger(as: Int32.self) == 16)
         #expect(packet.readInteger(as: Int32.self) == 80_877_102)
         #expect(packet.readInteger(as: Int32.self) == 7)
@@ -47,22 +48,16 @@ import Testing
     }
 }
 
-/// Collects what a test server receives, closing once a whole CancelRequest is in.
-private final class Collector: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = ByteBuffer
-    private var bytes = ByteBuffer()
-    private let promise: EventLoopPromise<ByteBuffer>
+/// Collects what a test server receives, closing once a whole CancelRequest is in (as PostgreSQL does).
+private final class Collector: ConnectionDelegate {
+    private(set) var bytes = ByteBuffer()
 
-    init(promise: EventLoopPromise<ByteBuffer>) { self.promise = promise }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = unwrapInboundIn(data)
+    func connectionRead(_ connection: Connection, _ buffer: ByteBuffer) {
+        var buffer = buffer
         bytes.writeBuffer(&buffer)
-        // Like PostgreSQL: act on the 16-byte request, then close.
-        if bytes.readableBytes >= 16 { context.close(promise: nil) }
+        if bytes.readableBytes >= 16 { connection.close() }
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
-        promise.succeed(bytes)
-    }
+    func connectionReadComplete(_ connection: Connection) {}
+    func connectionClosed(_ connection: Connection, error: SocketError?) {}
 }

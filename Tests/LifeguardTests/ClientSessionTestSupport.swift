@@ -1,7 +1,8 @@
+import EngineTestSupport
 import LifeguardCore
+import LifeguardEngine
 import Logging
 import NIOCore
-import NIOEmbedded
 import PostgresWire
 import Testing
 
@@ -10,7 +11,7 @@ import Testing
 // MARK: Configuration
 
 /// The database every test logs in to. Port 1 on 127.0.0.1: nothing listens there, and no test gets as far as
-/// opening a server connection (see `TestClient.blockServerLaunches`).
+/// opening a server connection (see `makeShard`).
 let testDatabase = "lgtest"
 let testUser = "alice"
 let testPassword = "s3cret"
@@ -33,43 +34,53 @@ func makeUserList() -> UserList {
     UserList(secrets: [testUser: testPassword])
 }
 
-/// A fresh shard on `loop`: ClientSession registers itself and its cancel key cancel keys on it, so tests never share one.
-func makeShard(on loop: EmbeddedEventLoop, configuration: Configuration) -> PoolShard {
+/// A fresh shard on `loop`: ClientSession registers itself and its cancel key on it, so tests never share one.
+func makeShard(on loop: EngineLoop, configuration: Configuration) -> PoolShard {
     let logger = Logger(label: "lifeguard.tests", factory: { _ in SwiftLogNoOpLogHandler() })
-    let shard = PoolShard(eventLoop: loop, configuration: configuration, userList: makeUserList(), logger: logger)
-    // `ServerConnection.launch` builds a NIOPosix `ClientBootstrap` on the shard's event loop, which is a
-    // precondition failure on an EmbeddedEventLoop. Holding the database at its max_db_connections (1) keeps
-    // the pool from launching a server, so an authenticated client stays queued for its pool's first server.
+    let shard = PoolShard(loop: loop, configuration: configuration, userList: makeUserList(), logger: logger)
+    // Holding the database at its max_db_connections (1) keeps the pool from launching a server, so an
+    // authenticated client stays queued for its pool's first server.
     shard.counts.serversPerDatabase[testDatabase] = 1
     return shard
 }
 
-// MARK: A client channel
+// MARK: A client connection
 
-/// One EmbeddedChannel running a ClientSession, connected (active) from 127.0.0.1:5555.
+/// One client: a TCP connection from a test socket to a ClientSession on `loop`, which only runs while the
+/// test turns it.
 final class TestClient {
-    let loop: EmbeddedEventLoop
+    let loop: EngineLoop
     let shard: PoolShard
-    let session: ClientSession
-    let channel: EmbeddedChannel
+    private(set) var session: ClientSession!
+    let peer: PeerSocket
+    private let listener: Listener
 
-    init(shard: PoolShard, loop: EmbeddedEventLoop) throws {
+    init(shard: PoolShard, loop: EngineLoop) throws {
         self.loop = loop
         self.shard = shard
-        self.session = ClientSession(shard: shard)
-        self.channel = EmbeddedChannel(handler: session, loop: loop)
-        try channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 5555)).wait()
+        var accepted: ClientSession?
+        listener = try Listener.listen(
+            on: try SocketAddress(ipAddress: "127.0.0.1", port: 0), backlog: 1, listenerOptions: [], loop: loop
+        ) { connection in
+            let session = ClientSession(connection: connection, shard: shard)
+            session.start()
+            accepted = session
+        }
+        peer = try PeerSocket(connectingTo: listener.localAddress!)
+        try #require(loop.run(until: { accepted != nil }), "the loop did not accept the test connection")
+        session = accepted
+        listener.close()
     }
 
     /// A new loop, shard and client in one step.
     convenience init(configuration: Configuration) throws {
-        let loop = EmbeddedEventLoop()
+        let loop = try EngineLoop()
         try self.init(shard: makeShard(on: loop, configuration: configuration), loop: loop)
     }
 
     func send(_ buffer: ByteBuffer) throws {
-        try channel.writeInbound(buffer)
-        loop.run()
+        try peer.write(buffer)
+        loop.settle()
     }
 
     /// Sends `buffer` one byte per read.
@@ -81,25 +92,22 @@ final class TestClient {
         }
     }
 
-    /// Every outbound write so far, one ByteBuffer per write.
-    func outboundWrites() throws -> [ByteBuffer] {
-        var writes: [ByteBuffer] = []
-        while let buffer = try channel.readOutbound(as: ByteBuffer.self) {
-            writes.append(buffer)
-        }
-        return writes
+    /// Every byte Lifeguard sent since the last call.
+    func received() -> ByteBuffer {
+        peer.readAvailable()
     }
 
-    /// Every outbound byte so far, parsed into backend messages (fails the test on a partial message).
+    /// Every byte received so far, parsed into backend messages (fails the test on a partial message).
     func outboundMessages(sourceLocation: SourceLocation = #_sourceLocation) throws -> [BackendFrame] {
-        var all = ByteBuffer()
-        for var write in try outboundWrites() { all.writeBuffer(&write) }
-        return try BackendFrame.parseAll(all, sourceLocation: sourceLocation)
+        try BackendFrame.parseAll(received(), sourceLocation: sourceLocation)
     }
+
+    /// Lifeguard closed the connection (and everything it sent has been read).
+    var isClosed: Bool { peer.isClosedByPeer }
 
     func finish() throws {
-        _ = try channel.finish(acceptAlreadyClosed: true)
-        loop.run()
+        peer.close()
+        loop.settle()
     }
 }
 
@@ -208,7 +216,7 @@ struct MalformedOutput: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Asserts the handler wrote exactly one FATAL ErrorResponse with `code` and `message` and closed the channel.
+/// Asserts the session wrote exactly one FATAL ErrorResponse with `code` and `message` and closed the connection.
 func expectFatalAndClosed(
     _ client: TestClient, code: String = "08P01", message: String,
     sourceLocation: SourceLocation = #_sourceLocation
@@ -220,5 +228,5 @@ func expectFatalAndClosed(
     #expect(fields["S"] == "FATAL", sourceLocation: sourceLocation)
     #expect(fields["C"] == code, sourceLocation: sourceLocation)
     #expect(fields["M"] == message, sourceLocation: sourceLocation)
-    #expect(!client.channel.isActive, "channel still active after a FATAL error", sourceLocation: sourceLocation)
+    #expect(client.isClosed, "connection still open after a FATAL error", sourceLocation: sourceLocation)
 }

@@ -1,12 +1,13 @@
+import EngineTestSupport
 import LifeguardCore
+import LifeguardEngine
 import NIOCore
-import NIOEmbedded
 import PostgresWire
 import Testing
 
 @testable import Lifeguard
 
-/// ClientSession on an EmbeddedChannel: startup, authentication and the errors PgBouncer sends before login.
+/// ClientSession on a real connection from a test socket: startup, authentication and the errors PgBouncer sends before login.
 /// No server is ever connected; an authenticated client stays queued for its pool's first server.
 @Suite struct ClientSessionTests {
     // MARK: SSL and GSSAPI encryption requests
@@ -18,15 +19,14 @@ import Testing
         let client = try TestClient(configuration: makeConfiguration(authType: .plain))
         try client.send(request == "SSLRequest" ? ClientPacket.sslRequest : ClientPacket.gssEncRequest)
 
-        let writes = try client.outboundWrites()
-        #expect(writes.map { Array($0.readableBytesView) } == [[UInt8(ascii: "N")]])
-        #expect(client.channel.isActive)
+        #expect(Array(client.received().readableBytesView) == [UInt8(ascii: "N")])
+        #expect(!client.isClosed)
 
         try client.send(ClientPacket.startup())
         let messages = try client.outboundMessages()
         try #require(messages.count == 1)
         #expect(try messages[0].authentication().code == 3)
-        #expect(client.channel.isActive)
+        #expect(!client.isClosed)
         try client.finish()
     }
 
@@ -37,10 +37,9 @@ import Testing
         both.writeBuffer(&startup)
         try client.send(both)
 
-        let writes = try client.outboundWrites()
-        try #require(writes.count == 2)
-        #expect(Array(writes[0].readableBytesView) == [UInt8(ascii: "N")])
-        let messages = try BackendFrame.parseAll(writes[1])
+        var bytes = client.received()
+        #expect(bytes.readInteger(as: UInt8.self) == UInt8(ascii: "N"))
+        let messages = try BackendFrame.parseAll(bytes)
         try #require(messages.count == 1)
         #expect(try messages[0].authentication().code == 3)
         try client.finish()
@@ -52,21 +51,20 @@ import Testing
         let client = try TestClient(configuration: makeConfiguration(authType: .plain))
         try client.sendByteByByte(ClientPacket.startup()) {
             // Nothing may be answered before the last byte of the packet has arrived.
-            let early = try client.outboundWrites()
-            #expect(early.isEmpty)
-            #expect(client.channel.isActive)
+            #expect(client.received().readableBytes == 0)
+            #expect(!client.isClosed)
         }
         let messages = try client.outboundMessages()
         try #require(messages.count == 1)
         #expect(try messages[0].authentication().code == 3)
-        #expect(client.channel.isActive)
+        #expect(!client.isClosed)
         try client.finish()
     }
 
     @Test func sslRequestAndStartupSplitByteByByteAreAccepted() throws {
         let client = try TestClient(configuration: makeConfiguration(authType: .plain))
         try client.sendByteByByte(ClientPacket.sslRequest)
-        #expect(try client.outboundWrites().map { Array($0.readableBytesView) } == [[UInt8(ascii: "N")]])
+        #expect(Array(client.received().readableBytesView) == [UInt8(ascii: "N")])
         try client.sendByteByByte(ClientPacket.startup())
         let messages = try client.outboundMessages()
         try #require(messages.count == 1)
@@ -108,7 +106,7 @@ import Testing
         #expect(fields["S"] == "FATAL")
         #expect(fields["C"] == "08P01")
         #expect(fields["M"] == "bad packet header")
-        #expect(!client.channel.isActive)
+        #expect(client.isClosed)
         try client.finish()
     }
 
@@ -124,7 +122,7 @@ import Testing
         let messages = try client.outboundMessages()
         try #require(messages.count == 1)
         #expect(try messages[0].authentication().code == 3)
-        #expect(client.channel.isActive)
+        #expect(!client.isClosed)
         try client.finish()
     }
 
@@ -176,7 +174,7 @@ import Testing
     @Test func plainAuthPasswordSplitByteByByteIsAccepted() throws {
         let client = try TestClient(configuration: makeConfiguration(authType: .plain))
         try client.send(ClientPacket.startup())
-        _ = try client.outboundWrites()
+        _ = client.received()
         try client.sendByteByByte(ClientPacket.password(testPassword))
         try expectQueuedForWelcome(client)
         try client.finish()
@@ -276,7 +274,7 @@ import Testing
     // MARK: Limits
 
     @Test func maxClientConnRefusesTheSecondClient() throws {
-        let loop = EmbeddedEventLoop()
+        let loop = try EngineLoop()
         let shard = makeShard(on: loop, configuration: makeConfiguration(authType: .plain, maxClientConn: 1))
         let first = try TestClient(shard: shard, loop: loop)
         let second = try TestClient(shard: shard, loop: loop)
@@ -291,7 +289,7 @@ import Testing
         let messages = try first.outboundMessages()
         try #require(messages.count == 1)
         #expect(try messages[0].authentication().code == 3)
-        #expect(first.channel.isActive)
+        #expect(!first.isClosed)
 
         try first.finish()
         try second.finish()
@@ -303,18 +301,19 @@ import Testing
     @Test func cancelRequestWithUnknownKeyIsDroppedSilently() throws {
         let client = try TestClient(configuration: makeConfiguration(authType: .trust))
         try client.send(ClientPacket.cancel(processID: 1234, secretKey: 5678))
-        #expect(try client.outboundWrites().isEmpty)
-        #expect(!client.channel.isActive)
+        #expect(client.received().readableBytes == 0)
+        #expect(client.isClosed)
         #expect(client.shard.clientSessions.count == 0)
         try client.finish()
     }
 
     // MARK: Memory
 
-    /// A closed client's session must be freed: it once kept its ChannelHandlerContext, which keeps the
-    /// session, and every connection leaked about 3 KB (RSS grew without bound under `pgbench -C`).
+    /// A closed client's session must be freed: under NIO it once kept its ChannelHandlerContext, which kept
+    /// the session, and every connection leaked about 3 KB (RSS grew without bound under `pgbench -C`); the
+    /// engine's connection must likewise let go of its delegate.
     @Test func closedSessionIsFreed() throws {
-        let loop = EmbeddedEventLoop()
+        let loop = try EngineLoop()
         let shard = makeShard(on: loop, configuration: makeConfiguration(authType: .trust))
         weak var freed: ClientSession?
         try {
@@ -324,20 +323,20 @@ import Testing
             try expectQueuedForWelcome(client)
             try client.finish()
         }()
-        loop.run()
+        loop.settle()
         #expect(shard.clientSessions.isEmpty)
-        #expect(freed == nil, "the session outlived its channel")
+        #expect(freed == nil, "the session outlived its connection")
     }
 }
 
 // MARK: Helpers
 
 /// After a successful login the pool greets the client only once its first server has reported its
-/// ParameterStatus set: until then nothing (not even AuthenticationOk) is written and the channel stays open.
+/// ParameterStatus set: until then nothing (not even AuthenticationOk) is written and the connection stays open.
 private func expectQueuedForWelcome(_ client: TestClient, sourceLocation: SourceLocation = #_sourceLocation) throws {
-    #expect(try client.outboundWrites().isEmpty, "nothing may be written before the pool's welcome",
+    #expect(client.received().readableBytes == 0, "nothing may be written before the pool's welcome",
             sourceLocation: sourceLocation)
-    #expect(client.channel.isActive, sourceLocation: sourceLocation)
+    #expect(!client.isClosed, sourceLocation: sourceLocation)
     let pool = try #require(client.session.pool, "client has no pool after login", sourceLocation: sourceLocation)
     #expect(pool.key.database == testDatabase, sourceLocation: sourceLocation)
     #expect(pool.clientCount == 1, sourceLocation: sourceLocation)

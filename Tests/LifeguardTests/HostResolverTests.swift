@@ -1,7 +1,8 @@
+import EngineTestSupport
+import Glibc
+import LifeguardEngine
 import NIOConcurrencyHelpers
 import NIOCore
-import Glibc
-import NIOPosix
 import Testing
 
 @testable import Lifeguard
@@ -22,52 +23,49 @@ import Testing
         }
     }
 
-    private func resolver(_ lookUp: CountingLookUp, ttl: Double) -> (HostResolver, MultiThreadedEventLoopGroup) {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let resolver = HostResolver(
-            eventLoop: group.next(), maxTTL: ttl, failureTTL: ttl, lookUp: { try lookUp($0, $1) })
-        return (resolver, group)
+    private func resolver(_ lookUp: CountingLookUp, ttl: Double) throws -> (HostResolver, EngineLoop) {
+        let loop = try EngineLoop()
+        let resolver = HostResolver(loop: loop, maxTTL: ttl, failureTTL: ttl, lookUp: { try lookUp($0, $1) })
+        return (resolver, loop)
     }
 
-    private func resolve(_ resolver: HostResolver, on group: EventLoopGroup) throws -> [String] {
-        try group.next().flatSubmit { resolver.resolve(host: "db.example", port: 5432) }.wait()
-            .map { $0.ipAddress ?? "" }
+    /// Resolves on the loop, turning it until the answer (which may come from the lookup thread) is in.
+    private func resolve(_ resolver: HostResolver, on loop: EngineLoop, host: String = "db.example") throws -> [String] {
+        var answer: Result<[SocketAddress], Error>?
+        resolver.resolve(host: host, port: 5432) { answer = $0 }
+        try #require(loop.run(until: { answer != nil }), "no answer")
+        return try answer!.get().map { $0.ipAddress ?? "" }
     }
 
     @Test func answersAreCachedAndRotated() throws {
         let lookUp = CountingLookUp()
-        let (resolver, group) = resolver(lookUp, ttl: 60)
-        defer { try? group.syncShutdownGracefully() }
-        #expect(try resolve(resolver, on: group) == ["10.0.0.1", "10.0.0.2"])
-        #expect(try resolve(resolver, on: group) == ["10.0.0.2", "10.0.0.1"], "the next connection starts at the next address")
+        let (resolver, loop) = try resolver(lookUp, ttl: 60)
+        #expect(try resolve(resolver, on: loop) == ["10.0.0.1", "10.0.0.2"])
+        #expect(try resolve(resolver, on: loop) == ["10.0.0.2", "10.0.0.1"], "the next connection starts at the next address")
         #expect(lookUp.calls.withLockedValue { $0 } == 1)
     }
 
     @Test func answersExpireAfterTheTTL() throws {
         let lookUp = CountingLookUp()
-        let (resolver, group) = resolver(lookUp, ttl: 0.1)
-        defer { try? group.syncShutdownGracefully() }
-        _ = try resolve(resolver, on: group)
+        let (resolver, loop) = try resolver(lookUp, ttl: 0.1)
+        _ = try resolve(resolver, on: loop)
         Thread.sleep(0.2)
-        _ = try resolve(resolver, on: group)
+        _ = try resolve(resolver, on: loop)
         #expect(lookUp.calls.withLockedValue { $0 } == 2)
     }
 
     @Test func failuresAreCachedToo() throws {
         let lookUp = CountingLookUp(fail: true)
-        let (resolver, group) = resolver(lookUp, ttl: 60)
-        defer { try? group.syncShutdownGracefully() }
-        #expect(throws: HostResolver.LookupError.self) { try resolve(resolver, on: group) }
-        #expect(throws: HostResolver.LookupError.self) { try resolve(resolver, on: group) }
+        let (resolver, loop) = try resolver(lookUp, ttl: 60)
+        #expect(throws: HostResolver.LookupError.self) { try resolve(resolver, on: loop) }
+        #expect(throws: HostResolver.LookupError.self) { try resolve(resolver, on: loop) }
         #expect(lookUp.calls.withLockedValue { $0 } == 1)
     }
 
     @Test func ipLiteralsNeedNoLookup() throws {
         let lookUp = CountingLookUp()
-        let (resolver, group) = resolver(lookUp, ttl: 60)
-        defer { try? group.syncShutdownGracefully() }
-        let addresses = try group.next().flatSubmit { resolver.resolve(host: "127.0.0.1", port: 1) }.wait()
-        #expect(addresses.map(\.ipAddress) == ["127.0.0.1"])
+        let (resolver, loop) = try resolver(lookUp, ttl: 60)
+        #expect(try resolve(resolver, on: loop, host: "127.0.0.1") == ["127.0.0.1"])
         #expect(lookUp.calls.withLockedValue { $0 } == 0)
     }
 }

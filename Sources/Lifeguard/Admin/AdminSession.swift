@@ -1,18 +1,15 @@
 import LifeguardCore
+import LifeguardEngine
 import Logging
 import NIOCore
 import PostgresWire
 
 /// A logged-in session on the admin console (the virtual database `pgbouncer`). ClientSession does the
-/// startup and authentication, then hands the channel over to this handler.
+/// startup and authentication, then hands the connection over to this session.
 ///
 /// Only the simple query protocol is served, one command per Query; replies follow PgBouncer's
 /// (console errors are ERROR 08P01 and the session stays open).
-final class AdminSession: ChannelDuplexHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
+final class AdminSession: ConnectionDelegate {
     /// The longest command accepted: the longest useful one is a SET of a long list.
     static let maxCommandLength = 64 * 1024
 
@@ -25,16 +22,19 @@ final class AdminSession: ChannelDuplexHandler {
     private let connectedAt = NIODeadline.now()
     private let peer: String
     private var scanner: FrameScanner
-    private var context: ChannelHandlerContext?
+    private let connection: Connection
     private var closeReason: String?
     /// A PAUSE or WAIT_CLOSE whose reply waits until servers are gone. Meanwhile no further command runs:
     /// reads stop, and what was already read waits in `heldInput`.
     private var pendingReply: DeferredCommand?
     private var heldInput: ByteBuffer?
-    private var readHeld = false
     private let cancelKey: CancelKey
 
-    init(shard: PoolShard, role: AdminRole, user: String, id: Int, connectTime: Int, peer: String, cancelKey: CancelKey) {
+    init(
+        connection: Connection, shard: PoolShard, role: AdminRole, user: String, id: Int, connectTime: Int,
+        peer: String, cancelKey: CancelKey
+    ) {
+        self.connection = connection
         self.shard = shard
         self.role = role
         self.user = user
@@ -52,14 +52,13 @@ final class AdminSession: ChannelDuplexHandler {
         "C-\(pointerText(self)): \(AdminAccess.databaseName)/\(user)@\(peer)"
     }
 
-    var channel: Channel? { context?.channel }
+    // MARK: Connection events
 
-    // MARK: Channel events
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
+    /// Takes the connection over from the ClientSession that logged it in, and greets the client.
+    func start() {
+        connection.delegate = self
         shard.register(self, cancelKey: cancelKey)
-        var buffer = context.channel.allocator.buffer(capacity: 256)
+        var buffer = ByteBufferAllocator().buffer(capacity: 256)
         buffer.writeAuthenticationOK()
         for (name, value) in [
             ("server_version", "\(LifeguardVersion.number)/bouncer"), ("client_encoding", "UTF8"),
@@ -70,23 +69,16 @@ final class AdminSession: ChannelDuplexHandler {
         }
         buffer.writeBackendKeyData(processID: cancelKey.processID, secretKey: cancelKey.secretKey)
         buffer.writeReadyForQuery(.idle)
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        connection.writeAndFlush(buffer)
         if shard.settings.logConnections {
             shard.logger.info("\(logPrefix) login attempt: db=\(AdminAccess.databaseName) user=\(user) tls=no")
         }
     }
 
-    /// The context holds this handler: keeping it past removal would keep both alive forever.
-    func handlerRemoved(context: ChannelHandlerContext) {
-        self.context = nil
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let buffer = unwrapInboundIn(data)
+    func connectionRead(_ connection: Connection, _ buffer: ByteBuffer) {
         requestTime = WallClock.seconds()
-        // A read already under way when a deferred command began, or one NIO delivers from inside a flush
-        // of ours (it reads to learn why a write failed), waits for the commands before it.
-        if mustWait || isExecuting {
+        // A read already under way when a deferred command began waits for the commands before it.
+        if mustWait {
             hold(buffer)
             return
         }
@@ -94,18 +86,20 @@ final class AdminSession: ChannelDuplexHandler {
         runHeldCommands()
     }
 
-    private var isExecuting = false
+    /// Holds reads while a command's reply is deferred, and while the client is not reading its replies:
+    /// console output must not pile up for a client that only sends.
+    func connectionReadComplete(_ connection: Connection) {
+        if mustWait { connection.readsHeld = true }
+    }
 
     /// A deferred reply, or output the client has not read yet: the next command waits.
     private var mustWait: Bool {
-        pendingReply != nil || context?.channel.isWritable != true
+        pendingReply != nil || !connection.isWritable
     }
 
     /// Runs the commands in `buffer`, stopping at one whose reply is deferred or after one whose output
     /// fills the client's buffers; the rest waits.
     private func execute(_ buffer: ByteBuffer) {
-        isExecuting = true
-        defer { isExecuting = false }
         do {
             let stop = try scanner.scan(buffer) { id, body in
                 try receive(id, body)
@@ -133,27 +127,16 @@ final class AdminSession: ChannelDuplexHandler {
         }
     }
 
-    /// Holds reads while a command's reply is deferred, and while the client is not reading its replies:
-    /// console output must not pile up for a client that only sends.
-    func read(context: ChannelHandlerContext) {
-        if mustWait {
-            readHeld = true
-        } else {
-            context.read()
-        }
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
+    func connectionWritable(_ connection: Connection) {
         runHeldCommands()
     }
 
     private func resumeReads() {
-        guard readHeld, !mustWait, let context else { return }
-        readHeld = false
-        context.read()
+        if !mustWait { connection.readsHeld = false }
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    func connectionClosed(_ connection: Connection, error: SocketError?) {
+        if closeReason == nil, let error { closeReason = "client socket error: \(error)" }
         shard.unregister(self, cancelKey: cancelKey)
         if pendingReply != nil { shard.dropPendingReplies(of: self) }
         if shard.settings.logDisconnections {
@@ -162,15 +145,10 @@ final class AdminSession: ChannelDuplexHandler {
         }
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if closeReason == nil { closeReason = "client socket error: \(error)" }
-        context.close(promise: nil)
-    }
-
     /// Returns false to stop reading the rest of the read (the session is closing).
     private func receive(_ id: UInt8, _ body: ByteBuffer?) throws -> Bool {
         // Commands read before the client went away are not run: nobody would read their output.
-        guard let context, context.channel.isActive else { return false }
+        guard connection.isOpen else { return false }
         switch id {
         case FrontendID.query:
             var body = body ?? ByteBuffer()
@@ -180,7 +158,7 @@ final class AdminSession: ChannelDuplexHandler {
             switch outcome {
             case .done:
                 reply.writeReadyForQuery(.idle)
-                context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+                connection.writeAndFlush(reply)
                 return !mustWait
             case .deferred(let deferred):
                 // The tag and ReadyForQuery come later; the commands after it wait.
@@ -192,7 +170,7 @@ final class AdminSession: ChannelDuplexHandler {
             return true
         case FrontendID.terminate:
             closeReason = "client close request"
-            context.close(promise: nil)
+            connection.close()
             return false
         case FrontendID.parse, FrontendID.bind, FrontendID.execute:
             sendErrorThenClose("extended query protocol not supported by admin console")
@@ -212,9 +190,9 @@ final class AdminSession: ChannelDuplexHandler {
         var reply = ByteBuffer()
         reply.writeCommandComplete(tag)
         reply.writeReadyForQuery(.idle)
-        context?.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+        connection.writeAndFlush(reply)
         // Called while the shard walks its deferred replies: the commands that waited run after that.
-        context?.eventLoop.execute { self.runHeldCommands() }
+        connection.loop.deferTask { self.runHeldCommands() }
     }
 
     private func runHeldCommands() {
@@ -227,24 +205,23 @@ final class AdminSession: ChannelDuplexHandler {
 
     /// ERROR + ReadyForQuery, then FATAL `bad packet` and a close, as PgBouncer answers protocol misuse.
     private func sendErrorThenClose(_ message: String) {
-        guard let context else { return }
         var reply = ByteBuffer()
         reply.writeErrorResponse(severity: "ERROR", code: "08P01", message: message)
         reply.writeReadyForQuery(.idle)
-        context.write(wrapOutboundOut(reply), promise: nil)
+        connection.write(reply)
         closeWithFatal(PoolerError("bad packet"))
     }
 
     func closeWithFatal(_ error: PoolerError) {
-        guard let context else { return }
+        guard connection.isOpen else { return }
         if closeReason == nil { closeReason = error.message }
         var reply = ByteBuffer()
         reply.writeErrorResponse(severity: "FATAL", code: error.sqlState, message: error.message)
-        context.writeLastMessageAndClose(wrapOutboundOut(reply))
+        connection.closeAfterWriting(reply)
     }
 
     var isWaitingForReply: Bool { pendingReply != nil }
-    var peerAddress: SocketAddress? { context?.channel.remoteAddress }
-    var localAddress: SocketAddress? { context?.channel.localAddress }
+    var peerAddress: SocketAddress? { connection.remoteAddress }
+    var localAddress: SocketAddress? { connection.localAddress }
     var waitMicroseconds: Int { 0 }
 }

@@ -1,19 +1,13 @@
-import CLinuxShims
 import Glibc
 import LifeguardCore
+import LifeguardEngine
 import Logging
 import NIOCore
-import NIOPosix
 import PostgresWire
 
 /// One client connection: startup and authentication, then its traffic relayed to whichever server the
 /// pool lends it for each transaction (or for the whole session).
-final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
+final class ClientSession: ConnectionDelegate {
     private enum Phase {
         case startup
         case authenticating(ClientAuthentication)
@@ -42,9 +36,12 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// bytes, which long tokens used as passwords need, plus its terminator and the length field.
     static let maxLoginMessageLength = 65_536
 
+    /// The answer to SSLRequest and GSSENCRequest: no TLS or GSSAPI yet, go on in plain text.
+    private static let encryptionRefused = ByteBuffer(integer: UInt8(ascii: "N"))
+
     private unowned let shard: PoolShard
     private var phase = Phase.startup
-    private var context: ChannelHandlerContext?
+    private let connection: Connection
     private var startupBuffer = ByteBuffer()
     /// Which of SSLRequest (true) and GSSENCRequest (false) were answered.
     private var encryptionRequestsAnswered: Set<Bool> = []
@@ -75,10 +72,9 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// Replies Lifeguard wrote to the client itself (ParseComplete, CloseComplete), not yet flushed.
     private var localRepliesNeedFlush = false
     private var serverNeedsFlush = false
-    /// Between channelRead and channelReadComplete: what is written meanwhile is flushed once, at the end.
+    /// Between a read and its completion: what is written meanwhile is flushed once, at the end.
     private var handlingRead = false
     private var loggedIn = false
-    private var readHeld = false
     private var cancelKey: CancelKey?
     private var closeReason: String?
     private let connectedAt = NIODeadline.now()
@@ -91,7 +87,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     var parameters = ParameterSet()
     /// Console rights decided at startup for a login to the `pgbouncer` database.
     private var adminRole: AdminRole?
-    /// Set once a console login handed the channel to an AdminSession; this handler then leaves.
+    /// Set once a console login handed the connection to an AdminSession; this session then leaves.
     private var adminSuccessor: AdminSession?
     /// The peer's user id, for Unix-socket clients (the daemon's own user may enter the console as `pgbouncer`).
     private var peerUID: uid_t?
@@ -104,7 +100,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// query_wait_notify's NOTICE went out for the current wait.
     var queuedNoticeSent = false
 
-    init(shard: PoolShard) {
+    init(connection: Connection, shard: PoolShard) {
+        self.connection = connection
         self.shard = shard
         self.scanner = FrameScanner(capturedIDs: .all, maxMessageLength: Self.maxLoginMessageLength)
         self.id = shard.nextConnectionID()
@@ -112,34 +109,22 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var logger: Logger { shard.logger }
 
-    // MARK: Channel events
+    // MARK: Connection events
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-    }
-
-    /// The context holds this handler: keeping it past removal would keep both alive forever.
-    func handlerRemoved(context: ChannelHandlerContext) {
-        self.context = nil
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
+    /// The connection was accepted: from here on this session hears of it.
+    func start() {
+        connection.delegate = self
         shard.register(self)
-        if case .unixDomainSocket = context.channel.remoteAddress,
-            let provider = context.channel as? SocketOptionProvider
-        {
-            provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
-                .whenSuccess { (credentials: lifeguard_peer_credentials) in
-                    self.peerUID = credentials.uid
-                    self.peerPID = credentials.pid
-                }
+        if case .unixDomainSocket = connection.remoteAddress, let credentials = connection.peerCredentials {
+            peerUID = credentials.uid
+            peerPID = credentials.pid
         }
     }
 
     /// The peer as PgBouncer prints it: "addr:port", or "unix(pid)" for a Unix-socket client. Built only when
     /// needed (logging, application_name_add_host), not for every connection.
     private var peerDescription: String {
-        guard let remote = context?.channel.remoteAddress else { return "unknown" }
+        guard let remote = connection.remoteAddress else { return "unknown" }
         if let ip = remote.ipAddress { return "\(ip):\(remote.port ?? 0)" }
         return peerPID.map { "unix(\($0))" } ?? "unix"
     }
@@ -149,38 +134,15 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         "C-\(pointerText(self)): \(logTarget)@\(peerDescription)"
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let buffer = unwrapInboundIn(data)
+    func connectionRead(_ connection: Connection, _ buffer: ByteBuffer) {
         handlingRead = true
         requestTime = shard.clockSeconds
-        // NIO may deliver a read from inside a flush of ours (it reads to learn why a write failed): those
-        // bytes follow the ones being handled, so they wait until that is done.
-        if nestedReads != nil {
-            nestedReads!.append(buffer)
-            return
-        }
-        nestedReads = []
-        receive(buffer)
-        while let next = nestedReads?.first {
-            nestedReads!.removeFirst()
-            receive(next)
-        }
-        nestedReads = nil
-    }
-
-    /// Reads that arrived while one was being handled; nil outside channelRead.
-    private var nestedReads: [ByteBuffer]?
-
-    private func receive(_ buffer: ByteBuffer) {
         handlingErrors {
             switch phase {
             case .startup:
-                if startupBuffer.readableBytes == 0 {
-                    startupBuffer = buffer
-                } else {
-                    var buffer = buffer
-                    startupBuffer.writeBuffer(&buffer)
-                }
+                // Copied: a slice would keep the loop's whole read buffer for a client that sends slowly.
+                var buffer = buffer
+                startupBuffer.writeBuffer(&buffer)
                 try readStartup()
             case .authenticating:
                 try receiveAuthentication(buffer)
@@ -209,9 +171,10 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    func channelReadComplete(context: ChannelHandlerContext) {
+    func connectionReadComplete(_ connection: Connection) {
         handlingRead = false
         flushPendingWrites()
+        if shouldHoldReads { connection.readsHeld = true }
     }
 
     /// One flush per batch of work, towards the server and towards the client.
@@ -223,7 +186,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         flushLocalReplies()
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    func connectionClosed(_ connection: Connection, error: SocketError?) {
+        if closeReason == nil, let error { closeReason = "client socket error: \(error)" }
         let wasLoggedIn = loggedIn
         phase = .closed
         if let server {
@@ -243,42 +207,28 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if closeReason == nil { closeReason = "client socket error: \(error)" }
-        context.close(promise: nil)
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        guard context.channel.isWritable else { return }
+    func connectionWritable(_ connection: Connection) {
         server?.resumeReads()
         resumeReads()
     }
 
-    /// Holds reads while the server cannot take more bytes, or while bytes wait for a server.
-    func read(context: ChannelHandlerContext) {
-        if shouldHoldReads {
-            readHeld = true
-        } else {
-            context.read()
-        }
-    }
-
+    /// Reads are held while the server cannot take more bytes, or while bytes wait for a server.
     private var shouldHoldReads: Bool {
         if hasUnsentTraffic || (loggedIn && shard.isSuspended) || passwordCheckLeftover != nil { return true }
         // Replies Lifeguard gives itself (ParseComplete, CloseComplete, errors) must not pile up for a
         // client that sends without reading: its next requests wait until it has read what is queued.
-        if let context, !context.channel.isWritable { return true }
+        if !connection.isWritable { return true }
         if let server, serverReady, !server.isWritable || server.owesTooManyReplies { return true }
         return false
     }
 
     func resumeReads() {
-        guard readHeld, !shouldHoldReads, let context else { return }
-        readHeld = false
-        context.read()
+        guard connection.readsHeld, !shouldHoldReads else { return }
+        if case .closed = phase { return }
+        connection.readsHeld = false
     }
 
-    var isWritable: Bool { context?.channel.isWritable ?? false }
+    var isWritable: Bool { connection.isWritable }
 
     // MARK: Admin console views
 
@@ -297,8 +247,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     var loginUser: String? { loggedIn ? logTarget.split(separator: "/", maxSplits: 1).last.map(String.init) : nil }
-    var remoteAddress: SocketAddress? { context?.channel.remoteAddress }
-    var localAddress: SocketAddress? { context?.channel.localAddress }
+    var remoteAddress: SocketAddress? { connection.remoteAddress }
+    var localAddress: SocketAddress? { connection.localAddress }
 
     /// Between transactions with nothing in flight: its server could be closed without losing work.
     var isBetweenTransactions: Bool {
@@ -329,7 +279,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     func sendNotice(_ message: String) {
         var buffer = ByteBuffer()
         buffer.writeErrorResponse(severity: "NOTICE", code: "00000", message: message, notice: true)
-        context?.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        connection.writeAndFlush(buffer)
     }
 
     /// Disconnects the client with `error` (KILL, KILL_CLIENT, shutdown).
@@ -351,20 +301,16 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
                 guard encryptionRequestsAnswered.insert(packet == .sslRequest).inserted else {
                     throw WireError.malformedStartup("repeated encryption request")
                 }
-                // No TLS or GSSAPI yet: "N" tells the client to go on in plain text.
-                var reply = ByteBuffer()
-                reply.writeInteger(UInt8(ascii: "N"))
-                context?.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+                connection.writeAndFlush(Self.encryptionRefused)
             case .cancel(let processID, let secretKey):
                 closeReason = nil
                 phase = .closed
                 // As in PgBouncer, the requesting connection stays open until the cancel has been delivered
                 // (or cancel_wait_timeout has passed), then closes without a reply.
-                let context = self.context
-                if let delivery = forwardCancel(CancelKey(processID: processID, secretKey: secretKey)) {
-                    delivery.whenComplete { _ in context?.close(promise: nil) }
-                } else {
-                    context?.close(promise: nil)
+                let connection = self.connection
+                connection.readsHeld = true
+                if !forwardCancel(CancelKey(processID: processID, secretKey: secretKey), then: { connection.close() }) {
+                    connection.close()
                 }
                 return
             case .startup(let version, let raw):
@@ -395,33 +341,38 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
                 }
             }
         }
+        if case .startup = phase { return }
+        let rest = startupBuffer
+        startupBuffer = ByteBuffer()
         // Bytes after the startup packet (a client that does not wait for the auth request) are auth traffic.
-        if case .authenticating = phase, startupBuffer.readableBytes > 0 {
-            let rest = startupBuffer
-            startupBuffer = ByteBuffer()
+        if case .authenticating = phase, rest.readableBytes > 0 {
             try receiveAuthentication(rest)
         }
     }
 
-    /// Sends the cancel on to the server running the key's client; nil when there is nothing to cancel.
-    private func forwardCancel(_ key: CancelKey) -> EventLoopFuture<Void>? {
+    /// Sends the cancel on to the server running the key's client, calling `then` once it is delivered or
+    /// given up; false when there is nothing to cancel.
+    private func forwardCancel(_ key: CancelKey, then: @escaping () -> Void) -> Bool {
         // ^C on a console session waiting in PAUSE or SUSPEND resumes, as in PgBouncer.
         if let console = shard.adminSession(forCancelKey: key) {
             if console.isWaitingForReply, !shard.isShuttingDown, shard.control.pauseMode != .running {
                 shard.resume(database: nil)
             }
-            return nil
+            return false
         }
         // Unknown keys and clients without a server are dropped silently, as PostgreSQL and PgBouncer do.
         guard let target = shard.client(forCancelKey: key), let server = target.server,
             let backend = server.backendKey, let address = server.remoteAddress
-        else { return nil }
+        else { return false }
         server.cancelStarted()
-        let delivery = sendCancel(
+        CancelDelivery.send(
             to: address, processID: backend.processID, secretKey: backend.secretKey,
-            timeout: shard.settings.cancelWaitTimeout, on: shard.eventLoop)
-        delivery.whenComplete { _ in server.cancelFinished() }
-        return delivery
+            timeout: shard.settings.cancelWaitTimeout, on: shard.loop
+        ) {
+            server.cancelFinished()
+            then()
+        }
+        return true
     }
 
 
@@ -441,7 +392,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         let step = try authentication.start(into: &reply)
-        if reply.readableBytes > 0 { context?.writeAndFlush(wrapOutboundOut(reply), promise: nil) }
+        if reply.readableBytes > 0 { connection.writeAndFlush(reply) }
         if step == .authenticated {
             try finishLogin(authentication)
         } else {
@@ -465,7 +416,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             }
             var reply = ByteBuffer()
             let step = try authentication.receive(body, into: &reply)
-            if reply.readableBytes > 0 { context?.writeAndFlush(wrapOutboundOut(reply), promise: nil) }
+            if reply.readableBytes > 0 { connection.writeAndFlush(reply) }
             phase = .authenticating(authentication)
             switch step {
             case .awaitingPassword:
@@ -502,13 +453,14 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// userlist says): it runs on a thread pool, and the client is not read meanwhile.
     private func checkPasswordOffLoop(_ check: ClientAuthentication.PasswordCheck, leftover: ByteBuffer) {
         passwordCheckLeftover = leftover
-        NIOThreadPool.singleton.runIfActive(eventLoop: shard.eventLoop) { check.run() }.whenComplete { result in
+        connection.readsHeld = true
+        shard.loop.offload({ check.run() }) { matches in
             guard let leftover = self.passwordCheckLeftover else { return }
             self.passwordCheckLeftover = nil
             // The client may have gone meanwhile.
             guard case .authenticating(var authentication) = self.phase else { return }
             self.handlingErrors {
-                let step = try authentication.receivePasswordCheck((try? result.get()) ?? false)
+                let step = try authentication.receivePasswordCheck(matches)
                 self.phase = .authenticating(authentication)
                 if step == .authenticated { try self.completeLogin(authentication, leftover: leftover) }
             }
@@ -572,41 +524,33 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Admin console
 
-    /// Puts an AdminSession after this handler; `completeAdminHandover` then removes this one.
+    /// Makes an AdminSession for this connection; `completeAdminHandover` then hands it over.
     private func handOverToAdmin(role: AdminRole, user: String) {
-        guard let context else { return }
         phase = .closed
         // The console does not count against max_client_conn: it leaves the client registry.
         shard.unregister(self)
         let key = shard.newCancelKey()
-        let session = AdminSession(
-            shard: shard, role: role, user: user, id: id, connectTime: connectTime, peer: peerDescription,
-            cancelKey: key)
-        do {
-            try context.pipeline.syncOperations.addHandler(session, position: .after(self))
-            adminSuccessor = session
-        } catch {
-            context.close(promise: nil)
-        }
+        adminSuccessor = AdminSession(
+            connection: connection, shard: shard, role: role, user: user, id: id, connectTime: connectTime,
+            peer: peerDescription, cancelKey: key)
     }
 
-    /// Passes bytes that arrived with the login on to the console session, then leaves the pipeline.
+    /// Gives the connection to the console session, with the bytes that arrived with the login.
     private func completeAdminHandover(leftover: ByteBuffer?) {
-        guard let context else { return }
-        if let leftover, leftover.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(leftover)) }
-        let channel = context.channel
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        guard let session = adminSuccessor else { return }
+        session.start()
         // A read this session held (during an off-loop password check) now goes to the console.
-        if readHeld {
-            readHeld = false
-            channel.read()
+        connection.readsHeld = false
+        if let leftover, leftover.readableBytes > 0 {
+            session.connectionRead(connection, leftover)
+            session.connectionReadComplete(connection)
         }
     }
 
     /// AuthenticationOk, the pool's ParameterStatus set with this client's own values, a Lifeguard
     /// BackendKeyData and ReadyForQuery: the whole greeting, without touching a server.
     func sendWelcome() {
-        guard case .awaitingWelcome = phase, let context, let cancelKey, let pool else { return }
+        guard case .awaitingWelcome = phase, let cancelKey, let pool else { return }
         parameters.fillUnset(from: pool.defaultParameters)
         guard var buffer = pool.welcomeMessages(for: parameters) else { return }
         buffer.writeBackendKeyData(processID: cancelKey.processID, secretKey: cancelKey.secretKey)
@@ -615,7 +559,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
                 severity: "NOTICE", code: "00000", message: shard.settings.loginNotifyMessage, notice: true)
         }
         buffer.writeReadyForQuery(.idle)
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        connection.writeAndFlush(buffer)
         phase = .active
         lastReady = .now()
         if hasUnsentTraffic { requestServerIfNeeded() }
@@ -688,7 +632,7 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
             serverNeedsFlush = false
             server?.flush()
         }
-        context?.close(promise: nil)
+        connection.close()
     }
 
     /// Transaction and statement mode with max_prepared_statements: the messages that name a prepared
@@ -832,14 +776,14 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// A reply Lifeguard gives in the server's place (ParseComplete, CloseComplete).
     func answerLocally(_ reply: ByteBuffer) {
-        context?.write(wrapOutboundOut(reply), promise: nil)
+        connection.write(reply)
         localRepliesNeedFlush = true
     }
 
     private func flushLocalReplies() {
         guard localRepliesNeedFlush else { return }
         localRepliesNeedFlush = false
-        context?.flush()
+        connection.flush()
     }
 
     /// The server could not keep the client's statement `name` (its Parse failed or was skipped).
@@ -962,11 +906,11 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
 
     func forwardFromServer(_ buffer: ByteBuffer) {
         pool?.stats.bytesSent &+= buffer.readableBytes
-        context?.write(wrapOutboundOut(buffer), promise: nil)
+        connection.write(buffer)
     }
 
     func flushToClient() {
-        context?.flush()
+        connection.flush()
     }
 
     /// The linked server's connection died: PgBouncer tells the client "server conn crashed?".
@@ -979,7 +923,6 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
     /// Sends a FATAL ErrorResponse and closes once it is written.
     func closeWithError(_ error: PoolerError, reason: String) {
         if case .closed = phase { return }
-        guard let context else { return }
         if closeReason == nil { closeReason = reason }
         if shard.settings.logPoolerErrors {
             logger.warning("\(logPrefix) pooler error: \(error.message)")
@@ -987,9 +930,8 @@ final class ClientSession: ChannelDuplexHandler, RemovableChannelHandler {
         if let pool { pool.removeWaiting(self) }
         queued = false
         phase = .closed
-        var buffer = context.channel.allocator.buffer(capacity: 64 + error.message.utf8.count)
+        var buffer = ByteBufferAllocator().buffer(capacity: 64 + error.message.utf8.count)
         buffer.writeErrorResponse(severity: "FATAL", code: error.sqlState, message: error.message)
-        readHeld = true
-        context.writeLastMessageAndClose(wrapOutboundOut(buffer))
+        connection.closeAfterWriting(buffer)
     }
 }

@@ -1,83 +1,61 @@
 import Glibc
 import LifeguardCore
+import LifeguardEngine
 import Logging
 import NIOCore
-import NIOPosix
 
 /// The running daemon: the event loop, its pool shard and the TCP and Unix-socket listeners, and the
 /// process-level controls (reload, shutdown modes, signals).
 public final class LifeguardServer: DaemonControl {
     public private(set) var configuration: Configuration
     private let configurationPath: String
-    private let group: MultiThreadedEventLoopGroup
+    private let loop: EngineLoop
     private let shard: PoolShard
-    private var tcpListeners: [Channel] = []
-    private var unixListener: Channel?
+    private var tcpListeners: [Listener] = []
+    private var unixListener: Listener?
     private let logger: Logger
     private var unixSocketPath: String?
     private let reopenLog: () -> Void
-    private let requestExit: () -> Void
-    private var drainTimer: RepeatedTask?
+    private var drainTimer: EngineLoop.TimerID?
     /// Set by the first SIGTERM / SIGINT, so that the second one exits at once.
     private var drainMode: ShutdownMode?
 
     /// - Parameters:
     ///   - reopenLog: reopens the log file (SIGHUP and RELOAD, for log rotation).
-    ///   - requestExit: called once the daemon should exit; the caller then calls `shutdown()`.
     public init(
         configurationPath: String, configuration: Configuration, userList: UserList, logger: Logger,
-        reopenLog: @escaping () -> Void, requestExit: @escaping () -> Void
-    ) {
+        reopenLog: @escaping () -> Void
+    ) throws {
         self.configurationPath = configurationPath
         self.configuration = configuration
         self.logger = logger
         self.reopenLog = reopenLog
-        self.requestExit = requestExit
         // One loop for now; the shard is shaped so that each loop can later own its own.
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        self.shard = PoolShard(
-            eventLoop: group.next(), configuration: configuration, userList: userList, logger: logger)
+        self.loop = try EngineLoop()
+        self.shard = PoolShard(loop: loop, configuration: configuration, userList: userList, logger: logger)
         shard.control.daemon = self
     }
 
-    /// Binds every listener; throws (with the address in the message) when one cannot be bound.
-    public func start() throws {
+    /// Binds every listener and starts taking `signals` (blocked in every thread by the caller); throws
+    /// (with the address in the message) when a listener cannot be bound.
+    public func start(signals: [Int32]) throws {
         let settings = configuration.settings
+        try loop.handleSignals(signals) { [unowned self] in self.handleSignal($0) }
+        shard.startJanitor()
         let shard = self.shard
-        try shard.eventLoop.submit { shard.startJanitor() }.wait()
-
-        // Socket options go on the listening socket, which accepted sockets inherit (NIO already sets
-        // TCP_NODELAY there): NIO's per-child option list costs more per accepted client than the rest of
-        // accepting it, so the one NIO-level option, the write watermark, is set by ClientAcceptor.
-        // ServerBootstrap is a class: each listener gets its own, so TCP options never reach the Unix socket.
-        let group = self.group
-        func makeBootstrap() -> ServerBootstrap {
-            ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: Int32(settings.listenBacklog))
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .serverChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            ClientAcceptor(shard: shard, writeWatermark: clientWriteWatermark))
-                    }
-                }
-        }
+        let accept = { (connection: Connection) in ClientSession(connection: connection, shard: shard).start() }
+        let backlog = Int32(clamping: settings.listenBacklog)
 
         for address in settings.listenAddresses {
             let hosts = address == "*" ? ["0.0.0.0", "::"] : [address]
             for host in hosts {
                 do {
-                    var tcp = makeBootstrap()
-                    for (level, name, value) in TCPTuning.listenerOptions(settings) {
-                        tcp = tcp.serverChannelOption(
-                            ChannelOptions.Types.SocketOption(level: SocketOptionLevel(level), name: SocketOptionName(name)),
-                            value: value)
-                    }
-                    if settings.soReuseport {
-                        tcp = tcp.serverChannelOption(ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)), value: 1)
-                    }
-                    let channel = try tcp.bind(host: host, port: settings.listenPort).wait()
-                    tcpListeners.append(channel)
+                    var options = TCPTuning.listenerOptions(settings)
+                    if settings.soReuseport { options.append((SOL_SOCKET, SO_REUSEPORT, 1)) }
+                    let socketAddress = try SocketAddress.makeAddressResolvingHost(host, port: settings.listenPort)
+                    tcpListeners.append(
+                        try Listener.listen(
+                            on: socketAddress, backlog: backlog, listenerOptions: options, loop: loop, onAccept: accept))
                     logger.info("listening on \(host):\(settings.listenPort)")
                 } catch where address == "*" && host == "::" {
                     // IPv6 may be missing, or "::" may already cover IPv4: 0.0.0.0 is enough then.
@@ -92,9 +70,10 @@ public final class LifeguardServer: DaemonControl {
             let path = "\(settings.unixSocketDir)/.s.PGSQL.\(settings.listenPort)"
             unlink(path)  // a stale socket from a previous run; PgBouncer removes it too
             do {
-                let channel = try makeBootstrap().bind(unixDomainSocketPath: path).wait()
+                unixListener = try Listener.listen(
+                    on: try SocketAddress(unixDomainSocketPath: path), backlog: backlog, listenerOptions: [],
+                    loop: loop, onAccept: accept)
                 chmod(path, mode_t(settings.unixSocketMode))
-                unixListener = channel
                 unixSocketPath = path
                 logger.info("listening on unix:\(path)")
             } catch {
@@ -106,53 +85,59 @@ public final class LifeguardServer: DaemonControl {
         }
     }
 
-    /// Closes the listeners, says goodbye to every connection (Terminate to servers) and stops the event loop.
+    /// Serves until a signal, SHUTDOWN or a finished drain asks the daemon to exit.
+    public func run() {
+        loop.run()
+    }
+
+    private func requestExit() {
+        loop.stop()
+    }
+
+    /// Closes the listeners and says goodbye to every connection (Terminate to servers).
     public func shutdown() {
-        for listener in tcpListeners + [unixListener].compactMap({ $0 }) { try? listener.close().wait() }
+        for listener in tcpListeners + [unixListener].compactMap({ $0 }) { listener.close() }
         tcpListeners = []
         unixListener = nil
-        let shard = self.shard
-        try? shard.eventLoop.submit {
-            shard.stop()
-            shard.closeAllConnections()
-        }.wait()
+        shard.stop()
+        shard.closeAllConnections()
+        // The goodbyes are queued writes and deferred close notifications: one more turn sends them.
+        loop.runOnce(maxWaitMilliseconds: 0)
         if let unixSocketPath { unlink(unixSocketPath) }
-        try? group.syncShutdownGracefully()
     }
 
     // MARK: Signals
 
     /// PgBouncer's signals: HUP reload, TERM wait for clients, INT wait for servers (a second TERM or INT
-    /// exits at once), QUIT exit, USR1 pause, USR2 resume. Safe to call from any thread.
-    public func handleSignal(_ signalNumber: Int32) {
-        shard.eventLoop.execute { [self] in
-            switch signalNumber {
-            case SIGHUP:
-                logger.info("got SIGHUP, re-reading config")
-                _ = reload()
-            case SIGTERM, SIGINT:
-                if drainMode != nil {
-                    logger.info("got signal \(signalNumber) again, exiting now")
-                    shutdown(.immediate)
-                } else {
-                    logger.info(
-                        signalNumber == SIGTERM
-                            ? "got SIGTERM, shutting down, waiting for all clients to disconnect"
-                            : "got SIGINT, shutting down, waiting for all servers connections to be released")
-                    shutdown(signalNumber == SIGTERM ? .waitForClients : .waitForServers)
-                }
-            case SIGQUIT:
-                logger.info("got SIGQUIT, fast exit")
+    /// exits at once), QUIT exit, USR1 pause, USR2 resume. Runs on the loop (the signalfd is one of its
+    /// descriptors).
+    private func handleSignal(_ signalNumber: Int32) {
+        switch signalNumber {
+        case SIGHUP:
+            logger.info("got SIGHUP, re-reading config")
+            _ = reload()
+        case SIGTERM, SIGINT:
+            if drainMode != nil {
+                logger.info("got signal \(signalNumber) again, exiting now")
                 shutdown(.immediate)
-            case SIGUSR1:
-                logger.info("got SIGUSR1, pausing all activity")
-                shard.pause(database: nil)
-            case SIGUSR2:
-                logger.info("got SIGUSR2, continuing")
-                if !shard.isShuttingDown, shard.control.pauseMode != .running { shard.resume(database: nil) }
-            default:
-                break
+            } else {
+                logger.info(
+                    signalNumber == SIGTERM
+                        ? "got SIGTERM, shutting down, waiting for all clients to disconnect"
+                        : "got SIGINT, shutting down, waiting for all servers connections to be released")
+                shutdown(signalNumber == SIGTERM ? .waitForClients : .waitForServers)
             }
+        case SIGQUIT:
+            logger.info("got SIGQUIT, fast exit")
+            shutdown(.immediate)
+        case SIGUSR1:
+            logger.info("got SIGUSR1, pausing all activity")
+            shard.pause(database: nil)
+        case SIGUSR2:
+            logger.info("got SIGUSR2, continuing")
+            if !shard.isShuttingDown, shard.control.pauseMode != .running { shard.resume(database: nil) }
+        default:
+            break
         }
     }
 
@@ -190,13 +175,11 @@ public final class LifeguardServer: DaemonControl {
         }
         drainMode = mode
         // Only the console stays reachable, over the Unix socket (as in PgBouncer 1.25).
-        for listener in tcpListeners { listener.close(promise: nil) }
+        for listener in tcpListeners { listener.close() }
         tcpListeners = []
-        drainTimer?.cancel()
-        drainTimer = shard.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(100)) {
-            [weak self] _ in
-            self?.exitIfDrained()
-        }
+        if let drainTimer { loop.cancel(drainTimer) }
+        drainTimer = loop.scheduleRepeating(every: 0.1) { [weak self] in self?.exitIfDrained() }
+        exitIfDrained()
     }
 
     private func exitIfDrained() {
@@ -207,7 +190,7 @@ public final class LifeguardServer: DaemonControl {
         case .immediate, nil: drained = false
         }
         if drained {
-            drainTimer?.cancel()
+            if let drainTimer { loop.cancel(drainTimer) }
             drainTimer = nil
             requestExit()
         }
@@ -217,8 +200,8 @@ public final class LifeguardServer: DaemonControl {
 /// The TCP keys of `[pgbouncer]` as socket options. Set on the listening socket, they are inherited by every
 /// accepted one; the server side sets the same keepalive and timeout options on each connection.
 enum TCPTuning {
-    static func connectionOptions(_ settings: Settings) -> [(Int32, Int32, SocketOptionValue)] {
-        var options: [(Int32, Int32, SocketOptionValue)] = [(SOL_SOCKET, SO_KEEPALIVE, settings.tcpKeepalive ? 1 : 0)]
+    static func connectionOptions(_ settings: Settings) -> [SocketOptionSetting] {
+        var options: [SocketOptionSetting] = [(SOL_SOCKET, SO_KEEPALIVE, settings.tcpKeepalive ? 1 : 0)]
         if settings.tcpKeepalive {
             if settings.tcpKeepCount > 0 { options.append((Int32(IPPROTO_TCP), TCP_KEEPCNT, settings.tcpKeepCount)) }
             if settings.tcpKeepIdle > 0 { options.append((Int32(IPPROTO_TCP), TCP_KEEPIDLE, settings.tcpKeepIdle)) }
@@ -236,16 +219,13 @@ enum TCPTuning {
         return options
     }
 
-    static func listenerOptions(_ settings: Settings) -> [(Int32, Int32, SocketOptionValue)] {
+    static func listenerOptions(_ settings: Settings) -> [SocketOptionSetting] {
         var options = connectionOptions(settings)
         // PgBouncer hard-codes 45 seconds: accept() only once the client has sent its first packet.
         if settings.tcpDeferAccept > 0 { options.append((Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, 45)) }
         return options
     }
 }
-
-/// Writes to a client beyond this stop reads from its server until the client catches up.
-private let clientWriteWatermark = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 128 * 1024)
 
 public struct StartupError: Error, CustomStringConvertible {
     public var message: String

@@ -1,8 +1,8 @@
 import DequeModule
 import LifeguardCore
+import LifeguardEngine
 import Logging
 import NIOCore
-import NIOPosix
 
 /// A client's key for CancelRequest: what Lifeguard told it in BackendKeyData, never the server's.
 struct CancelKey: Hashable {
@@ -12,11 +12,11 @@ struct CancelKey: Hashable {
 
 /// Everything one event loop owns: its pools, its clients' cancel keys and its share of the limits.
 ///
-/// All of it is touched only on `eventLoop`, so the data path takes no locks. Today the daemon runs one shard;
+/// All of it is touched only on `loop`, so the data path takes no locks. Today the daemon runs one shard;
 /// the limits that must stay global when there are more (max_client_conn, max_db_connections,
 /// max_user_connections) are kept in `ConnectionCounts`, the one place that will need to become shared.
 final class PoolShard {
-    let eventLoop: EventLoop
+    let loop: EngineLoop
     private(set) var configuration: Configuration
     /// `configuration.settings`, stored apart so the hot paths read single fields without copying the struct.
     private(set) var settings: Settings
@@ -32,7 +32,7 @@ final class PoolShard {
     let mockAuthenticationKey: [UInt8]
     /// SCRAM secrets and md5 hashes derived from plain-text userlist passwords, once per user.
     let plainPasswords = PlainPasswordCache(salt: { randomBytes(16) })
-    private var janitor: RepeatedTask?
+    private var janitor: EngineLoop.TimerID?
     /// Every client and server connection, for the admin console's lists and KILL_CLIENT.
     private(set) var clientSessions: [ObjectIdentifier: ClientSession] = [:]
     private(set) var serverConnections: [ObjectIdentifier: ServerConnection] = [:]
@@ -42,10 +42,10 @@ final class PoolShard {
     /// Clients' named prepared statements, shared by definition across this loop's clients and servers.
     let preparedStatements = PreparedStatementRegistry()
     let control = ShardControl()
-    private var statsTimer: RepeatedTask?
+    private var statsTimer: EngineLoop.TimerID?
 
-    init(eventLoop: EventLoop, configuration: Configuration, userList: UserList, logger: Logger) {
-        self.eventLoop = eventLoop
+    init(loop: EngineLoop, configuration: Configuration, userList: UserList, logger: Logger) {
+        self.loop = loop
         self.configuration = configuration
         self.settings = configuration.settings
         self.ignoredStartupParameters = IgnoredStartupParameters(configuration.settings.ignoreStartupParameters)
@@ -53,7 +53,7 @@ final class PoolShard {
         self.logger = logger
         self.mockAuthenticationKey = randomBytes(32)
         self.resolver = HostResolver(
-            eventLoop: eventLoop, maxTTL: configuration.settings.dnsMaxTTL,
+            loop: loop, maxTTL: configuration.settings.dnsMaxTTL,
             failureTTL: configuration.settings.dnsNXDomainTTL)
     }
 
@@ -61,12 +61,8 @@ final class PoolShard {
     /// Starts the periodic check that opens reserve connections and keeps min_pool_size.
     func startJanitor() {
         startForcedUserPools()
-        janitor = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) {
-            [weak self] _ in
-            self?.runJanitor()
-        }
-        let period = TimeAmount.nanoseconds(Int64(max(settings.statsPeriod, 1) * 1e9))
-        statsTimer = eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { [weak self] _ in
+        janitor = loop.scheduleRepeating(every: 0.25) { [weak self] in self?.runJanitor() }
+        statsTimer = loop.scheduleRepeating(every: max(settings.statsPeriod, 1)) { [weak self] in
             self?.refreshStatistics()
         }
     }
@@ -85,9 +81,8 @@ final class PoolShard {
 
     func stop() {
         stopped = true
-        janitor?.cancel()
+        for timer in [janitor, statsTimer].compactMap({ $0 }) { loop.cancel(timer) }
         janitor = nil
-        statsTimer?.cancel()
         statsTimer = nil
     }
 

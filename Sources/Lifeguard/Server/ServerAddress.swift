@@ -1,7 +1,7 @@
 import Glibc
 import LifeguardCore
+import LifeguardEngine
 import NIOCore
-import NIOPosix
 import PostgresWire
 
 /// Where a database's server connections go: TCP host and port, or a Unix socket in a directory.
@@ -29,50 +29,69 @@ enum ServerAddress: CustomStringConvertible, Equatable {
         }
     }
 
-    /// Connects, resolving a host name through the shard's cache (never on the event loop).
-    func connect(_ bootstrap: ClientBootstrap, resolver: HostResolver) -> EventLoopFuture<Channel> {
+    /// The socket addresses to try, resolving a host name through the shard's cache (never on the loop).
+    /// `completion` runs on the loop, at once when no lookup is needed.
+    func resolve(with resolver: HostResolver, completion: @escaping (Result<[SocketAddress], Error>) -> Void) {
         switch self {
         case .unixSocket(let path):
-            return bootstrap.connect(unixDomainSocketPath: path)
+            completion(Result { [try SocketAddress(unixDomainSocketPath: path)] })
         case .tcp(let host, let port):
-            // Like libpq, try each address of the name in turn until one connects.
-            return resolver.resolve(host: host, port: port).flatMap { Self.connect(bootstrap, to: $0[...]) }
+            resolver.resolve(host: host, port: port, completion: completion)
         }
-    }
-
-    private static func connect(_ bootstrap: ClientBootstrap, to addresses: ArraySlice<SocketAddress>)
-        -> EventLoopFuture<Channel>
-    {
-        let attempt = bootstrap.connect(to: addresses.first!)
-        guard addresses.count > 1 else { return attempt }
-        return attempt.flatMapError { _ in connect(bootstrap, to: addresses.dropFirst()) }
     }
 }
 
 /// Sends a CancelRequest for `processID`/`secretKey` to the server a connection is talking to, on a fresh
-/// connection, as the protocol requires. The future completes when PostgreSQL has closed that connection (it
-/// has acted on the request), or when `cancel_wait_timeout` gives up on it; it fails if no connection could
-/// be made in that time.
-func sendCancel(to address: SocketAddress, processID: Int32, secretKey: Int32, timeout: Double, on eventLoop: EventLoop)
-    -> EventLoopFuture<Void>
-{
-    let deadline = TimeAmount.nanoseconds(max(Int64(timeout * 1e9), 1_000_000))
-    let bootstrap = ClientBootstrap(group: eventLoop).connectTimeout(deadline)
-    return bootstrap.connect(to: address).flatMap { channel in
-        let giveUp = channel.eventLoop.scheduleTask(in: deadline) { channel.close(promise: nil) }
-        var packet = channel.allocator.buffer(capacity: 16)
-        packet.writeCancelRequest(processID: processID, secretKey: secretKey)
-        channel.writeAndFlush(packet, promise: nil)
-        return channel.closeFuture.always { _ in giveUp.cancel() }
+/// connection, as the protocol requires. `completion` runs when PostgreSQL has closed that connection (it has
+/// acted on the request), when it could not be made, or when `cancel_wait_timeout` gives up on it.
+final class CancelDelivery: ConnectionDelegate {
+    private var completion: (() -> Void)?
+    private var connection: Connection?
+    private let packet: ByteBuffer
+
+    private init(packet: ByteBuffer, completion: @escaping () -> Void) {
+        self.packet = packet
+        self.completion = completion
     }
+
+    static func send(
+        to address: SocketAddress, processID: Int32, secretKey: Int32, timeout: Double, on loop: EngineLoop,
+        completion: @escaping () -> Void
+    ) {
+        var packet = ByteBufferAllocator().buffer(capacity: 16)
+        packet.writeCancelRequest(processID: processID, secretKey: secretKey)
+        let delivery = CancelDelivery(packet: packet, completion: completion)
+        do {
+            delivery.connection = try Connection.connect(to: address, options: [], on: loop, delegate: delivery)
+        } catch {
+            loop.deferTask { delivery.finish() }
+            return
+        }
+        // The connection holds the delivery (its delegate) until it closes; the timer closes it at the latest.
+        loop.schedule(after: max(timeout, 0.001)) { [weak delivery] in delivery?.connection?.close() }
+    }
+
+    private func finish() {
+        connection = nil
+        completion?()
+        completion = nil
+    }
+
+    func connectionConnected(_ connection: Connection) {
+        connection.writeAndFlush(packet)
+    }
+
+    func connectionFailed(_ connection: Connection, error: SocketError) { finish() }
+    func connectionRead(_ connection: Connection, _ bytes: ByteBuffer) {}
+    func connectionReadComplete(_ connection: Connection) {}
+    func connectionClosed(_ connection: Connection, error: SocketError?) { finish() }
 }
 
 /// Host names resolved off the event loop (getaddrinfo blocks) and cached: answers for `dns_max_ttl`,
 /// failures for `dns_nxdomain_ttl`. Each new connection takes the next address of a name, round-robin.
-/// Unchecked Sendable: every method runs on `eventLoop` (the thread pool only runs the lookup function).
-final class HostResolver: @unchecked Sendable {
-    private let eventLoop: EventLoop
-    private let threadPool: NIOThreadPool
+/// Every method runs on the loop; only the lookup function runs on a background thread.
+final class HostResolver {
+    private let loop: EngineLoop
     /// The blocking lookup (getaddrinfo by default), run on the thread pool.
     private let lookUp: @Sendable (String, Int) throws -> [SocketAddress]
     private var cache: [String: Entry] = [:]
@@ -87,40 +106,45 @@ final class HostResolver: @unchecked Sendable {
     }
 
     init(
-        eventLoop: EventLoop, threadPool: NIOThreadPool = .singleton, maxTTL: Double, failureTTL: Double,
+        loop: EngineLoop, maxTTL: Double, failureTTL: Double,
         lookUp: @escaping @Sendable (String, Int) throws -> [SocketAddress] = HostResolver.systemLookUp
     ) {
-        self.eventLoop = eventLoop
-        self.threadPool = threadPool
+        self.loop = loop
         self.lookUp = lookUp
         self.maxTTL = maxTTL
         self.failureTTL = failureTTL
     }
 
     /// The addresses of `host`, starting at the next one in turn (DNS round-robin across connections).
-    func resolve(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
+    func resolve(host: String, port: Int, completion: @escaping (Result<[SocketAddress], Error>) -> Void) {
         // IP literals need no lookup.
         if let literal = try? SocketAddress(ipAddress: host, port: port) {
-            return eventLoop.makeSucceededFuture([literal])
+            completion(.success([literal]))
+            return
         }
         let key = "\(host):\(port)"
         if var entry = cache[key], entry.expires > .now() {
-            if let error = entry.error { return eventLoop.makeFailedFuture(error) }
+            if let error = entry.error {
+                completion(.failure(error))
+                return
+            }
             let start = entry.next % entry.addresses.count
             entry.next += 1
             cache[key] = entry
-            return eventLoop.makeSucceededFuture(Array(entry.addresses[start...] + entry.addresses[..<start]))
+            completion(.success(Array(entry.addresses[start...] + entry.addresses[..<start])))
+            return
         }
         let lookUp = self.lookUp
-        return threadPool.runIfActive(eventLoop: eventLoop) {
-            try lookUp(host, port)
-        }.flatMapErrorThrowing { error in
-            self.cache[key] = Entry(addresses: [], error: error, expires: .now() + .nanoseconds(Int64(self.failureTTL * 1e9)))
-            throw error
-        }.map { addresses in
-            self.cache[key] = Entry(
-                addresses: addresses, error: nil, expires: .now() + .nanoseconds(Int64(self.maxTTL * 1e9)), next: 1)
-            return addresses
+        loop.offload({ Result { try lookUp(host, port) } }) { result in
+            switch result {
+            case .success(let addresses):
+                self.cache[key] = Entry(
+                    addresses: addresses, error: nil, expires: .now() + .nanoseconds(Int64(self.maxTTL * 1e9)), next: 1)
+            case .failure(let error):
+                self.cache[key] = Entry(
+                    addresses: [], error: error, expires: .now() + .nanoseconds(Int64(self.failureTTL * 1e9)))
+            }
+            completion(result)
         }
     }
 

@@ -1,7 +1,7 @@
 import LifeguardCore
+import LifeguardEngine
 import Logging
 import NIOCore
-import NIOPosix
 import PostgresWire
 
 /// One connection to PostgreSQL: logs in, then carries the transactions of whichever client it is lent to.
@@ -9,11 +9,7 @@ import PostgresWire
 /// Server-to-client bytes are forwarded as the slices they arrived in; only message headers are read, plus
 /// the bodies of ReadyForQuery (it decides when the server is free again), ParameterStatus (it keeps the
 /// client's tracked settings current) and ErrorResponse.
-final class ServerConnection: ChannelDuplexHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
+final class ServerConnection: ConnectionDelegate {
     private enum State {
         case connecting
         case authenticating
@@ -32,11 +28,11 @@ final class ServerConnection: ChannelDuplexHandler {
 
     let pool: Pool
     private var state = State.connecting
-    private var context: ChannelHandlerContext?
+    /// Nil until the address is resolved and the connect started.
+    private var connection: Connection?
     private var scanner: FrameScanner
     private var authentication: ServerAuthentication
     private var closeReason: String?
-    private var readHeld = false
     private var clientNeedsFlush = false
     let connectedAt = NIODeadline.now()
 
@@ -100,40 +96,36 @@ final class ServerConnection: ChannelDuplexHandler {
     static func launch(for pool: Pool) {
         let server = ServerConnection(pool: pool)
         pool.shard.register(server)
-        var bootstrap = ClientBootstrap(group: pool.shard.eventLoop)
-            .connectTimeout(.nanoseconds(max(Int64(pool.shard.settings.serverConnectTimeout * 1e9), 1_000_000)))
-            .channelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 128 * 1024))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(server)
-                }
+        server.address.resolve(with: pool.shard.resolver) { result in
+            switch result {
+            case .success(let addresses): server.connect(to: addresses[...])
+            case .failure(let error): server.connectFailed(error)
             }
-        if case .tcp = server.address {
-            for (level, name, value) in TCPTuning.connectionOptions(pool.shard.settings) {
-                bootstrap = bootstrap.channelOption(
-                    ChannelOptions.Types.SocketOption(level: SocketOptionLevel(level), name: SocketOptionName(name)),
-                    value: value)
-            }
-        }
-        server.address.connect(bootstrap, resolver: pool.shard.resolver).whenFailure { error in
-            server.connectFailed(error)
         }
     }
+
+    /// Like libpq, tries each address of the name in turn until one connects.
+    private func connect(to addresses: ArraySlice<SocketAddress>) {
+        // The pool may have given up on this server while its name was being resolved.
+        guard case .connecting = state, let address = addresses.first else { return }
+        let options = address.protocol == .unix ? [] : TCPTuning.connectionOptions(pool.shard.settings)
+        do {
+            connection = try Connection.connect(to: address, options: options, on: pool.shard.loop, delegate: self)
+            remainingAddresses = addresses.dropFirst()
+        } catch {
+            if addresses.count > 1 { connect(to: addresses.dropFirst()) } else { connectFailed(error) }
+        }
+    }
+
+    /// Addresses still to try should the current connect fail.
+    private var remainingAddresses: ArraySlice<SocketAddress> = []
 
     private var logger: Logger { pool.logger }
 
-    // MARK: Channel events
+    // MARK: Connection events
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-    }
-
-    /// The context holds this handler: keeping it past removal would keep both alive forever.
-    func handlerRemoved(context: ChannelHandlerContext) {
-        self.context = nil
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
+    func connectionConnected(_ connection: Connection) {
+        remainingAddresses = []
         state = .authenticating
         let database = pool.database
         var startup: [(String, String)] = [
@@ -143,11 +135,19 @@ final class ServerConnection: ChannelDuplexHandler {
         if let value = database.datestyle { startup.append(("datestyle", value)) }
         if let value = database.timezone { startup.append(("timezone", value)) }
         if let value = database.applicationName { startup.append(("application_name", value)) }
-        var packet = context.channel.allocator.buffer(capacity: 128)
+        var packet = ByteBufferAllocator().buffer(capacity: 128)
         packet.writeStartupMessage(parameters: startup)
-        context.writeAndFlush(wrapOutboundOut(packet), promise: nil)
-        if let local = context.channel.localAddress, pool.shard.settings.logConnections {
+        connection.writeAndFlush(packet)
+        if pool.shard.settings.logConnections, let local = connection.localAddress {
             logger.info("\(logPrefix) new connection to server (from \(local.ipAddress ?? "unix"):\(local.port ?? 0))")
+        }
+    }
+
+    func connectionFailed(_ connection: Connection, error: SocketError) {
+        if !remainingAddresses.isEmpty {
+            connect(to: remainingAddresses)
+        } else {
+            connectFailed(error)
         }
     }
 
@@ -155,19 +155,13 @@ final class ServerConnection: ChannelDuplexHandler {
         guard case .connecting = state else { return }
         state = .closed
         pool.serverAddressFailed(address)
-        let message: String
-        if case ChannelError.connectTimeout = error {
-            message = "server connect timeout"
-        } else {
-            message = "server connection failed: \(error)"
-        }
+        let message = "server connection failed: \(error)"
         logger.warning("\(logPrefix) closing because: \(message) (age=\(ageSeconds)s)")
         pool.serverLoginFailed(PoolerError(message))
         pool.serverClosed(self, duringLogin: true)
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let buffer = unwrapInboundIn(data)
+    func connectionRead(_ connection: Connection, _ buffer: ByteBuffer) {
         requestTime = pool.shard.clockSeconds
         do {
             try receive(buffer)
@@ -178,7 +172,7 @@ final class ServerConnection: ChannelDuplexHandler {
         }
     }
 
-    func channelReadComplete(context: ChannelHandlerContext) {
+    func connectionReadComplete(_ connection: Connection) {
         if clientNeedsFlush {
             clientNeedsFlush = false
             if case .linked(let client) = state { client.flushToClient() }
@@ -187,9 +181,11 @@ final class ServerConnection: ChannelDuplexHandler {
             flushRequested = false
             if case .linked(let client) = state { client.resumeReads() }
         }
+        if shouldHoldReads { connection.readsHeld = true }
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    func connectionClosed(_ connection: Connection, error: SocketError?) {
+        if closeReason == nil, let error { closeReason = "server socket error: \(error)" }
         let previous = state
         state = .closed
         let reason = closeReason ?? (pool.shard.isShuttingDown ? "pooler is shutting down" : "server conn crashed?")
@@ -214,36 +210,26 @@ final class ServerConnection: ChannelDuplexHandler {
         }
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        close(reason: "server socket error: \(error)")
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, case .linked(let client) = state {
+    func connectionWritable(_ connection: Connection) {
+        if case .linked(let client) = state {
             client.resumeReads()
         }
     }
 
-    /// Holds reads while the linked client cannot take more, so a slow reader never makes Lifeguard buffer a
-    /// large result: the server's socket fills and PostgreSQL waits.
-    func read(context: ChannelHandlerContext) {
-        if pool.shard.isSuspended {
-            readHeld = true
-        } else if case .linked(let client) = state, !client.isWritable {
-            readHeld = true
-        } else {
-            context.read()
-        }
+    /// Reads are held while the linked client cannot take more, so a slow reader never makes Lifeguard
+    /// buffer a large result: the server's socket fills and PostgreSQL waits.
+    private var shouldHoldReads: Bool {
+        if pool.shard.isSuspended { return true }
+        if case .linked(let client) = state, !client.isWritable { return true }
+        return false
     }
 
     func resumeReads() {
-        guard readHeld, let context, !pool.shard.isSuspended else { return }
-        if case .linked(let client) = state, !client.isWritable { return }
-        readHeld = false
-        context.read()
+        guard let connection, connection.readsHeld, !shouldHoldReads else { return }
+        connection.readsHeld = false
     }
 
-    var isWritable: Bool { context?.channel.isWritable ?? false }
+    var isWritable: Bool { connection?.isWritable ?? false }
 
     // MARK: Admin console views
 
@@ -271,8 +257,8 @@ final class ServerConnection: ChannelDuplexHandler {
         }
     }
 
-    var remoteAddress: SocketAddress? { context?.channel.remoteAddress }
-    var localAddress: SocketAddress? { context?.channel.localAddress }
+    var remoteAddress: SocketAddress? { connection?.remoteAddress }
+    var localAddress: SocketAddress? { connection?.localAddress }
 
     private var ageSeconds: Int {
         Int((NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000)
@@ -571,7 +557,7 @@ final class ServerConnection: ChannelDuplexHandler {
             pool.serverLoginFailed(error)
             closeReason = "server login failed: \(error.message)"
             state = .closed
-            context?.close(promise: nil)
+            connection?.close()
             pool.serverClosed(self, duringLogin: true)
             return true
         case .runningConnectQuery:
@@ -653,7 +639,7 @@ final class ServerConnection: ChannelDuplexHandler {
                 state = .loggingIn
                 return true
             case .continueLogin:
-                if reply.readableBytes > 0 { context?.writeAndFlush(wrapOutboundOut(reply), promise: nil) }
+                if reply.readableBytes > 0 { connection?.writeAndFlush(reply) }
                 return false
             case .deriveSaltedPassword(let request):
                 deriveOffLoop(request)
@@ -667,13 +653,12 @@ final class ServerConnection: ChannelDuplexHandler {
     /// SCRAM's PBKDF2 (thousands of HMACs, as many as the server asks up to a limit) runs on a thread pool, so
     /// the event loop keeps serving every other connection meanwhile.
     private func deriveOffLoop(_ request: SCRAMClientExchange.SaltedPasswordRequest) {
-        guard let eventLoop = context?.eventLoop else { return }
-        NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { request.derive() }.whenSuccess { salted in
+        pool.shard.loop.offload({ request.derive() }) { salted in
             // The server may have gone (or timed out) meanwhile.
-            guard case .authenticating = self.state, let context = self.context else { return }
+            guard case .authenticating = self.state, let connection = self.connection else { return }
             var reply = ByteBuffer()
             self.authentication.receiveSaltedPassword(salted, into: &reply)
-            context.writeAndFlush(self.wrapOutboundOut(reply), promise: nil)
+            connection.writeAndFlush(reply)
         }
     }
 
@@ -703,15 +688,15 @@ final class ServerConnection: ChannelDuplexHandler {
         }
     }
 
-    /// Client bytes for PostgreSQL, as they arrived. Small ones are gathered into one write: NIO's cost is
-    /// per write, and a read often yields several pieces (a renamed Bind head, then Execute and Sync).
+    /// Client bytes for PostgreSQL, as they arrived. Small pieces are gathered into one buffer: a read often
+    /// yields several (a renamed Bind head, then Execute and Sync), each a slice that would cost an iovec.
     func forwardFromClient(_ buffer: ByteBuffer) {
         if buffer.readableBytes <= Self.gatherLimit {
             gather { $0.writeImmutableBuffer(buffer) }
             return
         }
         writeGathered()
-        context?.write(wrapOutboundOut(buffer), promise: nil)
+        connection?.write(buffer)
     }
 
     /// Appends a small message to the next write.
@@ -723,7 +708,7 @@ final class ServerConnection: ChannelDuplexHandler {
 
     func flush() {
         writeGathered()
-        context?.flush()
+        connection?.flush()
     }
 
     private static let gatherLimit = 4096
@@ -731,7 +716,7 @@ final class ServerConnection: ChannelDuplexHandler {
 
     private func writeGathered() {
         guard gathered.readableBytes > 0 else { return }
-        context?.write(wrapOutboundOut(gathered), promise: nil)
+        connection?.write(gathered)
         gathered.moveReaderIndex(to: gathered.writerIndex)
     }
 
@@ -819,28 +804,36 @@ final class ServerConnection: ChannelDuplexHandler {
     }
 
     private func sendQuery(_ sql: String) {
-        guard let context else { return }
-        var buffer = context.channel.allocator.buffer(capacity: sql.utf8.count + 6)
+        guard let connection else { return }
+        var buffer = ByteBufferAllocator().buffer(capacity: sql.utf8.count + 6)
         buffer.writeQuery(sql)
         writeGathered()
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        connection.writeAndFlush(buffer)
     }
 
     func close(reason: String) {
         if closeReason == nil { closeReason = reason }
-        context?.close(promise: nil)
+        if let connection {
+            connection.close()
+        } else if case .connecting = state {
+            // Still resolving its host name: nothing to close but the bookkeeping.
+            connectFailed(PoolerError(reason))
+        }
     }
 
     /// A clean goodbye at shutdown: Terminate, then close.
     func terminate(reason: String) {
-        guard let context else { return }
+        guard let connection else {
+            close(reason: reason)
+            return
+        }
         if closeReason == nil { closeReason = reason }
-        var buffer = context.channel.allocator.buffer(capacity: 5)
-        buffer.writeTerminate()
         writeGathered()
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
-        context.close(promise: nil)
+        connection.writeAndFlush(Self.terminateMessage)
+        connection.close()
     }
+
+    private static let terminateMessage = ByteBuffer.emptyMessage(FrontendID.terminate)
 }
 
 /// A connection's address in PgBouncer's `%p` style (`0x55d5c1a2b3c0`), for log lines and SHOW lists.

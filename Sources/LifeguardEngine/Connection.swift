@@ -41,7 +41,9 @@ public final class Connection: ReadinessHandler {
         case closed
     }
 
-    public unowned let loop: EngineLoop
+    /// The loop outlives its connections; unchecked, as a checked reference costs reference counting on
+    /// every read and write.
+    public unowned(unsafe) let loop: EngineLoop
     public private(set) var fd: Int32
     public var delegate: ConnectionDelegate?
     private var state: State
@@ -165,7 +167,8 @@ public final class Connection: ReadinessHandler {
             consume(sent)
         }
         if queued.isEmpty {
-            queued.removeAll(keepingCapacity: queued.capacity <= 16)
+            // A queue that once held a flood gives its storage back.
+            if queued.capacity > 64 { queued = [] }
             if waitingForWritable {
                 waitingForWritable = false
                 setInterest(interest & ~Self.writable)
@@ -214,7 +217,8 @@ public final class Connection: ReadinessHandler {
             whole += 1
         }
         if whole == queued.count {
-            queued.removeAll(keepingCapacity: true)
+            // Not removeAll(keepingCapacity:), whose generic path costs more than the write's bookkeeping.
+            while !queued.isEmpty { queued.removeLast() }
         } else {
             if whole > 0 { queued.removeFirst(whole) }
             queued[0].moveReaderIndex(forwardBy: left)
@@ -248,7 +252,7 @@ public final class Connection: ReadinessHandler {
         }
         flush()
         if state != .closed {
-            loop.schedule(after: grace) { [weak self] in self?.close() }
+            loop.schedule(after: grace) { self.close() }  // a no-op if it closed meanwhile
         }
     }
 

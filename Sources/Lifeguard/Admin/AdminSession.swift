@@ -13,7 +13,7 @@ final class AdminSession: ConnectionDelegate {
     /// The longest command accepted: the longest useful one is a SET of a long list.
     static let maxCommandLength = 64 * 1024
 
-    unowned let shard: PoolShard
+    unowned(unsafe) let shard: PoolShard
     let role: AdminRole
     let user: String
     let id: Int

@@ -10,7 +10,9 @@ import PostgresWire
 final class ClientSession: ConnectionDelegate {
     private enum Phase {
         case startup
-        case authenticating(ClientAuthentication)
+        /// The exchange itself is kept in `authentication`: a payload here would be copied at every switch
+        /// over the phase, on every read.
+        case authenticating
         /// Authenticated; the pool greets it as soon as it knows the server's ParameterStatus set.
         case awaitingWelcome
         case active
@@ -39,8 +41,12 @@ final class ClientSession: ConnectionDelegate {
     /// The answer to SSLRequest and GSSENCRequest: no TLS or GSSAPI yet, go on in plain text.
     private static let encryptionRefused = ByteBuffer(integer: UInt8(ascii: "N"))
 
-    private unowned let shard: PoolShard
+    /// The shard lives as long as the daemon: an unchecked reference, as a checked one costs atomic
+    /// reference counting on every use on the hot path.
+    private unowned(unsafe) let shard: PoolShard
     private var phase = Phase.startup
+    /// The password exchange, while `phase` is `.authenticating`.
+    private var authentication: ClientAuthentication?
     private let connection: Connection
     private var startupBuffer = ByteBuffer()
     /// Which of SSLRequest (true) and GSSENCRequest (false) were answered.
@@ -396,7 +402,8 @@ final class ClientSession: ConnectionDelegate {
         if step == .authenticated {
             try finishLogin(authentication)
         } else {
-            phase = .authenticating(authentication)
+            self.authentication = authentication
+            phase = .authenticating
         }
     }
 
@@ -410,14 +417,14 @@ final class ClientSession: ConnectionDelegate {
         var authenticated: ClientAuthentication?
         var check: ClientAuthentication.PasswordCheck?
         let stop = try scanner.scan(buffer) { id, body in
-            guard case .authenticating(var authentication) = phase else { return false }
+            guard case .authenticating = phase, var authentication else { return false }
             guard id == FrontendID.password, let body else {
                 throw PoolerError("expected password packet, got '\(Character(Unicode.Scalar(id)))'")
             }
             var reply = ByteBuffer()
             let step = try authentication.receive(body, into: &reply)
             if reply.readableBytes > 0 { connection.writeAndFlush(reply) }
-            phase = .authenticating(authentication)
+            self.authentication = authentication
             switch step {
             case .awaitingPassword:
                 return true
@@ -458,10 +465,10 @@ final class ClientSession: ConnectionDelegate {
             guard let leftover = self.passwordCheckLeftover else { return }
             self.passwordCheckLeftover = nil
             // The client may have gone meanwhile.
-            guard case .authenticating(var authentication) = self.phase else { return }
+            guard case .authenticating = self.phase, var authentication = self.authentication else { return }
             self.handlingErrors {
                 let step = try authentication.receivePasswordCheck(matches)
-                self.phase = .authenticating(authentication)
+                self.authentication = authentication
                 if step == .authenticated { try self.completeLogin(authentication, leftover: leftover) }
             }
             self.flushPendingWrites()
@@ -470,6 +477,7 @@ final class ClientSession: ConnectionDelegate {
     }
 
     private func finishLogin(_ authentication: ClientAuthentication) throws {
+        self.authentication = nil
         let startup = authentication.startup
         if let adminRole {
             handOverToAdmin(role: adminRole, user: startup.user)
@@ -611,7 +619,8 @@ final class ClientSession: ConnectionDelegate {
         }
         if data.readableBytes > 0 {
             countRequest(bytes: data.readableBytes)
-            if let server, serverReady {
+            if server == nil, pendingData == nil { requestServerIfNeeded() }
+            if let server, serverReady, pendingData == nil {
                 server.forwardFromClient(data)
                 serverNeedsFlush = true
             } else {
@@ -765,7 +774,9 @@ final class ClientSession: ConnectionDelegate {
 
     /// Hands a piece to the ready server, or keeps it until one is.
     private func send(_ piece: OutboundPiece) {
-        if let server, serverReady {
+        // Usually the pool lends an idle server at once: the piece then goes straight to it, unqueued.
+        if server == nil, pendingPieces.isEmpty { requestServerIfNeeded() }
+        if let server, serverReady, pendingPieces.isEmpty {
             server.send(piece, for: self)
             serverNeedsFlush = true
         } else {

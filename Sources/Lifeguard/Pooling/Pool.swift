@@ -11,7 +11,8 @@ import PostgresWire
 final class Pool {
     let key: PoolKey
     private(set) var database: DatabaseDefinition
-    unowned let shard: PoolShard
+    /// Unchecked, like ClientSession's: the shard outlives its pools.
+    unowned(unsafe) let shard: PoolShard
     private(set) var mode: PoolMode
     private(set) var capacity: PoolCapacity
     private(set) var resetQuery: String

@@ -61,10 +61,10 @@ final class PoolShard {
     /// Starts the periodic check that opens reserve connections and keeps min_pool_size.
     func startJanitor() {
         startForcedUserPools()
-        janitor = loop.scheduleRepeating(every: 0.25) { [weak self] in self?.runJanitor() }
-        statsTimer = loop.scheduleRepeating(every: max(settings.statsPeriod, 1)) { [weak self] in
-            self?.refreshStatistics()
-        }
+        // Strong captures: `stop` cancels both, and a weak reference would make every reference-count
+        // operation on the shard take the slow path.
+        janitor = loop.scheduleRepeating(every: 0.25) { self.runJanitor() }
+        statsTimer = loop.scheduleRepeating(every: max(settings.statsPeriod, 1)) { self.refreshStatistics() }
     }
 
     /// A database with a forced user has one pool whatever the client; it exists from the start, so

@@ -8,6 +8,7 @@
 #   BENCH_ROUNDS    how many times to repeat every (workload, pooler) pair (default 1)
 #   BENCH_WARMUP    seconds of unmeasured pgbench traffic through each pooler before measuring (default 2)
 #   BENCH_SCALE     pgbench -i scale factor (default 10)
+#   IDLE_CLIENTS    clients held idle through each pooler for the memory measurement (default 10000; 0 skips)
 #   LIFEGUARD_BINARY  a lifeguard binary to measure instead of building one (to compare two builds)
 #   PG_PORT, LIFEGUARD_PORT, PGBOUNCER_PORT
 #                   first port to try for each process (defaults 55432, 56432, 56532); a port that is
@@ -21,7 +22,9 @@
 #      transaction pooling, default_pool_size=20, max_client_conn=200)
 #   5. for each workload, runs pgbench through Lifeguard then PgBouncer (BENCH_ROUNDS times),
 #      measuring TPS and the pooler's CPU time (utime+stime from /proc/PID/stat)
-#   6. prints a table and, per workload, the Lifeguard/PgBouncer ratios
+#   6. holds IDLE_CLIENTS logged-in idle clients through each pooler (scripts/hold-clients.py) and reports
+#      the pooler's RSS growth per client, and its RSS just after start
+#   7. prints a table and, per workload, the Lifeguard/PgBouncer ratios
 # Everything (poolers, cluster, temp dir) is cleaned up on exit.
 set -euo pipefail
 
@@ -29,6 +32,7 @@ BENCH_SECONDS=${BENCH_SECONDS:-15}
 BENCH_ROUNDS=${BENCH_ROUNDS:-1}
 BENCH_WARMUP=${BENCH_WARMUP:-2}
 BENCH_SCALE=${BENCH_SCALE:-10}
+IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 export PGBIN
 
@@ -137,7 +141,7 @@ auth_type = md5
 auth_file = $tmp/userlist.txt
 pool_mode = transaction
 default_pool_size = 20
-max_client_conn = 200
+max_client_conn = $((IDLE_CLIENTS + 200))
 logfile = $dir/$name.log
 pidfile = $dir/$name.pid
 log_connections = 0
@@ -163,6 +167,8 @@ wait_ready() {
 }
 
 log "starting Lifeguard on 127.0.0.1:$lg_port"
+# Room for the idle clients (root may raise the soft limit up to the hard one).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 "$LIFEGUARD" "$tmp/lifeguard/lifeguard.ini" 2>"$tmp/lifeguard/stderr.log" &
 lg_pid=$!
 wait_ready "$lg_port" "$lg_pid" Lifeguard || { cat "$tmp/lifeguard/stderr.log" >&2; exit 1; }
@@ -176,6 +182,9 @@ else
 fi
 pgb_pid=$!
 wait_ready "$pgb_port" "$pgb_pid" PgBouncer || { cat "$tmp/pgbouncer/stderr.log" "$tmp/pgbouncer/pgbouncer.log" >&2; exit 1; }
+
+rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+declare -A start_rss=([Lifeguard]=$(rss_kib "$lg_pid") [PgBouncer]=$(rss_kib "$pgb_pid"))
 
 # ---------------------------------------------------------------------------------------------
 # 5. Measured runs
@@ -246,7 +255,39 @@ for round in $(seq "$BENCH_ROUNDS"); do
 done
 
 # ---------------------------------------------------------------------------------------------
-# 6. Report
+# 6. Idle clients: RSS growth per logged-in client that holds no server
+# ---------------------------------------------------------------------------------------------
+declare -A idle_per_client=()
+if [ "$IDLE_CLIENTS" -gt 0 ]; then
+    for p in "${poolers[@]}"; do
+        pid=${pooler_pid[$p]}
+        log "holding $IDLE_CLIENTS idle clients through $p"
+        before=$(rss_kib "$pid")
+        mkfifo "$tmp/hold-$p"
+        python3 "$repo/scripts/hold-clients.py" 127.0.0.1 "${pooler_port[$p]}" lg_md5 md5pass lgbench \
+            "$IDLE_CLIENTS" <"$tmp/hold-$p" >"$tmp/hold-$p.out" 2>&1 &
+        holder=$!
+        exec 9>"$tmp/hold-$p"   # the holder keeps its clients until this closes
+        for _ in $(seq 600); do
+            grep -q '^ready' "$tmp/hold-$p.out" 2>/dev/null && break
+            kill -0 "$holder" 2>/dev/null || break
+            sleep 0.2
+        done
+        if grep -q '^ready' "$tmp/hold-$p.out"; then
+            after=$(rss_kib "$pid")
+            idle_per_client[$p]=$(( (after - before) * 1024 / IDLE_CLIENTS ))
+        else
+            log "holding idle clients through $p failed:"
+            tail -3 "$tmp/hold-$p.out" >&2
+            idle_per_client[$p]=n/a
+        fi
+        exec 9>&-
+        wait "$holder" 2>/dev/null || true
+    done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 7. Report
 # ---------------------------------------------------------------------------------------------
 echo
 echo "pgbench commands (each run ${BENCH_SECONDS}s, ${BENCH_ROUNDS} round(s); scale $BENCH_SCALE; $(nproc) CPUs):"
@@ -274,3 +315,10 @@ awk -F'\t' '
             printf "%-9s %10s %22s\n", w, tr, cr
         }
     }' "$results"
+
+echo
+echo "Memory (VmRSS): at start, and growth per idle logged-in client with $IDLE_CLIENTS held"
+printf '%-9s %14s %22s\n' pooler start_rss_kib bytes_per_idle_client
+for p in "${poolers[@]}"; do
+    printf '%-9s %14s %22s\n' "$p" "${start_rss[$p]}" "${idle_per_client[$p]:-skipped}"
+done

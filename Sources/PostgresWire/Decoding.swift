@@ -80,30 +80,35 @@ public enum FrontendMessage {
         else { return nil }
         guard Int(length) - 4 <= longest else { return false }
         guard message.readableBytes >= 1 + Int(length) else { return nil }
-        var text = message.readableBytesView.dropFirst(5)
-        if id == FrontendID.parse {
-            // The unnamed statement's name is the empty string: its text starts after one zero byte.
-            guard text.first == 0 else { return false }
-            text = text.dropFirst()
-            text = text.prefix { $0 != 0 }
-        }
-        // Most queries are told apart by their first letter, without building any string.
-        guard let first = text.first(where: { $0 > 0x20 }), first | 0x20 == UInt8(ascii: "d") else { return false }
-        var words: [String] = []
-        var word = ""
-        for byte in text {
-            switch byte {
-            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: ";"), 0:
-                if !word.isEmpty { words.append(word) }
-                word = ""
-            default:
-                word.unicodeScalars.append(Unicode.Scalar(byte >= 0x61 && byte <= 0x7A ? byte - 0x20 : byte))
+        return message.withUnsafeReadableBytes { bytes -> Bool in
+            var start = 5
+            let end = 1 + Int(length)
+            if id == FrontendID.parse {
+                // The unnamed statement's name is the empty string: its text starts after one zero byte.
+                guard start < end, bytes[start] == 0 else { return false }
+                start += 1
             }
-        }
-        if !word.isEmpty { words.append(word) }
-        switch words {
-        case ["DEALLOCATE", "ALL"], ["DEALLOCATE", "PREPARE", "ALL"], ["DISCARD", "ALL"]: return true
-        default: return false
+            // Most queries are told apart by their first letter, without building any string.
+            while start < end, bytes[start] <= 0x20, bytes[start] != 0 { start += 1 }
+            guard start < end, bytes[start] | 0x20 == UInt8(ascii: "d") else { return false }
+            var words: [String] = []
+            var word = ""
+            for index in start..<end {
+                let byte = bytes[index]
+                if byte == 0 { break }  // the end of a Parse's query text
+                switch byte {
+                case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: ";"):
+                    if !word.isEmpty { words.append(word) }
+                    word = ""
+                default:
+                    word.unicodeScalars.append(Unicode.Scalar(byte >= 0x61 && byte <= 0x7A ? byte - 0x20 : byte))
+                }
+            }
+            if !word.isEmpty { words.append(word) }
+            switch words {
+            case ["DEALLOCATE", "ALL"], ["DEALLOCATE", "PREPARE", "ALL"], ["DISCARD", "ALL"]: return true
+            default: return false
+            }
         }
     }
 

@@ -364,7 +364,7 @@ extension AdminConsole {
 
     private func lists() -> ResultSet {
         var table = ResultSet(names: ["list", "items"], types: "si")
-        let loginClients = shard.clientSessions.values.filter { $0.listState == nil }.count
+        let loginClients = shard.clientSessions.values.filter(\.isLoggingIn).count
         let usedClients = shard.clientSessions.count + shard.adminSessions.count
         for (name, count) in [
             ("databases", databaseNames.count), ("users", Set(shard.allPools.map(\.key.user)).union(shard.userNames).count + 1),

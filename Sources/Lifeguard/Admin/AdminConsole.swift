@@ -136,7 +136,7 @@ struct AdminConsole {
             reply.writeCommandComplete("KILL")
         case "KILL_CLIENT":
             guard let argument, let id = Int(argument) else { throw PoolerError("invalid client pointer supplied") }
-            if let client = shard.clientSessions.values.first(where: { $0.id == id && $0.listState != nil }) {
+            if let client = shard.clientSessions.values.first(where: { $0.id == id && $0.isLoggedIn }) {
                 client.kill(PoolerError("admin forced disconnect"))
             } else if let console = shard.adminSessions.values.first(where: { $0.id == id }) {
                 console.closeWithFatal(PoolerError("admin forced disconnect"))

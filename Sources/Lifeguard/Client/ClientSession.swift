@@ -240,10 +240,33 @@ final class ClientSession: ConnectionDelegate {
 
     /// PgBouncer's state word for SHOW CLIENTS; nil while logging in or once closed.
     var listState: String? {
+        guard isLoggedIn else { return nil }
+        if isWaitingForServer { return "waiting" }
+        return server != nil ? "active" : "idle"
+    }
+
+    /// Past authentication and not closed: counted in SHOW POOLS, drained by SHUTDOWN WAIT_FOR_CLIENTS.
+    var isLoggedIn: Bool {
         switch phase {
-        case .awaitingWelcome: return "waiting"
-        case .active: return server != nil ? "active" : (queued ? "waiting" : "idle")
-        case .startup, .authenticating, .closed: return nil
+        case .awaitingWelcome, .active: return true
+        case .startup, .authenticating, .closed: return false
+        }
+    }
+
+    /// Waiting for its welcome or for a server to run its request on.
+    var isWaitingForServer: Bool {
+        switch phase {
+        case .awaitingWelcome: return true
+        case .active: return server == nil && queued
+        case .startup, .authenticating, .closed: return false
+        }
+    }
+
+    /// Still in startup or authentication.
+    var isLoggingIn: Bool {
+        switch phase {
+        case .startup, .authenticating: return true
+        case .awaitingWelcome, .active, .closed: return false
         }
     }
 

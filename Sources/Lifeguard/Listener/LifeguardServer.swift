@@ -169,7 +169,7 @@ public final class LifeguardServer: DaemonControl {
         case .waitForServers:
             shard.control.draining = .waitForServers
             shard.pause(database: nil)
-            for client in shard.clientSessions.values where client.listState == "waiting" {
+            for client in shard.clientSessions.values where client.isWaitingForServer {
                 client.kill(PoolerError("server shutting down"))
             }
         }
@@ -185,8 +185,8 @@ public final class LifeguardServer: DaemonControl {
     private func exitIfDrained() {
         let drained: Bool
         switch drainMode {
-        case .waitForClients: drained = shard.clientSessions.values.allSatisfy { $0.listState == nil }
-        case .waitForServers: drained = shard.serverConnections.values.allSatisfy { $0.listState != "active" }
+        case .waitForClients: drained = !shard.clientSessions.values.contains(where: \.isLoggedIn)
+        case .waitForServers: drained = !shard.serverConnections.values.contains(where: \.isLinked)
         case .immediate, nil: drained = false
         }
         if drained {

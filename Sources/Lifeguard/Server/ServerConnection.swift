@@ -257,6 +257,9 @@ final class ServerConnection: ConnectionDelegate {
         }
     }
 
+    /// Lent to a client (PgBouncer's "active"), its parameters being synced or its traffic flowing.
+    var isLinked: Bool { linkedClient != nil }
+
     var remoteAddress: SocketAddress? { connection?.remoteAddress }
     var localAddress: SocketAddress? { connection?.localAddress }
 
@@ -612,7 +615,7 @@ final class ServerConnection: ConnectionDelegate {
         case .checking(let client, let failed):
             if failed {
                 close(reason: "server check query failed")
-            } else if client.listState == nil {
+            } else if !client.isLoggedIn {
                 pool.serverAvailable(self)  // the client left during the check
             } else {
                 assign(to: client)

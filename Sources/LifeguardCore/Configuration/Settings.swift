@@ -125,7 +125,8 @@ public struct Settings: Sendable, Equatable {
     public static let knownKeys: [(name: String, defaultValue: String, reloadable: Bool)] =
         keySpecs.map { (name: $0.name, defaultValue: $0.defaultValue, reloadable: $0.reloadable) }
 
-    /// How a key's value is checked, and whether Lifeguard acts on it.
+    /// One `[pgbouncer]` key: its name, default as PgBouncer prints it, whether RELOAD can change it, and how
+    /// its value is parsed into these settings.
     struct KeySpec: Sendable {
         enum Kind: Sendable {
             case string, integer, boolean, seconds, sslMode
@@ -134,16 +135,17 @@ public struct Settings: Sendable, Equatable {
         var name: String
         var defaultValue: String
         var reloadable: Bool
-        /// Used only to validate keys Lifeguard does not implement; implemented keys are read in `apply`.
+        /// Used only to validate keys Lifeguard does not implement; implemented keys are read by `store`.
         var kind: Kind
-        var implemented: Bool
+        /// Parses the value into the settings; nil for a key Lifeguard accepts without acting on it.
+        var store: (@Sendable (inout Settings, ValueParser) throws -> Void)?
     }
 
     private static func key(
-        _ name: String, _ defaultValue: String, _ kind: KeySpec.Kind,
-        implemented: Bool = false, restart: Bool = false
+        _ name: String, _ defaultValue: String, _ kind: KeySpec.Kind, restart: Bool = false,
+        store: (@Sendable (inout Settings, ValueParser) throws -> Void)? = nil
     ) -> KeySpec {
-        KeySpec(name: name, defaultValue: defaultValue, reloadable: !restart, kind: kind, implemented: implemented)
+        KeySpec(name: name, defaultValue: defaultValue, reloadable: !restart, kind: kind, store: store)
     }
 
     static let defaultAuthQuery =
@@ -151,20 +153,20 @@ public struct Settings: Sendable, Equatable {
 
     // Order, defaults and reload flags follow PgBouncer 1.25 (reference section 1.2).
     static let keySpecs: [KeySpec] = [
-        key("admin_users", "", .string, implemented: true),
-        key("application_name_add_host", "0", .boolean, implemented: true),
+        key("admin_users", "", .string) { $0.adminUsers = $1.list() },
+        key("application_name_add_host", "0", .boolean) { $0.applicationNameAddHost = try $1.boolean() },
         key("auth_dbname", "", .string),
-        key("auth_file", "", .string, implemented: true),
+        key("auth_file", "", .string) { $0.authFile = $1.optionalString() },
         key("auth_hba_file", "", .string),
         key("auth_ident_file", "", .string),
         key("auth_ldap_options", "", .string),
         key("auth_query", defaultAuthQuery, .string),
-        key("auth_type", "md5", .string, implemented: true),
+        key("auth_type", "md5", .string) { $0.authType = try $1.authType() },
         key("auth_user", "", .string),
-        key("autodb_idle_timeout", "3600", .seconds, implemented: true),
-        key("cancel_wait_timeout", "10", .seconds, implemented: true),
-        key("client_idle_timeout", "0", .seconds, implemented: true),
-        key("client_login_timeout", "60", .seconds, implemented: true),
+        key("autodb_idle_timeout", "3600", .seconds) { $0.autodbIdleTimeout = try $1.seconds() },
+        key("cancel_wait_timeout", "10", .seconds) { $0.cancelWaitTimeout = try $1.seconds() },
+        key("client_idle_timeout", "0", .seconds) { $0.clientIdleTimeout = try $1.seconds() },
+        key("client_login_timeout", "60", .seconds) { $0.clientLoginTimeout = try $1.seconds() },
         key("client_tls13_ciphers", "", .string),
         key("client_tls_ca_file", "", .string),
         key("client_tls_cert_file", "", .string),
@@ -175,54 +177,56 @@ public struct Settings: Sendable, Equatable {
         key("client_tls_protocols", "secure", .string),
         key("client_tls_sslmode", "disable", .sslMode),
         key("conffile", "", .string),
-        key("default_pool_size", "20", .integer, implemented: true),
-        key("disable_pqexec", "0", .boolean, implemented: true, restart: true),
-        key("dns_max_ttl", "15", .seconds, implemented: true),
-        key("dns_nxdomain_ttl", "15", .seconds, implemented: true),
+        key("default_pool_size", "20", .integer) { $0.defaultPoolSize = try $1.integer() },
+        key("disable_pqexec", "0", .boolean, restart: true) { $0.disablePQExec = try $1.boolean() },
+        key("dns_max_ttl", "15", .seconds) { $0.dnsMaxTTL = try $1.seconds() },
+        key("dns_nxdomain_ttl", "15", .seconds) { $0.dnsNXDomainTTL = try $1.seconds() },
         key("dns_zone_check_period", "0", .seconds),
-        key("idle_transaction_timeout", "0", .seconds, implemented: true),
-        key("ignore_startup_parameters", "", .string, implemented: true),
+        key("idle_transaction_timeout", "0", .seconds) { $0.idleTransactionTimeout = try $1.seconds() },
+        key("ignore_startup_parameters", "", .string) { $0.ignoreStartupParameters = $1.list() },
         key("job_name", "pgbouncer", .string, restart: true),
-        key("listen_addr", "", .string, implemented: true, restart: true),
-        key("listen_backlog", "128", .integer, implemented: true, restart: true),
-        key("listen_port", "6432", .integer, implemented: true, restart: true),
-        key("log_connections", "1", .boolean, implemented: true),
-        key("log_disconnections", "1", .boolean, implemented: true),
-        key("log_pooler_errors", "1", .boolean, implemented: true),
-        key("log_stats", "1", .boolean, implemented: true),
-        key("logfile", "", .string, implemented: true),
-        key("login_notify_message", "", .string, implemented: true),
-        key("max_client_conn", "100", .integer, implemented: true),
-        key("max_db_client_connections", "0", .integer, implemented: true),
-        key("max_db_connections", "0", .integer, implemented: true),
-        key("max_packet_size", "2147483647", .integer, implemented: true),
-        key("max_prepared_statements", "200", .integer, implemented: true),
-        key("max_user_client_connections", "0", .integer, implemented: true),
-        key("max_user_connections", "0", .integer, implemented: true),
-        key("min_pool_size", "0", .integer, implemented: true),
+        key("listen_addr", "", .string, restart: true) { $0.listenAddresses = $1.list() },
+        key("listen_backlog", "128", .integer, restart: true) { $0.listenBacklog = try $1.integer(in: 1...Int.max) },
+        key("listen_port", "6432", .integer, restart: true) { $0.listenPort = try $1.integer(in: 1...65535) },
+        key("log_connections", "1", .boolean) { $0.logConnections = try $1.boolean() },
+        key("log_disconnections", "1", .boolean) { $0.logDisconnections = try $1.boolean() },
+        key("log_pooler_errors", "1", .boolean) { $0.logPoolerErrors = try $1.boolean() },
+        key("log_stats", "1", .boolean) { $0.logStats = try $1.boolean() },
+        key("logfile", "", .string) { $0.logfile = $1.optionalString() },
+        key("login_notify_message", "", .string) { $0.loginNotifyMessage = $1.value },
+        key("max_client_conn", "100", .integer) { $0.maxClientConn = try $1.integer() },
+        key("max_db_client_connections", "0", .integer) { $0.maxDBClientConnections = try $1.integer() },
+        key("max_db_connections", "0", .integer) { $0.maxDBConnections = try $1.integer() },
+        // PgBouncer reads this as an unsigned 32-bit value; anything above Int32.max is meaningless for a
+        // protocol whose length field is a signed 32-bit integer.
+        key("max_packet_size", "2147483647", .integer) { $0.maxPacketSize = try $1.integer(in: 1...2_147_483_647) },
+        key("max_prepared_statements", "200", .integer) { $0.maxPreparedStatements = try $1.integer(in: 0...Int(Int32.max)) },
+        key("max_user_client_connections", "0", .integer) { $0.maxUserClientConnections = try $1.integer() },
+        key("max_user_connections", "0", .integer) { $0.maxUserConnections = try $1.integer() },
+        key("min_pool_size", "0", .integer) { $0.minPoolSize = try $1.integer() },
         key("peer_id", "0", .integer),
-        key("pidfile", "", .string, implemented: true, restart: true),
-        key("pkt_buf", "4096", .integer, implemented: true, restart: true),
-        key("pool_idle_timeout", "0", .seconds, implemented: true),
-        key("pool_mode", "session", .string, implemented: true),
-        key("query_timeout", "0", .seconds, implemented: true),
-        key("query_wait_notify", "5", .integer, implemented: true),
-        key("query_wait_timeout", "120", .seconds, implemented: true),
-        key("reserve_pool_size", "0", .integer, implemented: true),
-        key("reserve_pool_timeout", "5", .seconds, implemented: true),
+        key("pidfile", "", .string, restart: true) { $0.pidfile = $1.optionalString() },
+        key("pkt_buf", "4096", .integer, restart: true) { $0.pktBuf = try $1.integer(in: 1...Int.max) },
+        key("pool_idle_timeout", "0", .seconds) { $0.poolIdleTimeout = try $1.seconds() },
+        key("pool_mode", "session", .string) { $0.poolMode = try $1.poolMode() },
+        key("query_timeout", "0", .seconds) { $0.queryTimeout = try $1.seconds() },
+        key("query_wait_notify", "5", .integer) { $0.queryWaitNotify = try $1.integer() },
+        key("query_wait_timeout", "120", .seconds) { $0.queryWaitTimeout = try $1.seconds() },
+        key("reserve_pool_size", "0", .integer) { $0.reservePoolSize = try $1.integer() },
+        key("reserve_pool_timeout", "5", .seconds) { $0.reservePoolTimeout = try $1.seconds() },
         key("resolv_conf", "", .string, restart: true),
         key("sbuf_loopcnt", "5", .integer),
         key("scram_iterations", "4096", .integer),
-        key("server_check_delay", "30", .seconds, implemented: true),
-        key("server_check_query", "<empty>", .string, implemented: true),
-        key("server_connect_timeout", "15", .seconds, implemented: true),
-        key("server_fast_close", "0", .boolean, implemented: true),
-        key("server_idle_timeout", "600", .seconds, implemented: true),
-        key("server_lifetime", "3600", .seconds, implemented: true),
-        key("server_login_retry", "15", .seconds, implemented: true),
-        key("server_reset_query", "DISCARD ALL", .string, implemented: true),
-        key("server_reset_query_always", "0", .boolean, implemented: true),
-        key("server_round_robin", "0", .boolean, implemented: true),
+        key("server_check_delay", "30", .seconds) { $0.serverCheckDelay = try $1.seconds() },
+        key("server_check_query", "<empty>", .string) { $0.serverCheckQuery = $1.value == "<empty>" ? "" : ($1.value.isEmpty ? nil : $1.value) },
+        key("server_connect_timeout", "15", .seconds) { $0.serverConnectTimeout = try $1.seconds() },
+        key("server_fast_close", "0", .boolean) { $0.serverFastClose = try $1.boolean() },
+        key("server_idle_timeout", "600", .seconds) { $0.serverIdleTimeout = try $1.seconds() },
+        key("server_lifetime", "3600", .seconds) { $0.serverLifetime = try $1.seconds() },
+        key("server_login_retry", "15", .seconds) { $0.serverLoginRetry = try $1.seconds() },
+        key("server_reset_query", "DISCARD ALL", .string) { $0.serverResetQuery = $1.value },
+        key("server_reset_query_always", "0", .boolean) { $0.serverResetQueryAlways = try $1.boolean() },
+        key("server_round_robin", "0", .boolean) { $0.serverRoundRobin = try $1.boolean() },
         key("server_tls13_ciphers", "", .string),
         key("server_tls_ca_file", "", .string),
         key("server_tls_cert_file", "", .string),
@@ -231,28 +235,28 @@ public struct Settings: Sendable, Equatable {
         key("server_tls_protocols", "secure", .string),
         key("server_tls_sslmode", "prefer", .sslMode),
         // Lifeguard's own; PgBouncer has no such key.
-        key("share_unnamed_statements", "0", .boolean, implemented: true),
-        key("so_reuseport", "0", .boolean, implemented: true, restart: true),
-        key("stats_period", "60", .integer, implemented: true),
-        key("stats_users", "", .string, implemented: true),
-        key("suspend_timeout", "10", .seconds, implemented: true),
+        key("share_unnamed_statements", "0", .boolean) { $0.shareUnnamedStatements = try $1.boolean() },
+        key("so_reuseport", "0", .boolean, restart: true) { $0.soReuseport = try $1.boolean() },
+        key("stats_period", "60", .integer) { $0.statsPeriod = try $1.seconds() },
+        key("stats_users", "", .string) { $0.statsUsers = $1.list() },
+        key("suspend_timeout", "10", .seconds) { $0.suspendTimeout = try $1.seconds() },
         key("syslog", "0", .boolean),
         key("syslog_facility", "daemon", .string),
         key("syslog_ident", "pgbouncer", .string),
-        key("tcp_defer_accept", "1", .integer, implemented: true),
-        key("tcp_keepalive", "1", .boolean, implemented: true),
-        key("tcp_keepcnt", "0", .integer, implemented: true),
-        key("tcp_keepidle", "0", .integer, implemented: true),
-        key("tcp_keepintvl", "0", .integer, implemented: true),
-        key("tcp_socket_buffer", "0", .integer, implemented: true),
-        key("tcp_user_timeout", "0", .integer, implemented: true),
-        key("track_extra_parameters", "IntervalStyle", .string, implemented: true, restart: true),
-        key("transaction_timeout", "0", .seconds, implemented: true),
-        key("unix_socket_dir", "/tmp", .string, implemented: true, restart: true),
+        key("tcp_defer_accept", "1", .integer) { $0.tcpDeferAccept = try $1.integer() },
+        key("tcp_keepalive", "1", .boolean) { $0.tcpKeepalive = try $1.boolean() },
+        key("tcp_keepcnt", "0", .integer) { $0.tcpKeepCount = try $1.integer() },
+        key("tcp_keepidle", "0", .integer) { $0.tcpKeepIdle = try $1.integer() },
+        key("tcp_keepintvl", "0", .integer) { $0.tcpKeepInterval = try $1.integer() },
+        key("tcp_socket_buffer", "0", .integer) { $0.tcpSocketBuffer = try $1.integer() },
+        key("tcp_user_timeout", "0", .integer) { $0.tcpUserTimeout = try $1.integer() },
+        key("track_extra_parameters", "IntervalStyle", .string, restart: true) { $0.trackExtraParameters = $1.list() },
+        key("transaction_timeout", "0", .seconds) { $0.transactionTimeout = try $1.seconds() },
+        key("unix_socket_dir", "/tmp", .string, restart: true) { $0.unixSocketDir = $1.value },
         key("unix_socket_group", "", .string, restart: true),
-        key("unix_socket_mode", "0777", .string, implemented: true, restart: true),
-        key("user", "", .string, implemented: true, restart: true),
-        key("verbose", "0", .integer, implemented: true),
+        key("unix_socket_mode", "0777", .string, restart: true) { $0.unixSocketMode = try $1.octalMode() },
+        key("user", "", .string, restart: true) { $0.user = $1.optionalString() },
+        key("verbose", "0", .integer) { $0.verbose = try $1.integer() },
     ]
 
     /// Keys PgBouncer accepts under another name. `service_name` is its Windows spelling of `job_name`.
@@ -271,85 +275,13 @@ public struct Settings: Sendable, Equatable {
     /// Validates one `[pgbouncer]` line and stores it if Lifeguard uses the key.
     /// `key` must already be lower-cased and de-aliased.
     mutating func apply(key: String, value: String, at location: SourceLocation) throws -> ApplyResult {
+        guard let spec = Self.specsByName[key] else { return .unknown }
         let parse = ValueParser(key: key, value: value, location: location)
-        switch key {
-        case "listen_addr": listenAddresses = parse.list()
-        case "listen_port": listenPort = try parse.integer(in: 1...65535)
-        case "unix_socket_dir": unixSocketDir = value
-        case "unix_socket_mode": unixSocketMode = try parse.octalMode()
-        case "auth_type": authType = try parse.authType()
-        case "auth_file": authFile = parse.optionalString()
-        case "pool_mode": poolMode = try parse.poolMode()
-        case "max_client_conn": maxClientConn = try parse.integer()
-        case "default_pool_size": defaultPoolSize = try parse.integer()
-        case "min_pool_size": minPoolSize = try parse.integer()
-        case "reserve_pool_size": reservePoolSize = try parse.integer()
-        case "reserve_pool_timeout": reservePoolTimeout = try parse.seconds()
-        case "server_login_retry": serverLoginRetry = try parse.seconds()
-        case "max_db_connections": maxDBConnections = try parse.integer()
-        case "max_user_connections": maxUserConnections = try parse.integer()
-        case "server_reset_query": serverResetQuery = value
-        case "server_reset_query_always": serverResetQueryAlways = try parse.boolean()
-        case "ignore_startup_parameters": ignoreStartupParameters = parse.list()
-        case "track_extra_parameters": trackExtraParameters = parse.list()
-        case "application_name_add_host": applicationNameAddHost = try parse.boolean()
-        case "logfile": logfile = parse.optionalString()
-        case "pidfile": pidfile = parse.optionalString()
-        case "user": user = parse.optionalString()
-        case "verbose": verbose = try parse.integer()
-        case "log_connections": logConnections = try parse.boolean()
-        case "log_disconnections": logDisconnections = try parse.boolean()
-        case "log_pooler_errors": logPoolerErrors = try parse.boolean()
-        case "tcp_keepalive": tcpKeepalive = try parse.boolean()
-        // PgBouncer reads this as an unsigned 32-bit value; anything above Int32.max is meaningless for
-        // a protocol whose length field is a signed 32-bit integer.
-        case "max_packet_size": maxPacketSize = try parse.integer(in: 1...2_147_483_647)
-        case "disable_pqexec": disablePQExec = try parse.boolean()
-        case "share_unnamed_statements": shareUnnamedStatements = try parse.boolean()
-        case "max_prepared_statements": maxPreparedStatements = try parse.integer(in: 0...Int(Int32.max))
-        case "listen_backlog": listenBacklog = try parse.integer(in: 1...Int.max)
-        case "so_reuseport": soReuseport = try parse.boolean()
-        case "pkt_buf": pktBuf = try parse.integer(in: 1...Int.max)
-        case "stats_period": statsPeriod = try parse.seconds()
-        case "server_fast_close": serverFastClose = try parse.boolean()
-        case "server_check_delay": serverCheckDelay = try parse.seconds()
-        case "server_check_query": serverCheckQuery = value == "<empty>" ? "" : (value.isEmpty ? nil : value)
-        case "autodb_idle_timeout": autodbIdleTimeout = try parse.seconds()
-        case "pool_idle_timeout": poolIdleTimeout = try parse.seconds()
-        case "cancel_wait_timeout": cancelWaitTimeout = try parse.seconds()
-        case "suspend_timeout": suspendTimeout = try parse.seconds()
-        case "dns_max_ttl": dnsMaxTTL = try parse.seconds()
-        case "dns_nxdomain_ttl": dnsNXDomainTTL = try parse.seconds()
-        case "tcp_defer_accept": tcpDeferAccept = try parse.integer()
-        case "tcp_keepcnt": tcpKeepCount = try parse.integer()
-        case "tcp_keepidle": tcpKeepIdle = try parse.integer()
-        case "tcp_keepintvl": tcpKeepInterval = try parse.integer()
-        case "tcp_socket_buffer": tcpSocketBuffer = try parse.integer()
-        case "tcp_user_timeout": tcpUserTimeout = try parse.integer()
-        case "max_db_client_connections": maxDBClientConnections = try parse.integer()
-        case "max_user_client_connections": maxUserClientConnections = try parse.integer()
-        case "server_round_robin": serverRoundRobin = try parse.boolean()
-        case "login_notify_message": loginNotifyMessage = value
-        case "client_idle_timeout": clientIdleTimeout = try parse.seconds()
-        case "client_login_timeout": clientLoginTimeout = try parse.seconds()
-        case "idle_transaction_timeout": idleTransactionTimeout = try parse.seconds()
-        case "query_timeout": queryTimeout = try parse.seconds()
-        case "query_wait_timeout": queryWaitTimeout = try parse.seconds()
-        case "server_connect_timeout": serverConnectTimeout = try parse.seconds()
-        case "server_idle_timeout": serverIdleTimeout = try parse.seconds()
-        case "server_lifetime": serverLifetime = try parse.seconds()
-        case "transaction_timeout": transactionTimeout = try parse.seconds()
-        case "query_wait_notify": queryWaitNotify = try parse.integer()
-        case "log_stats": logStats = try parse.boolean()
-        case "admin_users": adminUsers = parse.list()
-        case "stats_users": statsUsers = parse.list()
-        default:
-            guard let spec = Self.specsByName[key] else {
-                return .unknown
-            }
+        guard let store = spec.store else {
             try Self.validateLoosely(spec, parse)
             return .acceptedNotImplemented
         }
+        try store(&self, parse)
         return .applied
     }
 

@@ -60,14 +60,6 @@ public struct ReplyQueue {
         case hidden(Request, PreparedStatement)
         /// A client's request Lifeguard answers itself with an empty reply of this id.
         case synthetic(UInt8)
-
-        var request: Request? {
-            switch self {
-            case .client(let request), .hidden(let request, _): return request
-            case .clientParse: return .parse
-            case .synthetic: return nil
-            }
-        }
     }
 
     public enum Disposition: Equatable {
@@ -89,17 +81,30 @@ public struct ReplyQueue {
         case undone(Entry, skipped: Bool)
     }
 
-    private var entries = Deque<Entry>()
+    /// One queued request, as plain values: the hot path reads and pops these without touching the
+    /// statements and names that Parse and Close entries carry (kept apart in `payloads`).
+    private struct Slot {
+        enum Kind: UInt8 { case client, clientParse, hidden, synthetic }
+        var kind: Kind
+        /// nil for a synthetic entry (the server never sees it).
+        var request: Request?
+        /// The empty reply of a synthetic entry.
+        var reply: UInt8
+    }
+
+    private var slots = Deque<Slot>()
+    /// The `.clientParse` and `.hidden` entries, in queue order.
+    private var payloads = Deque<Entry>()
     private var events = Deque<Event>()
     /// An extended-query error arrived with no Sync queued: the server skips until the next Sync.
     private var skippingUntilSync = false
 
     public init() {}
 
-    public var isEmpty: Bool { entries.isEmpty }
+    public var isEmpty: Bool { slots.isEmpty }
 
     /// Requests still owed a reply (server or synthetic).
-    public var count: Int { entries.count }
+    public var count: Int { slots.count }
 
     /// The server is skipping messages until the next Sync: anything Lifeguard adds now would be skipped.
     public var isSkippingUntilSync: Bool { skippingUntilSync }
@@ -110,8 +115,19 @@ public struct ReplyQueue {
             guard case .client(.sync) = entry else { return .skipped }
             skippingUntilSync = false
         }
-        if case .synthetic = entry, entries.isEmpty { return .answerNow }
-        entries.append(entry)
+        switch entry {
+        case .client(let request):
+            slots.append(Slot(kind: .client, request: request, reply: 0))
+        case .clientParse:
+            slots.append(Slot(kind: .clientParse, request: .parse, reply: 0))
+            payloads.append(entry)
+        case .hidden(let request, _):
+            slots.append(Slot(kind: .hidden, request: request, reply: 0))
+            payloads.append(entry)
+        case .synthetic(let reply):
+            if slots.isEmpty { return .answerNow }
+            slots.append(Slot(kind: .synthetic, request: nil, reply: reply))
+        }
         return .queued
     }
 
@@ -126,69 +142,68 @@ public struct ReplyQueue {
         case BackendID.noticeResponse, BackendID.notification, BackendID.parameterStatus:
             return .forward
         case BackendID.readyForQuery:
-            while let entry = entries.popFirst() {
-                if entry.request?.endsWithReadyForQuery == true { break }
-                undo(entry, skipped: true)
+            while let slot = slots.first {
+                let endsHere = slot.request?.endsWithReadyForQuery == true
+                popFirst(undoing: !endsHere, skipped: true)
+                if endsHere { break }
             }
             skippingUntilSync = false
             answerSynthetics()
             return .forward
         case BackendID.errorResponse:
-            guard let head = entries.first else { return .forward }
+            guard let head = slots.first else { return .forward }
             guard let request = head.request, !request.endsWithReadyForQuery else { return disposition(of: head) }
             // Lifeguard's hidden Parse failing tells the client why its Bind or Describe will fail too.
-            let disposition: Disposition = if case .hidden(.close, _) = head { .drop } else { .forward }
-            entries.removeFirst()
-            undo(head, skipped: false)
-            while let next = entries.first, next.request?.endsWithReadyForQuery != true {
-                entries.removeFirst()
-                undo(next, skipped: true)
+            let disposition: Disposition = head.kind == .hidden && request == .close ? .drop : .forward
+            popFirst(undoing: true, skipped: false)
+            while let next = slots.first, next.request?.endsWithReadyForQuery != true {
+                popFirst(undoing: true, skipped: true)
             }
-            if entries.isEmpty { skippingUntilSync = true }
+            if slots.isEmpty { skippingUntilSync = true }
             return disposition
         default:
-            guard let head = entries.first else { return .forward }
-            let disposition = disposition(of: head)
+            guard let head = slots.first else { return .forward }
             if let request = head.request, request.isEnded(by: id) {
-                entries.removeFirst()
+                popFirst(undoing: false, skipped: false)
                 answerSynthetics()
             }
-            return disposition
+            return disposition(of: head)
         }
     }
 
     /// True when the next message with `id` would be dropped (for a header split across reads).
     public func wouldDrop(_ id: UInt8) -> Bool {
-        guard let head = entries.first else { return false }
+        guard let head = slots.first else { return false }
         switch id {
         case BackendID.noticeResponse, BackendID.notification, BackendID.parameterStatus, BackendID.readyForQuery:
             return false
         case BackendID.errorResponse:
-            if case .hidden(.close, _) = head { return true }
-            return false
+            return head.kind == .hidden && head.request == .close
         default:
             return disposition(of: head) == .drop
         }
     }
 
-    private func disposition(of entry: Entry) -> Disposition {
-        if case .hidden = entry { return .drop }
-        return .forward
+    private func disposition(of slot: Slot) -> Disposition {
+        slot.kind == .hidden ? .drop : .forward
     }
 
-    private mutating func answerSynthetics() {
-        while case .synthetic(let reply) = entries.first {
-            entries.removeFirst()
-            events.append(.synthesize(reply))
+    /// Removes the head request; a Parse or Close of a statement is reported as undone when `undoing`.
+    private mutating func popFirst(undoing: Bool, skipped: Bool) {
+        let slot = slots.removeFirst()
+        switch slot.kind {
+        case .clientParse, .hidden:
+            let entry = payloads.removeFirst()
+            if undoing { events.append(.undone(entry, skipped: skipped)) }
+        case .client, .synthetic:
+            break
         }
     }
 
-    private mutating func undo(_ entry: Entry, skipped: Bool) {
-        switch entry {
-        case .clientParse, .hidden:
-            events.append(.undone(entry, skipped: skipped))
-        case .client, .synthetic:
-            break
+    private mutating func answerSynthetics() {
+        while let head = slots.first, head.kind == .synthetic {
+            slots.removeFirst()
+            events.append(.synthesize(head.reply))
         }
     }
 }

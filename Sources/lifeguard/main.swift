@@ -1,49 +1,23 @@
-import ArgumentParser
 import Glibc
 import Lifeguard
 import LifeguardCore
 import Logging
 
-/// `lifeguard [-d] [-q] [-v]... [-u USER] [-V] [-h] CONFIG`, with PgBouncer's meanings.
-struct LifeguardCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "lifeguard",
-        abstract: "A PostgreSQL connection pooler, configured like PgBouncer.",
-        discussion: """
-            CONFIG is a pgbouncer.ini-format file. Lifeguard runs in the foreground and logs to standard error \
-            (and to `logfile`) unless -d is given.
-            """)
+/// The daemon, as the command line asked for it.
+struct LifeguardCommand {
+    let options: CommandLineOptions
 
-    @Flag(name: [.customShort("d"), .customLong("daemon")], help: "Run in the background (needs pidfile in CONFIG).")
-    var daemon = false
-
-    @Flag(name: [.short, .long], help: "Do not log to standard error.")
-    var quiet = false
-
-    @Flag(name: [.short, .long], help: "More detailed logging; repeat for more.")
-    var verbose: Int
-
-    @Option(name: [.short, .long], help: "Switch to USER after binding the listeners (when started as root).")
-    var user: String?
-
-    @Flag(name: [.customShort("V"), .customLong("version")], help: "Print the version and exit.")
-    var showVersion = false
-
-    @Argument(help: "The configuration file.")
-    var config: String?
-
-    func validate() throws {
-        if !showVersion && config == nil {
-            throw ValidationError("Missing expected argument '<config>'")
+    func run() {
+        if options.showHelp {
+            print(CommandLineOptions.usage, terminator: "")
+            return
         }
-    }
-
-    func run() throws {
-        if showVersion {
+        if options.showVersion {
             print(LifeguardVersion.line)
             print("PgBouncer-compatible configuration, console and protocol handling")
             return
         }
+        guard let config = options.configPath else { return }
         // Blocked before any thread exists, so that every thread inherits the mask and the signals wait for
         // the event loop's signalfd instead of reaching a thread that would ignore or die of them.
         let handledSignals = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2]
@@ -56,7 +30,7 @@ struct LifeguardCommand: ParsableCommand {
         let configuration: Configuration
         let userList: UserList
         do {
-            configuration = try Configuration.load(path: config!)
+            configuration = try Configuration.load(path: config)
             if let authFile = configuration.settings.authFile {
                 userList = try UserList.load(path: authFile)
             } else {
@@ -68,7 +42,7 @@ struct LifeguardCommand: ParsableCommand {
         let settings = configuration.settings
         TrackedParameter.track(extraNames: settings.trackExtraParameters)
 
-        if daemon {
+        if options.daemon {
             guard let pidfile = settings.pidfile, !pidfile.isEmpty else {
                 fail("-d needs pidfile to be set in the configuration")
             }
@@ -78,12 +52,12 @@ struct LifeguardCommand: ParsableCommand {
 
         let sink: LogSink
         do {
-            sink = try LogSink(toStandardError: !quiet && !daemon, logfile: settings.logfile)
+            sink = try LogSink(toStandardError: !options.quiet && !options.daemon, logfile: settings.logfile)
         } catch {
             fail("\(error)")
         }
         let level: Logger.Level
-        switch settings.verbose + verbose {
+        switch settings.verbose + options.verbosity {
         case 0: level = .info
         case 1: level = .debug
         default: level = .trace
@@ -100,14 +74,14 @@ struct LifeguardCommand: ParsableCommand {
         let server: LifeguardServer
         do {
             server = try LifeguardServer(
-                configurationPath: config!, configuration: configuration, userList: userList, logger: logger,
+                configurationPath: config, configuration: configuration, userList: userList, logger: logger,
                 reopenLog: { sink.reopen() })
             try server.start(signals: handledSignals)
         } catch {
             logger.critical("\(error)")
             fail("\(error)")
         }
-        if let name = user ?? settings.user, getuid() == 0 {
+        if let name = options.user ?? settings.user, getuid() == 0 {
             switchUser(name)
         }
         logger.info("process up: \(LifeguardVersion.line), pid \(getpid())")
@@ -165,4 +139,9 @@ enum FileHandleStandardError {
     }
 }
 
-LifeguardCommand.main()
+do {
+    LifeguardCommand(options: try CommandLineOptions(arguments: Array(CommandLine.arguments.dropFirst()))).run()
+} catch {
+    FileHandleStandardError.write("lifeguard: \(error)\nTry 'lifeguard --help' for more information.\n")
+    exit(64)  // EX_USAGE
+}

@@ -1,4 +1,3 @@
-import Foundation
 
 /// One admin-console statement, parsed the way PgBouncer parses it: one or two words (letters, digits and
 /// underscores, or a double-quoted name), case-insensitive, an optional trailing `;`, or
@@ -86,7 +85,7 @@ private struct WordScanner {
         if characters[index] == "'" { return quoted("'") }
         let start = index
         while index < characters.count, characters[index] != ";" { index += 1 }
-        let value = String(characters[start..<index]).trimmingCharacters(in: .whitespaces)
+        let value = String(characters[start..<index]).trimmingWhitespace()
         return value.isEmpty ? nil : value
     }
 

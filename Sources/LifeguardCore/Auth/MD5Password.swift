@@ -1,5 +1,3 @@
-import Crypto
-
 /// PostgreSQL's legacy MD5 password scheme. The stored secret is
 /// `"md5" + hex(md5(password + user))`; on the wire the client answers a 4-byte
 /// salt with `"md5" + hex(md5(hex-of-stored-secret + salt))`, so a stored hash
@@ -7,9 +5,9 @@ import Crypto
 public enum MD5Password {
     /// The value PostgreSQL stores in `pg_authid` for an MD5 password.
     public static func hash(password: String, user: String) -> String {
-        var md5 = Insecure.MD5()
-        md5.update(utf8Of: password)
-        md5.update(utf8Of: user)
+        var md5 = MD5()
+        md5.update(password.utf8)
+        md5.update(user.utf8)
         return String(decoding: prefixedHex(md5.finalize()), as: UTF8.self)
     }
 
@@ -31,21 +29,19 @@ public enum MD5Password {
 
     /// The response as bytes: this runs on every md5 login, so it stays clear of intermediate strings.
     private static func responseBytes(forStoredHash storedHash: String, salt: [UInt8]) -> [UInt8] {
-        var md5 = Insecure.MD5()
-        md5.update(utf8Of: storedHash.hasPrefix("md5") ? storedHash.dropFirst(3) : Substring(storedHash))
-        md5.update(data: salt)
+        var md5 = MD5()
+        md5.update((storedHash.hasPrefix("md5") ? storedHash.dropFirst(3) : Substring(storedHash)).utf8)
+        md5.update(salt)
         return prefixedHex(md5.finalize())
     }
 
     /// `"md5"` followed by the digest in lower-case hex.
-    private static func prefixedHex(_ digest: Insecure.MD5.Digest) -> [UInt8] {
+    private static func prefixedHex(_ digest: [UInt8]) -> [UInt8] {
         var text: [UInt8] = Array("md5".utf8)
-        text.reserveCapacity(3 + 2 * Insecure.MD5.byteCount)
-        digest.withUnsafeBytes { bytes in
-            for byte in bytes {
-                text.append(hexDigit(byte >> 4))
-                text.append(hexDigit(byte & 0x0F))
-            }
+        text.reserveCapacity(3 + 2 * digest.count)
+        for byte in digest {
+            text.append(hexDigit(byte >> 4))
+            text.append(hexDigit(byte & 0x0F))
         }
         return text
     }
@@ -53,13 +49,5 @@ public enum MD5Password {
     @inline(__always)
     private static func hexDigit(_ value: UInt8) -> UInt8 {
         value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10
-    }
-}
-
-extension Insecure.MD5 {
-    /// Hashes a string's UTF-8 bytes in place (native strings are contiguous, so nothing is copied).
-    fileprivate mutating func update(utf8Of text: some StringProtocol) {
-        let hashed: Void? = text.utf8.withContiguousStorageIfAvailable { update(bufferPointer: UnsafeRawBufferPointer($0)) }
-        if hashed == nil { update(data: Array(text.utf8)) }
     }
 }

@@ -1,5 +1,3 @@
-import Crypto
-
 /// Why a SCRAM-SHA-256 exchange was refused. The text is for logs and for the
 /// `ErrorResponse` Lifeguard sends; it never reveals whether the user exists.
 public struct SCRAMError: Error, Sendable, Equatable {
@@ -35,15 +33,15 @@ enum SCRAM {
         precondition(iterations > 0, "SCRAM iteration count must be positive")
         // Keying HMAC once and copying the keyed state saves re-hashing the
         // password on each of the thousands of rounds.
-        let keyed = HMAC<SHA256>(key: SymmetricKey(data: password))
+        let keyed = HMACSHA256(key: password)
         var mac = keyed
-        mac.update(data: salt + [0, 0, 0, 1])  // INT(1): first (and only) block
-        var block = Array(mac.finalize())
+        mac.update(salt + [0, 0, 0, 1])  // INT(1): first (and only) block
+        var block = mac.finalize()
         var result = block
         for _ in 1..<iterations {
             var round = keyed
-            round.update(data: block)
-            block = Array(round.finalize())
+            round.update(block)
+            block = round.finalize()
             for index in result.indices {
                 result[index] ^= block[index]
             }
@@ -52,11 +50,11 @@ enum SCRAM {
     }
 
     static func hmac(key: [UInt8], _ message: [UInt8]) -> [UInt8] {
-        Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: key)))
+        HMACSHA256.authenticationCode(for: message, key: key)
     }
 
     static func sha256(_ data: [UInt8]) -> [UInt8] {
-        Array(SHA256.hash(data: data))
+        SHA256.hash(data)
     }
 
     static func clientKey(saltedPassword: [UInt8]) -> [UInt8] {

@@ -1,5 +1,3 @@
-import Crypto
-
 /// A SCRAM-SHA-256 verifier as PostgreSQL stores it in `pg_authid.rolpassword`:
 /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (base64 fields).
 /// It lets Lifeguard check a client's proof without knowing the password.

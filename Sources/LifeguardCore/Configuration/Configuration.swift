@@ -1,4 +1,4 @@
-import Foundation
+import Glibc
 
 /// A configuration problem that stops Lifeguard from starting (or a RELOAD from taking effect).
 public struct ConfigurationError: Error, CustomStringConvertible, Equatable, Sendable {
@@ -213,12 +213,24 @@ public struct Configuration: Sendable, Equatable {
     }
 
     static func readFile(_ path: String, reportedAs name: String) throws -> String {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let reason = FileManager.default.fileExists(atPath: path)
-                ? "permission denied or not a regular file" : "no such file"
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let reason = errno == ENOENT ? "no such file" : "permission denied or not a regular file"
             throw ConfigurationError(file: name, message: "could not read file: \(reason)")
         }
-        guard let text = String(data: data, encoding: .utf8) else {
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = read(fd, &chunk, chunk.count)
+            if count == 0 { break }
+            guard count > 0 else {
+                if errno == EINTR { continue }
+                throw ConfigurationError(file: name, message: "could not read file: permission denied or not a regular file")
+            }
+            bytes += chunk[..<count]
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
             throw ConfigurationError(file: name, message: "file is not valid UTF-8")
         }
         return text

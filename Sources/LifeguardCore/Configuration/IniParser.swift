@@ -1,4 +1,3 @@
-import Foundation
 
 /// Where a line of configuration came from, so every error and warning can name it.
 struct SourceLocation: Sendable, Equatable {
@@ -44,7 +43,7 @@ enum IniParser {
     ) throws {
         for (index, rawLine) in splitLines(text).enumerated() {
             let location = SourceLocation(file: fileName, line: index + 1)
-            let line = rawLine.trimmingCharacters(in: .whitespaces)
+            let line = rawLine.trimmingWhitespace()
             if line.isEmpty || line.hasPrefix(";") || line.hasPrefix("#") {
                 continue
             }
@@ -93,7 +92,7 @@ enum IniParser {
         guard word.lowercased() == "include" else {
             throw error(at: location, "unknown directive \"%\(word)\"")
         }
-        var target = body.dropFirst(word.count).trimmingCharacters(in: .whitespaces)
+        var target = body.dropFirst(word.count).trimmingWhitespace()
         if let first = target.first, first == "'" || first == "\"" {
             target = try unquote(target, at: location)
         }
@@ -118,11 +117,11 @@ enum IniParser {
         guard let close = line.firstIndex(of: "]") else {
             throw error(at: location, "syntax error: section header is missing \"]\"")
         }
-        let trailing = line[line.index(after: close)...].trimmingCharacters(in: .whitespaces)
+        let trailing = line[line.index(after: close)...].trimmingWhitespace()
         guard trailing.isEmpty else {
             throw error(at: location, "syntax error: unexpected text after section header")
         }
-        let name = line[line.index(after: line.startIndex)..<close].trimmingCharacters(in: .whitespaces)
+        let name = line[line.index(after: line.startIndex)..<close].trimmingWhitespace()
         guard !name.isEmpty else {
             throw error(at: location, "syntax error: empty section name")
         }
@@ -144,13 +143,13 @@ enum IniParser {
             guard let equals = line.firstIndex(of: "=") else {
                 throw error(at: location, "syntax error: expected \"key = value\"")
             }
-            key = line[..<equals].trimmingCharacters(in: .whitespaces)
+            key = line[..<equals].trimmingWhitespace()
             rest = line[equals...]
         }
         guard !key.isEmpty else {
             throw error(at: location, "syntax error: missing key before \"=\"")
         }
-        var value = rest.dropFirst().trimmingCharacters(in: .whitespaces)
+        var value = rest.dropFirst().trimmingWhitespace()
         if let first = value.first, first == "'" || first == "\"" {
             do {
                 value = try unquote(value, at: location)
@@ -201,11 +200,11 @@ enum IniParser {
         ConfigurationError(file: location.file, line: location.line, key: key, message: message)
     }
 
-    /// Our own errors already read well; anything else is printed the way Foundation describes it.
+    /// Our own errors already read well; anything else is printed as it describes itself.
     static func describe(_ error: any Error) -> String {
         if let configError = error as? ConfigurationError {
             return configError.message
         }
-        return error.localizedDescription
+        return "\(error)"
     }
 }

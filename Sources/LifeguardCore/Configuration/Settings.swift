@@ -1,4 +1,3 @@
-import Foundation
 
 /// When a server connection goes back to the pool (see the PgBouncer reference, section 1.1).
 public enum PoolMode: String, Sendable, Equatable, CaseIterable {

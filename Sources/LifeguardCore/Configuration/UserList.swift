@@ -1,4 +1,3 @@
-import Foundation
 
 /// The `auth_file` (userlist.txt): user names and their passwords or password secrets.
 public struct UserList: Sendable, Equatable {

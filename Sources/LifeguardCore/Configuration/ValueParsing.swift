@@ -1,4 +1,3 @@
-import Foundation
 
 /// Typed readers for configuration values. Each failure names the file, line and key,
 /// because a pooler that refuses to start must say exactly which line to fix.
@@ -18,7 +17,7 @@ struct ValueParser {
 
     func integer(in range: ClosedRange<Int> = 0...Int.max) throws -> Int {
         // PgBouncer reads these with strtol, so surrounding blanks and a leading "+" are tolerated.
-        let text = value.trimmingCharacters(in: .whitespaces)
+        let text = value.trimmingWhitespace()
         guard let number = Int(text.hasPrefix("+") ? String(text.dropFirst()) : text) else {
             throw invalid("is not an integer")
         }
@@ -29,11 +28,11 @@ struct ValueParser {
     /// PgBouncer stores its switches as integers; the usual words are accepted as well so that
     /// `log_connections = on` does what its author meant.
     func boolean() throws -> Bool {
-        switch value.trimmingCharacters(in: .whitespaces).lowercased() {
+        switch value.trimmingWhitespace().lowercased() {
         case "1", "on", "yes", "true": return true
         case "0", "off", "no", "false": return false
         default:
-            if let number = Int(value.trimmingCharacters(in: .whitespaces)) {
+            if let number = Int(value.trimmingWhitespace()) {
                 return number != 0
             }
             throw invalid("is not a boolean (use 0/1, on/off, yes/no or true/false)")
@@ -42,7 +41,7 @@ struct ValueParser {
 
     /// Durations are seconds, fractions allowed, as in PgBouncer.
     func seconds(allowNegative: Bool = false) throws -> Double {
-        guard let number = Double(value.trimmingCharacters(in: .whitespaces)), number.isFinite else {
+        guard let number = Double(value.trimmingWhitespace()), number.isFinite else {
             throw invalid("is not a number of seconds")
         }
         if number < 0 && !allowNegative {
@@ -53,7 +52,7 @@ struct ValueParser {
 
     /// File modes are written in octal ("0777", "777" or "0o777"), like chmod.
     func octalMode() throws -> Int {
-        var text = value.trimmingCharacters(in: .whitespaces).lowercased()
+        var text = value.trimmingWhitespace().lowercased()
         if text.hasPrefix("0o") {
             text.removeFirst(2)
         }
@@ -64,14 +63,14 @@ struct ValueParser {
     }
 
     func poolMode() throws -> PoolMode {
-        guard let mode = PoolMode(rawValue: value.trimmingCharacters(in: .whitespaces).lowercased()) else {
+        guard let mode = PoolMode(rawValue: value.trimmingWhitespace().lowercased()) else {
             throw invalid("is not a pool mode (session, transaction or statement)")
         }
         return mode
     }
 
     func authType() throws -> AuthType {
-        let text = value.trimmingCharacters(in: .whitespaces).lowercased()
+        let text = value.trimmingWhitespace().lowercased()
         if let type = AuthType(rawValue: text) {
             return type
         }
@@ -89,7 +88,7 @@ struct ValueParser {
     static let sslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
     func sslMode() throws -> String {
-        let text = value.trimmingCharacters(in: .whitespaces).lowercased()
+        let text = value.trimmingWhitespace().lowercased()
         guard Self.sslModes.contains(text) else {
             throw invalid("is not an SSL mode (\(Self.sslModes.joined(separator: ", ")))")
         }
@@ -97,7 +96,7 @@ struct ValueParser {
     }
 
     func oneOf(_ choices: [String]) throws -> String {
-        let text = value.trimmingCharacters(in: .whitespaces).lowercased()
+        let text = value.trimmingWhitespace().lowercased()
         guard choices.contains(text) else {
             throw invalid("is not one of \(choices.joined(separator: ", "))")
         }
@@ -107,7 +106,7 @@ struct ValueParser {
     /// Comma-separated lists (listen_addr, admin_users, ...); blanks around items and empty items are dropped.
     func list() -> [String] {
         value.split(separator: ",")
-            .map { $0.trimmingCharacters(in: .whitespaces) }
+            .map { $0.trimmingWhitespace() }
             .filter { !$0.isEmpty }
     }
 

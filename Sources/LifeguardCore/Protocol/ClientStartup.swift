@@ -222,7 +222,7 @@ public struct ClientStartup: Sendable, Equatable {
                 throw .unsupportedOptionsSyntax
             }
             guard let equals = setting.firstIndex(of: "=") else { throw .unsupportedOptionsSyntax }
-            let name = String(setting[..<equals]).replacingOccurrences(of: "-", with: "_")
+            let name = String(setting[..<equals].map { $0 == "-" ? "_" : $0 })
             let value = String(setting[setting.index(after: equals)...])
             if parameters.update(name: name, value: value) { continue }
             if ignoreUnknown || ignoredNames.contains(name) { continue }

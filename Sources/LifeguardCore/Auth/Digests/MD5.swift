@@ -1,0 +1,52 @@
+/// MD5 (RFC 1321), for PostgreSQL's md5 password scheme only.
+typealias MD5 = BlockHash<MD5Compression>
+
+struct MD5Compression: BlockCompression {
+    static let lengthIsBigEndian = false
+
+    /// floor(abs(sin(i + 1)) * 2^32), RFC 1321 section 3.4.
+    private static let sines: [UInt32] = [
+        0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613, 0xfd469501,
+        0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193, 0xa679438e, 0x49b40821,
+        0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d, 0x02441453, 0xd8a1e681, 0xe7d3fbc8,
+        0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed, 0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a,
+        0xfffa3942, 0x8771f681, 0x6d9d6122, 0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70,
+        0x289b7ec6, 0xeaa127fa, 0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665,
+        0xf4292244, 0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
+        0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb, 0xeb86d391,
+    ]
+    private static let shifts: [UInt32] = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21]
+
+    private var state: SIMD4<UInt32> = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476]
+
+    init() {}
+
+    mutating func compress(_ block: UnsafeRawBufferPointer) {
+        var (a, b, c, d) = (state[0], state[1], state[2], state[3])
+        for index in 0..<64 {
+            let mixed: UInt32
+            let word: Int
+            switch index >> 4 {
+            case 0: (mixed, word) = ((b & c) | (~b & d), index)
+            case 1: (mixed, word) = ((d & b) | (~d & c), (5 * index + 1) & 15)
+            case 2: (mixed, word) = (b ^ c ^ d, (3 * index + 5) & 15)
+            default: (mixed, word) = (c ^ (b | ~d), (7 * index) & 15)
+            }
+            let input = UInt32(littleEndian: block.loadUnaligned(fromByteOffset: 4 * word, as: UInt32.self))
+            let sum = a &+ mixed &+ Self.sines[index] &+ input
+            let shift = Self.shifts[(index >> 4) << 2 | index & 3]
+            (a, d, c) = (d, c, b)
+            b = b &+ ((sum << shift) | (sum >> (32 - shift)))
+        }
+        state &+= SIMD4(a, b, c, d)
+    }
+
+    var digest: [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(16)
+        for index in 0..<4 {
+            withUnsafeBytes(of: state[index].littleEndian) { bytes += $0 }
+        }
+        return bytes
+    }
+}

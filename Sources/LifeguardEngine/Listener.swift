@@ -77,7 +77,7 @@ public final class Listener: ReadinessHandler {
             for (level, name, value) in acceptedOptions { Connection.setOption(client, level, name, value) }
             do {
                 let connection = try Connection.accepted(
-                    fd: client, remoteAddress: SocketAddress(storage), on: loop)
+                    fd: client, peer: PeerAddress(storage), on: loop)
                 onAccept(connection)
             } catch {
                 Glibc.close(client)

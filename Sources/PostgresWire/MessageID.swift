@@ -1,46 +1,49 @@
 /// One-byte message identifiers of the PostgreSQL v3 protocol that the pooler looks at.
 /// Everything else is forwarded without being named.
+///
+/// Computed and inlinable, so that other modules fold them to constants: a stored `static let` is reached
+/// through a lazy-initialisation accessor at every use, and the data path compares ids on every message.
 public enum FrontendID {
-    public static let query: UInt8 = UInt8(ascii: "Q")
-    public static let parse: UInt8 = UInt8(ascii: "P")
-    public static let bind: UInt8 = UInt8(ascii: "B")
-    public static let describe: UInt8 = UInt8(ascii: "D")
-    public static let execute: UInt8 = UInt8(ascii: "E")
-    public static let close: UInt8 = UInt8(ascii: "C")
-    public static let sync: UInt8 = UInt8(ascii: "S")
-    public static let flush: UInt8 = UInt8(ascii: "H")
-    public static let functionCall: UInt8 = UInt8(ascii: "F")
-    public static let copyData: UInt8 = UInt8(ascii: "d")
-    public static let copyDone: UInt8 = UInt8(ascii: "c")
-    public static let copyFail: UInt8 = UInt8(ascii: "f")
+    @inlinable public static var query: UInt8 { UInt8(ascii: "Q") }
+    @inlinable public static var parse: UInt8 { UInt8(ascii: "P") }
+    @inlinable public static var bind: UInt8 { UInt8(ascii: "B") }
+    @inlinable public static var describe: UInt8 { UInt8(ascii: "D") }
+    @inlinable public static var execute: UInt8 { UInt8(ascii: "E") }
+    @inlinable public static var close: UInt8 { UInt8(ascii: "C") }
+    @inlinable public static var sync: UInt8 { UInt8(ascii: "S") }
+    @inlinable public static var flush: UInt8 { UInt8(ascii: "H") }
+    @inlinable public static var functionCall: UInt8 { UInt8(ascii: "F") }
+    @inlinable public static var copyData: UInt8 { UInt8(ascii: "d") }
+    @inlinable public static var copyDone: UInt8 { UInt8(ascii: "c") }
+    @inlinable public static var copyFail: UInt8 { UInt8(ascii: "f") }
     /// PasswordMessage, SASLInitialResponse and SASLResponse all share this id.
-    public static let password: UInt8 = UInt8(ascii: "p")
-    public static let terminate: UInt8 = UInt8(ascii: "X")
+    @inlinable public static var password: UInt8 { UInt8(ascii: "p") }
+    @inlinable public static var terminate: UInt8 { UInt8(ascii: "X") }
 }
 
 public enum BackendID {
-    public static let authentication: UInt8 = UInt8(ascii: "R")
-    public static let backendKeyData: UInt8 = UInt8(ascii: "K")
-    public static let parameterStatus: UInt8 = UInt8(ascii: "S")
-    public static let readyForQuery: UInt8 = UInt8(ascii: "Z")
-    public static let errorResponse: UInt8 = UInt8(ascii: "E")
-    public static let noticeResponse: UInt8 = UInt8(ascii: "N")
-    public static let notification: UInt8 = UInt8(ascii: "A")
-    public static let commandComplete: UInt8 = UInt8(ascii: "C")
-    public static let emptyQueryResponse: UInt8 = UInt8(ascii: "I")
-    public static let rowDescription: UInt8 = UInt8(ascii: "T")
-    public static let dataRow: UInt8 = UInt8(ascii: "D")
-    public static let copyInResponse: UInt8 = UInt8(ascii: "G")
-    public static let copyOutResponse: UInt8 = UInt8(ascii: "H")
-    public static let copyBothResponse: UInt8 = UInt8(ascii: "W")
-    public static let negotiateProtocolVersion: UInt8 = UInt8(ascii: "v")
-    public static let parseComplete: UInt8 = UInt8(ascii: "1")
-    public static let bindComplete: UInt8 = UInt8(ascii: "2")
-    public static let closeComplete: UInt8 = UInt8(ascii: "3")
-    public static let noData: UInt8 = UInt8(ascii: "n")
-    public static let parameterDescription: UInt8 = UInt8(ascii: "t")
-    public static let portalSuspended: UInt8 = UInt8(ascii: "s")
-    public static let functionCallResponse: UInt8 = UInt8(ascii: "V")
+    @inlinable public static var authentication: UInt8 { UInt8(ascii: "R") }
+    @inlinable public static var backendKeyData: UInt8 { UInt8(ascii: "K") }
+    @inlinable public static var parameterStatus: UInt8 { UInt8(ascii: "S") }
+    @inlinable public static var readyForQuery: UInt8 { UInt8(ascii: "Z") }
+    @inlinable public static var errorResponse: UInt8 { UInt8(ascii: "E") }
+    @inlinable public static var noticeResponse: UInt8 { UInt8(ascii: "N") }
+    @inlinable public static var notification: UInt8 { UInt8(ascii: "A") }
+    @inlinable public static var commandComplete: UInt8 { UInt8(ascii: "C") }
+    @inlinable public static var emptyQueryResponse: UInt8 { UInt8(ascii: "I") }
+    @inlinable public static var rowDescription: UInt8 { UInt8(ascii: "T") }
+    @inlinable public static var dataRow: UInt8 { UInt8(ascii: "D") }
+    @inlinable public static var copyInResponse: UInt8 { UInt8(ascii: "G") }
+    @inlinable public static var copyOutResponse: UInt8 { UInt8(ascii: "H") }
+    @inlinable public static var copyBothResponse: UInt8 { UInt8(ascii: "W") }
+    @inlinable public static var negotiateProtocolVersion: UInt8 { UInt8(ascii: "v") }
+    @inlinable public static var parseComplete: UInt8 { UInt8(ascii: "1") }
+    @inlinable public static var bindComplete: UInt8 { UInt8(ascii: "2") }
+    @inlinable public static var closeComplete: UInt8 { UInt8(ascii: "3") }
+    @inlinable public static var noData: UInt8 { UInt8(ascii: "n") }
+    @inlinable public static var parameterDescription: UInt8 { UInt8(ascii: "t") }
+    @inlinable public static var portalSuspended: UInt8 { UInt8(ascii: "s") }
+    @inlinable public static var functionCallResponse: UInt8 { UInt8(ascii: "V") }
 }
 
 /// Authentication request codes carried in an `R` message.

@@ -15,7 +15,7 @@ private let parseComplete = BackendID.parseComplete
 private let closeComplete = BackendID.closeComplete
 
 /// Drains the queue's events after one `receive`, as the server connection does.
-private func events(_ queue: inout ReplyQueue) -> [String] {
+private func events(_ queue: ReplyQueue) -> [String] {
     var out: [String] = []
     while let event = queue.nextEvent() {
         switch event {
@@ -82,7 +82,7 @@ private func id(_ character: Character) -> UInt8 { character.asciiValue! }
 
     @Test func hiddenParseReplyIsDroppedAndTheRestForwarded() {
         let statement = registry.statement(for: definition("SELECT 1"))
-        var queue = ReplyQueue()
+        let queue = ReplyQueue()
         #expect(queue.push(.hidden(.parse, statement)) == .queued)
         #expect(queue.push(.client(.bind)) == .queued)
         #expect(queue.push(.client(.execute)) == .queued)
@@ -95,7 +95,7 @@ private func id(_ character: Character) -> UInt8 { character.asciiValue! }
     }
 
     @Test func syntheticRepliesGoWherePostgreSQLWouldPutThem() {
-        var queue = ReplyQueue()
+        let queue = ReplyQueue()
         #expect(queue.push(.synthetic(parseComplete)) == .answerNow, "nothing before it")
         #expect(queue.push(.client(.bind)) == .queued)
         #expect(queue.push(.synthetic(closeComplete)) == .queued)
@@ -103,9 +103,9 @@ private func id(_ character: Character) -> UInt8 { character.asciiValue! }
         #expect(queue.push(.synthetic(parseComplete)) == .queued)
         #expect(queue.push(.client(.sync)) == .queued)
         #expect(queue.receive(id("2")) == .forward)
-        #expect(events(&queue) == ["answer 3"], "right after BindComplete")
+        #expect(events(queue) == ["answer 3"], "right after BindComplete")
         #expect(queue.receive(id("Z")) == .forward)
-        #expect(events(&queue) == ["answer 1"], "after the first ReadyForQuery")
+        #expect(events(queue) == ["answer 1"], "after the first ReadyForQuery")
         #expect(queue.receive(id("Z")) == .forward)
         #expect(queue.isEmpty)
     }
@@ -113,25 +113,25 @@ private func id(_ character: Character) -> UInt8 { character.asciiValue! }
     @Test func errorSkipsToSyncAndUndoesParses() {
         let first = registry.statement(for: definition("SELECT 1"))
         let second = registry.statement(for: definition("SELECT 2"))
-        var queue = ReplyQueue()
+        let queue = ReplyQueue()
         _ = queue.push(.client(.bind))
         _ = queue.push(.clientParse(first, clientName: "a"))
         _ = queue.push(.hidden(.parse, second))
         _ = queue.push(.synthetic(parseComplete))
         _ = queue.push(.client(.sync))
         #expect(queue.receive(BackendID.errorResponse) == .forward)
-        #expect(events(&queue) == ["undo parse a=LIFEGUARD_1 (skipped)", "undo hidden parse LIFEGUARD_2 (skipped)"])
+        #expect(events(queue) == ["undo parse a=LIFEGUARD_1 (skipped)", "undo hidden parse LIFEGUARD_2 (skipped)"])
         #expect(queue.receive(id("Z")) == .forward)
-        #expect(events(&queue).isEmpty, "the skipped synthetic reply is never given")
+        #expect(events(queue).isEmpty, "the skipped synthetic reply is never given")
         #expect(queue.isEmpty)
     }
 
     @Test func errorWithoutSyncQueuedSkipsWhatFollowsUntilSync() {
         let statement = registry.statement(for: definition("SELECT 1"))
-        var queue = ReplyQueue()
+        let queue = ReplyQueue()
         _ = queue.push(.clientParse(statement, clientName: "a"))
         #expect(queue.receive(BackendID.errorResponse) == .forward)
-        #expect(events(&queue) == ["undo parse a=LIFEGUARD_1"])
+        #expect(events(queue) == ["undo parse a=LIFEGUARD_1"])
         #expect(queue.isSkippingUntilSync)
         #expect(queue.push(.client(.bind)) == .skipped)
         #expect(queue.push(.synthetic(closeComplete)) == .skipped)
@@ -142,38 +142,38 @@ private func id(_ character: Character) -> UInt8 { character.asciiValue! }
     }
 
     @Test func errorsInsideSimpleQueriesDoNotSkip() {
-        var queue = ReplyQueue()
+        let queue = ReplyQueue()
         _ = queue.push(.client(.query))
         _ = queue.push(.synthetic(closeComplete))
         #expect(queue.receive(BackendID.errorResponse) == .forward)
         #expect(!queue.isSkippingUntilSync)
         #expect(queue.receive(id("Z")) == .forward)
-        #expect(events(&queue) == ["answer 3"])
+        #expect(events(queue) == ["answer 3"])
     }
 
     @Test func hiddenCloseIsDroppedEvenWhenItFails() {
         let statement = registry.statement(for: definition("SELECT 1"))
-        var queue = ReplyQueue()
+        let queue = ReplyQueue()
         _ = queue.push(.hidden(.close, statement))
         _ = queue.push(.client(.sync))
         #expect(queue.wouldDrop(BackendID.errorResponse))
         #expect(queue.receive(BackendID.errorResponse) == .drop)
-        #expect(events(&queue) == ["undo hidden close LIFEGUARD_1"])
+        #expect(events(queue) == ["undo hidden close LIFEGUARD_1"])
     }
 
     @Test func describeOfAStatementEndsAtItsRowDescription() {
-        var queue = ReplyQueue()
+        let queue = ReplyQueue()
         _ = queue.push(.client(.describe))
         _ = queue.push(.synthetic(parseComplete))
         #expect(queue.receive(BackendID.parameterDescription) == .forward)
-        #expect(events(&queue).isEmpty)
+        #expect(events(queue).isEmpty)
         #expect(queue.receive(BackendID.noData) == .forward)
-        #expect(events(&queue) == ["answer 1"])
+        #expect(events(queue) == ["answer 1"])
     }
 
     @Test func asynchronousMessagesPassWithoutEndingAnything() {
         let statement = registry.statement(for: definition("SELECT 1"))
-        var queue = ReplyQueue()
+        let queue = ReplyQueue()
         _ = queue.push(.hidden(.parse, statement))
         for message in [BackendID.noticeResponse, BackendID.parameterStatus, BackendID.notification] {
             #expect(!queue.wouldDrop(message))

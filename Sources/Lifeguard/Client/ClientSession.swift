@@ -121,7 +121,7 @@ final class ClientSession: ConnectionDelegate {
     func start() {
         connection.delegate = self
         shard.register(self)
-        if case .unixDomainSocket = connection.remoteAddress, let credentials = connection.peerCredentials {
+        if connection.isUnixDomainSocket, let credentials = connection.peerCredentials {
             peerUID = credentials.uid
             peerPID = credentials.pid
         }

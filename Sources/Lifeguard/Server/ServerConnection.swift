@@ -66,7 +66,7 @@ final class ServerConnection: ConnectionDelegate {
 
     /// While a client shares prepared statements: the requests this server still owes replies for, and the
     /// shared statements prepared on it (made on first use).
-    private var replies = ReplyQueue()
+    private let replies = ReplyQueue()
     private var statementCache: ServerStatementCache?
     private static let parseComplete = ByteBuffer.emptyMessage(BackendID.parseComplete)
     private static let closeComplete = ByteBuffer.emptyMessage(BackendID.closeComplete)

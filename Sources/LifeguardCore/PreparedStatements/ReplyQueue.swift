@@ -1,4 +1,3 @@
-import DequeModule
 import PostgresWire
 
 /// The requests a server connection still owes replies for, in the order they were sent, so that replies
@@ -8,7 +7,7 @@ import PostgresWire
 ///
 /// Follows PostgreSQL's rules: each request ends with a known reply; an error in an extended-query request
 /// makes the server skip everything up to the next Sync, whose ReadyForQuery ends the error state.
-public struct ReplyQueue {
+public final class ReplyQueue {
     /// What the server does with a message, as far as replies go.
     public enum Request: Sendable {
         case parse, bind, describe, execute, close, sync, query, functionCall
@@ -83,7 +82,7 @@ public struct ReplyQueue {
 
     /// One queued request, as plain values: the hot path reads and pops these without touching the
     /// statements and names that Parse and Close entries carry (kept apart in `payloads`).
-    private struct Slot {
+    struct Slot {
         enum Kind: UInt8 { case client, clientParse, hidden, synthetic }
         var kind: Kind
         /// nil for a synthetic entry (the server never sees it).
@@ -92,10 +91,10 @@ public struct ReplyQueue {
         var reply: UInt8
     }
 
-    private var slots = Deque<Slot>()
+    private var slots = Ring<Slot>()
     /// The `.clientParse` and `.hidden` entries, in queue order.
-    private var payloads = Deque<Entry>()
-    private var events = Deque<Event>()
+    private var payloads = Ring<Entry>()
+    private var events = Ring<Event>()
     /// An extended-query error arrived with no Sync queued: the server skips until the next Sync.
     private var skippingUntilSync = false
 
@@ -110,7 +109,7 @@ public struct ReplyQueue {
     public var isSkippingUntilSync: Bool { skippingUntilSync }
 
     /// A request was sent to the server (or, for `.synthetic`, will be answered by Lifeguard).
-    public mutating func push(_ entry: Entry) -> PushOutcome {
+    public func push(_ entry: Entry) -> PushOutcome {
         if skippingUntilSync {
             guard case .client(.sync) = entry else { return .skipped }
             skippingUntilSync = false
@@ -132,12 +131,12 @@ public struct ReplyQueue {
     }
 
     /// The next thing to do after `receive`, until nil.
-    public mutating func nextEvent() -> Event? {
+    public func nextEvent() -> Event? {
         events.popFirst()
     }
 
     /// The server sent a message with `id`: whether the client gets it. Events may follow.
-    public mutating func receive(_ id: UInt8) -> Disposition {
+    public func receive(_ id: UInt8) -> Disposition {
         switch id {
         case BackendID.noticeResponse, BackendID.notification, BackendID.parameterStatus:
             return .forward
@@ -189,7 +188,7 @@ public struct ReplyQueue {
     }
 
     /// Removes the head request; a Parse or Close of a statement is reported as undone when `undoing`.
-    private mutating func popFirst(undoing: Bool, skipped: Bool) {
+    private func popFirst(undoing: Bool, skipped: Bool) {
         let slot = slots.removeFirst()
         switch slot.kind {
         case .clientParse, .hidden:
@@ -200,7 +199,7 @@ public struct ReplyQueue {
         }
     }
 
-    private mutating func answerSynthetics() {
+    private func answerSynthetics() {
         while let head = slots.first, head.kind == .synthetic {
             slots.removeFirst()
             events.append(.synthesize(head.reply))

@@ -86,7 +86,7 @@ private final class SessionModel {
     let maxLength: Int
     var splitter: MessageSplitter
     var tracker: TransactionTracker
-    var replies = ReplyQueue()
+    let replies = ReplyQueue()
     var oracle: SplitterOracle
     /// Everything the client wrote; `fed` bytes of it have reached the splitter.
     var stream: [UInt8] = []

@@ -411,7 +411,7 @@ final class ClientSession: ConnectionDelegate {
         var authentication = ClientAuthentication(
             startup: startup, authType: shard.settings.authType, secret: shard.secret(for: startup.user),
             requireUserListEntry: shard.settings.authFile != nil, mockKey: shard.mockAuthenticationKey,
-            derivations: shard.plainPasswords)
+            derivations: shard.plainPasswords, random: shard.randomBytes)
         var reply = ByteBuffer()
         if startup.minorProtocolVersion > 0 || !startup.unsupportedProtocolOptions.isEmpty {
             reply.writeMessage(BackendID.negotiateProtocolVersion) {

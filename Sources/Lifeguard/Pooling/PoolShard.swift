@@ -31,7 +31,11 @@ final class PoolShard {
     /// Secret for mock SCRAM exchanges with unknown users, so they look like real ones.
     let mockAuthenticationKey: [UInt8]
     /// SCRAM secrets and md5 hashes derived from plain-text userlist passwords, once per user.
-    let plainPasswords = PlainPasswordCache(salt: { randomBytes(16) })
+    let plainPasswords: PlainPasswordCache
+    /// Random bytes for cancel keys, salts and nonces, and the same as a function to hand to authentication
+    /// (made once: a method reference would be a new closure at every login).
+    private let random = RandomPool()
+    let randomBytes: (Int) -> [UInt8]
     private var janitor: EngineLoop.TimerID?
     /// Every client and server connection, for the admin console's lists and KILL_CLIENT.
     private(set) var clientSessions: [ObjectIdentifier: ClientSession] = [:]
@@ -51,7 +55,10 @@ final class PoolShard {
         self.ignoredStartupParameters = IgnoredStartupParameters(configuration.settings.ignoreStartupParameters)
         self.secrets = userList.secrets.mapValues(PasswordSecret.init(parsing:))
         self.logger = logger
-        self.mockAuthenticationKey = randomBytes(32)
+        let random = self.random
+        self.randomBytes = { random.bytes($0) }
+        self.plainPasswords = PlainPasswordCache(salt: { random.bytes(16) })
+        self.mockAuthenticationKey = random.bytes(32)
         self.resolver = HostResolver(
             loop: loop, maxTTL: configuration.settings.dnsMaxTTL,
             failureTTL: configuration.settings.dnsNXDomainTTL)
@@ -264,11 +271,10 @@ final class PoolShard {
 
     /// A key no client or console session holds yet.
     func newCancelKey() -> CancelKey {
-        var generator = SystemRandomNumberGenerator()
         while true {
             // One 64-bit draw gives both halves. PgBouncer clears the sign bit so drivers that print the key as
             // a signed pid see a positive one.
-            let bits = generator.next()
+            let bits = random.next64()
             let key = CancelKey(
                 processID: max(1, Int32(truncatingIfNeeded: bits >> 32) & Int32.max),
                 secretKey: Int32(truncatingIfNeeded: bits))
@@ -299,8 +305,4 @@ struct PoolKey: Hashable, CustomStringConvertible {
 struct ConnectionCounts {
     var serversPerDatabase: [String: Int] = [:]
     var serversPerUser: [String: Int] = [:]
-}
-
-func randomBytes(_ count: Int) -> [UInt8] {
-    ClientAuthentication.systemRandom(count)
 }

@@ -198,6 +198,9 @@ public struct Configuration: Sendable, Equatable {
         return true
     }
 
+    /// Inlinable, so that a caller reading it from a class's stored configuration does not copy the
+    /// whole configuration to call it (a login looks its database up).
+    @inlinable
     public func database(named name: String) -> DatabaseDefinition? {
         if let exact = databases[name] {
             return exact

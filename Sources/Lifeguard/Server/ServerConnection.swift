@@ -10,24 +10,9 @@ import PostgresWire
 /// the bodies of ReadyForQuery (it decides when the server is free again), ParameterStatus (it keeps the
 /// client's tracked settings current) and ErrorResponse.
 final class ServerConnection: ConnectionDelegate {
-    private enum State {
-        case connecting
-        case authenticating
-        /// Authenticated; collecting ParameterStatus and BackendKeyData until the first ReadyForQuery.
-        case loggingIn
-        case runningConnectQuery
-        case idle
-        /// Setting the client's tracked parameters before its data flows; the replies are swallowed.
-        case syncingParameters(ClientSession, failure: PoolerError?)
-        case linked(ClientSession)
-        case resetting(failed: Bool)
-        /// Running server_check_query before being lent to `client`.
-        case checking(ClientSession, failed: Bool)
-        case closed
-    }
-
     let pool: Pool
-    private var state = State.connecting
+    /// The lifecycle: login, idle, syncing a client's parameters, linked, reset or check, closed.
+    private var machine = ServerStateMachine<ClientSession>()
     /// Nil until the address is resolved and the connect started.
     private var connection: Connection?
     private var scanner: FrameScanner
@@ -107,7 +92,7 @@ final class ServerConnection: ConnectionDelegate {
     /// Like libpq, tries each address of the name in turn until one connects.
     private func connect(to addresses: ArraySlice<SocketAddress>) {
         // The pool may have given up on this server while its name was being resolved.
-        guard case .connecting = state, let address = addresses.first else { return }
+        guard case .connecting = machine.state, let address = addresses.first else { return }
         let options = address.protocol == .unix ? [] : TCPTuning.connectionOptions(pool.shard.settings)
         do {
             connection = try Connection.connect(to: address, options: options, on: pool.shard.loop, delegate: self)
@@ -126,7 +111,7 @@ final class ServerConnection: ConnectionDelegate {
 
     func connectionConnected(_ connection: Connection) {
         remainingAddresses = []
-        state = .authenticating
+        machine.connected()
         let database = pool.database
         var startup: [(String, String)] = [
             ("user", pool.key.user), ("database", database.dbname ?? pool.key.database),
@@ -152,8 +137,7 @@ final class ServerConnection: ConnectionDelegate {
     }
 
     private func connectFailed(_ error: Error) {
-        guard case .connecting = state else { return }
-        state = .closed
+        guard machine.connectFailed() else { return }
         pool.serverAddressFailed(address)
         let message = "server connection failed: \(error)"
         logger.warning("\(logPrefix) closing because: \(message) (age=\(ageSeconds)s)")
@@ -175,43 +159,41 @@ final class ServerConnection: ConnectionDelegate {
     func connectionReadComplete(_ connection: Connection) {
         if clientNeedsFlush {
             clientNeedsFlush = false
-            if case .linked(let client) = state { client.flushToClient() }
+            if case .linked(let client) = machine.state { client.flushToClient() }
         }
         if flushRequested, !owesTooManyReplies {
             flushRequested = false
-            if case .linked(let client) = state { client.resumeReads() }
+            if case .linked(let client) = machine.state { client.resumeReads() }
         }
         if shouldHoldReads { connection.readsHeld = true }
     }
 
     func connectionClosed(_ connection: Connection, error: SocketError?) {
         if closeReason == nil, let error { closeReason = "server socket error: \(error)" }
-        let previous = state
-        state = .closed
         let reason = closeReason ?? (pool.shard.isShuttingDown ? "pooler is shutting down" : "server conn crashed?")
         if pool.shard.settings.logDisconnections {
             logger.info("\(logPrefix) closing because: \(reason) (age=\(ageSeconds)s)")
         }
-        switch previous {
-        case .connecting, .authenticating, .loggingIn, .runningConnectQuery:
+        switch machine.closed() {
+        case .duringLogin:
             if closeReason == nil { pool.serverLoginFailed(PoolerError("server conn crashed?")) }
             pool.serverClosed(self, duringLogin: true)
-        case .syncingParameters(let client, _), .linked(let client):
+        case .whileLinked(let client):
             client.serverClosed(reason: reason)
             pool.serverClosed(self, duringLogin: false)
-        case .idle, .resetting:
+        case .whileIdle:
             pool.serverClosed(self, duringLogin: false)
-        case .checking(let client, _):
+        case .duringCheck(let client):
             // The check failed or the server died: the client goes back to the head of the queue.
             pool.serverClosed(self, duringLogin: false)
             pool.requeueFirst(client)
-        case .closed:
+        case .alreadyClosed:
             break
         }
     }
 
     func connectionWritable(_ connection: Connection) {
-        if case .linked(let client) = state {
+        if case .linked(let client) = machine.state {
             client.resumeReads()
         }
     }
@@ -220,7 +202,7 @@ final class ServerConnection: ConnectionDelegate {
     /// buffer a large result: the server's socket fills and PostgreSQL waits.
     private var shouldHoldReads: Bool {
         if pool.shard.isSuspended { return true }
-        if case .linked(let client) = state, !client.isWritable { return true }
+        if case .linked(let client) = machine.state, !client.isWritable { return true }
         return false
     }
 
@@ -235,7 +217,7 @@ final class ServerConnection: ConnectionDelegate {
 
     /// PgBouncer's state word for SHOW SERVERS and SHOW POOLS; nil once closed.
     var listState: String? {
-        switch state {
+        switch machine.state {
         case .connecting, .authenticating, .loggingIn, .runningConnectQuery: return "new"
         case .idle where parkedForCancel:
             return "being_canceled"
@@ -250,12 +232,7 @@ final class ServerConnection: ConnectionDelegate {
         }
     }
 
-    var linkedClient: ClientSession? {
-        switch state {
-        case .syncingParameters(let client, _), .linked(let client): return client
-        default: return nil
-        }
-    }
+    var linkedClient: ClientSession? { machine.linkedClient }
 
     /// Lent to a client (PgBouncer's "active"), its parameters being synced or its traffic flowing.
     var isLinked: Bool { linkedClient != nil }
@@ -270,19 +247,19 @@ final class ServerConnection: ConnectionDelegate {
     // MARK: Messages from the server
 
     private func receive(_ buffer: ByteBuffer) throws {
-        switch state {
+        switch machine.state {
         case .linked(let client):
             try forward(buffer, to: client)
         default:
             var offset = buffer.readerIndex
             while offset < buffer.writerIndex {
                 // A login or internal query step can change the state mid-read: rescan the rest under the new one.
-                if case .linked(let client) = state {
+                if case .linked(let client) = machine.state {
                     try forward(buffer.getSlice(at: offset, length: buffer.writerIndex - offset)!, to: client)
                     return
                 }
                 // Nothing may touch the scanner while it scans, so the bodies it keeps are chosen here.
-                scanner.capturedIDs = isIdle ? Self.idleCapturedIDs : .all
+                scanner.capturedIDs = machine.isIdle ? Self.idleCapturedIDs : .all
                 var stateChanged = false
                 let stop = try scanner.scan(buffer, from: offset) { id, body in
                     stateChanged = try handleControlMessage(id, body ?? ByteBuffer())
@@ -290,14 +267,9 @@ final class ServerConnection: ConnectionDelegate {
                 }
                 guard let stop else { return }
                 offset = stop
-                if case .closed = state { return }
+                if case .closed = machine.state { return }
             }
         }
-    }
-
-    private var isIdle: Bool {
-        if case .idle = state { return true }
-        return false
     }
 
     /// The hot path: forward the read to the client, stopping only where the transaction ends.
@@ -345,7 +317,7 @@ final class ServerConnection: ConnectionDelegate {
         case .release:
             client.flushToClient()
             clientNeedsFlush = false
-            state = .idle
+            machine.becomeIdle()
             client.serverReleased()
             pool.release(self, clientDisconnected: false)
         case .transactionBlockInStatementMode:
@@ -527,14 +499,14 @@ final class ServerConnection: ConnectionDelegate {
         case BackendID.parameterStatus:
             if let (name, value) = BackendMessage.parameterStatus(body) {
                 parameters.update(name: name, value: value)
-                if case .loggingIn = state { reportedParameters.append((name, value)) }
+                if case .loggingIn = machine.state { reportedParameters.append((name, value)) }
             }
             return false
         case BackendID.backendKeyData:
             if let key = BackendMessage.backendKeyData(body) { backendKey = key }
             return false
         case BackendID.authentication:
-            guard case .authenticating = state, let (code, data) = BackendMessage.authentication(body) else {
+            guard case .authenticating = machine.state, let (code, data) = BackendMessage.authentication(body) else {
                 close(reason: "unexpected authentication message")
                 return true
             }
@@ -543,93 +515,53 @@ final class ServerConnection: ConnectionDelegate {
             return readyForQuery()
         default:
             if id == BackendID.commandComplete, Self.statementEffect(of: body) == .droppedAll { statementCache?.removeAll() }
-            switch state {
-            case .runningConnectQuery, .syncingParameters, .resetting, .checking:
-                return false  // results of our own queries, swallowed
-            default:
-                close(reason: "idle server got unexpected data")
-                return true
-            }
+            if machine.isRunningOwnQuery { return false }  // results of our own queries, swallowed
+            close(reason: "idle server got unexpected data")
+            return true
         }
     }
 
     private func handleServerError(_ error: PoolerError) -> Bool {
-        switch state {
-        case .connecting, .authenticating, .loggingIn:
+        switch machine.serverError(error) {
+        case .loginFailed:
             logger.warning("\(logPrefix) server login failed: \(error.message) (SQLSTATE \(error.sqlState))")
             pool.serverLoginFailed(error)
             closeReason = "server login failed: \(error.message)"
-            state = .closed
             connection?.close()
             pool.serverClosed(self, duringLogin: true)
             return true
-        case .runningConnectQuery:
+        case .connectQueryFailed:
             logger.warning("\(logPrefix) connect_query failed: \(error.message)")
             return false
-        case .syncingParameters(let client, _):
-            state = .syncingParameters(client, failure: error)
+        case .noted:
             return false
-        case .resetting:
-            state = .resetting(failed: true)
-            return false
-        case .checking(let client, _):
-            state = .checking(client, failed: true)
-            return false
-        case .idle, .linked, .closed:
-            close(reason: "idle server got error: \(error.message)")
+        case .close(let reason):
+            close(reason: reason)
             return true
         }
     }
 
     private func readyForQuery() -> Bool {
-        switch state {
-        case .loggingIn:
-            if let connectQuery = pool.database.connectQuery, !connectQuery.isEmpty {
-                state = .runningConnectQuery
-                sendQuery(connectQuery)
-            } else {
-                finishLogin()
-            }
-            return true
-        case .runningConnectQuery:
-            finishLogin()
-            return true
-        case .syncingParameters(let client, let failure):
-            if let failure {
-                client.closeWithError(PoolerError("invalid server parameter: \(failure.message)"), reason: "invalid server parameter")
-                close(reason: "invalid server parameter")
-                return true
-            }
+        switch machine.readyForQuery(connectQuery: pool.database.connectQuery, clientLeft: { !$0.isLoggedIn }) {
+        case .runConnectQuery(let query):
+            sendQuery(query)
+        case .loggedIn:
+            pool.serverLoggedIn(self)
+        case .failParameterSync(let client, let error):
+            client.closeWithError(error, reason: "invalid server parameter")
+            close(reason: "invalid server parameter")
+        case .link(let client):
             client.adoptServerParameters(parameters)
-            state = .linked(client)
             client.serverLinkReady()
             resumeReads()
-            return true
-        case .resetting(let failed):
-            if failed {
-                close(reason: "server_reset_query failed")
-            } else {
-                pool.serverAvailable(self)
-            }
-            return true
-        case .checking(let client, let failed):
-            if failed {
-                close(reason: "server check query failed")
-            } else if !client.isLoggedIn {
-                pool.serverAvailable(self)  // the client left during the check
-            } else {
-                assign(to: client)
-            }
-            return true
-        default:
-            close(reason: "unexpected ReadyForQuery")
-            return true
+        case .available:
+            pool.serverAvailable(self)
+        case .lend(let client):
+            assign(to: client)
+        case .close(let reason):
+            close(reason: reason)
         }
-    }
-
-    private func finishLogin() {
-        state = .idle
-        pool.serverLoggedIn(self)
+        return true
     }
 
     // MARK: Server authentication
@@ -639,7 +571,7 @@ final class ServerConnection: ConnectionDelegate {
         do {
             switch try authentication.receive(code: code, data: data, into: &reply) {
             case .authenticated:
-                state = .loggingIn
+                machine.authenticated()
                 return true
             case .continueLogin:
                 if reply.readableBytes > 0 { connection?.writeAndFlush(reply) }
@@ -658,7 +590,7 @@ final class ServerConnection: ConnectionDelegate {
     private func deriveOffLoop(_ request: SCRAMClientExchange.SaltedPasswordRequest) {
         pool.shard.loop.offload({ request.derive() }) { salted in
             // The server may have gone (or timed out) meanwhile.
-            guard case .authenticating = self.state, let connection = self.connection else { return }
+            guard case .authenticating = self.machine.state, let connection = self.connection else { return }
             var reply = ByteBuffer()
             self.authentication.receiveSaltedPassword(salted, into: &reply)
             connection.writeAndFlush(reply)
@@ -681,11 +613,11 @@ final class ServerConnection: ConnectionDelegate {
             // Taken as done (a failing SET closes the server): parameters PostgreSQL does not report would
             // otherwise never be known, and the reported ones are confirmed by their ParameterStatus.
             parameters = client.parameters
-            state = .syncingParameters(client, failure: nil)
+            machine.lend(to: client, syncingParameters: true)
             sendQuery(statements)
             client.serverAssigned(self, ready: false)
         } else {
-            state = .linked(client)
+            machine.lend(to: client, syncingParameters: false)
             client.serverAssigned(self, ready: true)
             resumeReads()
         }
@@ -726,20 +658,14 @@ final class ServerConnection: ConnectionDelegate {
     /// The linked client went away. A server between transactions goes back to the pool; one with a
     /// transaction or query in flight is closed, so no other client ever inherits it.
     func clientGone(serverIsIdle: Bool) {
-        guard case .linked = state else {
-            close(reason: "client disconnected during parameter sync")
-            return
-        }
-        if serverIsIdle {
-            state = .idle
-            pool.release(self, clientDisconnected: true)
-        } else {
-            close(reason: "client disconnected with query in progress")
+        switch machine.clientGone(serverIsIdle: serverIsIdle) {
+        case .release: pool.release(self, clientDisconnected: true)
+        case .close(let reason): close(reason: reason)
         }
     }
 
     func becomeIdle() {
-        state = .idle
+        machine.becomeIdle()
         idleSince = .now()
         resumeReads()
     }
@@ -749,14 +675,9 @@ final class ServerConnection: ConnectionDelegate {
 
     /// The clocks the timeout sweep judges this server by: (logging in since, idle since).
     var timeoutClocks: (loggingInSince: Int64?, idleSince: Int64?) {
-        switch state {
-        case .connecting, .authenticating, .loggingIn, .runningConnectQuery:
-            return (Int64(connectedAt.uptimeNanoseconds), nil)
-        case .idle:
-            return (nil, idleSince.map { Int64($0.uptimeNanoseconds) })
-        default:
-            return (nil, nil)
-        }
+        if machine.isLoggingIn { return (Int64(connectedAt.uptimeNanoseconds), nil) }
+        if machine.isIdle { return (nil, idleSince.map { Int64($0.uptimeNanoseconds) }) }
+        return (nil, nil)
     }
 
     /// server_connect_timeout: the login did not finish in time.
@@ -778,12 +699,12 @@ final class ServerConnection: ConnectionDelegate {
         cancelsInFlight -= 1
         guard cancelsInFlight == 0, parkedForCancel else { return }
         parkedForCancel = false
-        if case .idle = state { pool.serverAvailable(self) }
+        if machine.isIdle { pool.serverAvailable(self) }
     }
 
     /// Released while a cancel is in flight: out of circulation until `cancelFinished`.
     func parkUntilCancelsFinish() {
-        state = .idle
+        machine.becomeIdle()
         idleSince = nil
         parkedForCancel = true
         resumeReads()
@@ -791,18 +712,18 @@ final class ServerConnection: ConnectionDelegate {
 
     /// How long this server has been idle in its pool, for server_check_delay.
     var idleNanoseconds: Int64 {
-        guard case .idle = state, let idleSince else { return 0 }
+        guard machine.isIdle, let idleSince else { return 0 }
         return (NIODeadline.now() - idleSince).nanoseconds
     }
 
     /// Runs server_check_query, then lends the server to `client` (or closes it if the check fails).
     func runCheck(_ query: String, for client: ClientSession) {
-        state = .checking(client, failed: false)
+        machine.startCheck(for: client)
         sendQuery(query)
     }
 
     func runResetQuery(_ query: String) {
-        state = .resetting(failed: false)
+        machine.startReset()
         sendQuery(query)
     }
 
@@ -818,7 +739,7 @@ final class ServerConnection: ConnectionDelegate {
         if closeReason == nil { closeReason = reason }
         if let connection {
             connection.close()
-        } else if case .connecting = state {
+        } else if case .connecting = machine.state {
             // Still resolving its host name: nothing to close but the bookkeeping.
             connectFailed(PoolerError(reason))
         }

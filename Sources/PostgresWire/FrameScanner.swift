@@ -130,8 +130,11 @@ public struct FrameScanner: Sendable {
             let id: UInt8
             let length: Int
             if partialHeaderCount == 0, end - offset >= 5 {
-                id = buffer.getInteger(at: offset)!
-                length = Int(buffer.getInteger(at: offset + 1, as: Int32.self)!)
+                // One read of the whole header (getInteger checks bounds on each call; five bytes are there).
+                (id, length) = buffer.withUnsafeReadableBytes { bytes in
+                    let at = offset - buffer.readerIndex
+                    return (bytes[at], Int(Int32(bigEndian: bytes.loadUnaligned(fromByteOffset: at + 1, as: Int32.self))))
+                }
                 offset += 5
             } else {
                 while partialHeaderCount < 5, offset < end {

@@ -99,8 +99,10 @@ public struct ParameterSet: Sendable, Equatable {
     /// Each value goes through `set_config` as a string literal: PostgreSQL parses it exactly as it would
     /// the startup packet's value (a search_path list stays a list), and no value can end the statement.
     public func setStatements(toMatch server: ParameterSet) -> String? {
+        // Runs on every link of a client to a server: identical sets (the usual case) end here.
+        if values == server.values { return nil }
         var calls: [String] = []
-        // Runs on every link of a client to a server: nothing is built unless a value differs.
+        // Nothing is built unless a value differs.
         for index in values.indices {
             guard let wanted = values[index] else {
                 // A NULL value resets the parameter to its default.

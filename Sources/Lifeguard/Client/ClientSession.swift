@@ -8,17 +8,6 @@ import PostgresWire
 /// One client connection: startup and authentication, then its traffic relayed to whichever server the
 /// pool lends it for each transaction (or for the whole session).
 final class ClientSession: ConnectionDelegate {
-    private enum Phase {
-        case startup
-        /// The exchange itself is kept in `authentication`: a payload here would be copied at every switch
-        /// over the phase, on every read.
-        case authenticating
-        /// Authenticated; the pool greets it as soon as it knows the server's ParameterStatus set.
-        case awaitingWelcome
-        case active
-        case closed
-    }
-
     /// Messages kept whole while prepared statements are shared: the ones that name a statement, Terminate,
     /// and short Queries (one may be DEALLOCATE ALL; longer ones stream).
     private static let wholeIDs = MessageIDSet([
@@ -44,8 +33,10 @@ final class ClientSession: ConnectionDelegate {
     /// The shard lives as long as the daemon: an unchecked reference, as a checked one costs atomic
     /// reference counting on every use on the hot path.
     private unowned(unsafe) let shard: PoolShard
-    private var phase = Phase.startup
-    /// The password exchange, while `phase` is `.authenticating`.
+    /// Where the session is in its login, and whether it holds, waits for or has no server.
+    private var machine = ClientStateMachine<ServerConnection>()
+    /// The password exchange, while authenticating (kept apart from the machine's phase, which is read on
+    /// every read and would copy it).
     private var authentication: ClientAuthentication?
     private let connection: Connection
     private var startupBuffer = ByteBuffer()
@@ -54,10 +45,7 @@ final class ClientSession: ConnectionDelegate {
     private var scanner: FrameScanner
     private(set) var pool: Pool?
     private var tracker = TransactionTracker(poolMode: .session)
-    private(set) var server: ServerConnection?
-    /// The assigned server has finished syncing parameters and takes client bytes.
-    private var serverReady = false
-    private var queued = false
+    var server: ServerConnection? { machine.server }
     /// Client bytes received while no server was ready for them; already scanned and counted.
     private var pendingData: ByteBuffer?
     /// While prepared statements are shared (transaction and statement mode): the splitter that keeps the
@@ -144,7 +132,7 @@ final class ClientSession: ConnectionDelegate {
         handlingRead = true
         requestTime = shard.clockSeconds
         handlingErrors {
-            switch phase {
+            switch machine.phase {
             case .startup:
                 // Copied: a slice would keep the loop's whole read buffer for a client that sends slowly.
                 var buffer = buffer
@@ -195,11 +183,8 @@ final class ClientSession: ConnectionDelegate {
     func connectionClosed(_ connection: Connection, error: SocketError?) {
         if closeReason == nil, let error { closeReason = "client socket error: \(error)" }
         let wasLoggedIn = loggedIn
-        phase = .closed
-        if let server {
-            let clean = serverReady && tracker.isIdle && isBetweenMessages && !hasUnsentTraffic
-            self.server = nil
-            server.clientGone(serverIsIdle: clean)
+        if let (server, ready) = machine.detachServer() {
+            server.clientGone(serverIsIdle: ready && tracker.isIdle && isBetweenMessages && !hasUnsentTraffic)
         }
         if let pool {
             pool.removeWaiting(self)
@@ -224,13 +209,13 @@ final class ClientSession: ConnectionDelegate {
         // Replies Lifeguard gives itself (ParseComplete, CloseComplete, errors) must not pile up for a
         // client that sends without reading: its next requests wait until it has read what is queued.
         if !connection.isWritable { return true }
-        if let server, serverReady, !server.isWritable || server.owesTooManyReplies { return true }
+        if let server = machine.readyServer, !server.isWritable || server.owesTooManyReplies { return true }
         return false
     }
 
     func resumeReads() {
         guard connection.readsHeld, !shouldHoldReads else { return }
-        if case .closed = phase { return }
+        if machine.isClosed { return }
         connection.readsHeld = false
     }
 
@@ -239,36 +224,10 @@ final class ClientSession: ConnectionDelegate {
     // MARK: Admin console views
 
     /// PgBouncer's state word for SHOW CLIENTS; nil while logging in or once closed.
-    var listState: String? {
-        guard isLoggedIn else { return nil }
-        if isWaitingForServer { return "waiting" }
-        return server != nil ? "active" : "idle"
-    }
-
-    /// Past authentication and not closed: counted in SHOW POOLS, drained by SHUTDOWN WAIT_FOR_CLIENTS.
-    var isLoggedIn: Bool {
-        switch phase {
-        case .awaitingWelcome, .active: return true
-        case .startup, .authenticating, .closed: return false
-        }
-    }
-
-    /// Waiting for its welcome or for a server to run its request on.
-    var isWaitingForServer: Bool {
-        switch phase {
-        case .awaitingWelcome: return true
-        case .active: return server == nil && queued
-        case .startup, .authenticating, .closed: return false
-        }
-    }
-
-    /// Still in startup or authentication.
-    var isLoggingIn: Bool {
-        switch phase {
-        case .startup, .authenticating: return true
-        case .awaitingWelcome, .active, .closed: return false
-        }
-    }
+    var listState: String? { machine.stateWord }
+    var isLoggedIn: Bool { machine.isLoggedIn }
+    var isWaitingForServer: Bool { machine.isWaitingForServer }
+    var isLoggingIn: Bool { machine.isLoggingIn }
 
     /// Time since the current query began (PgBouncer's `wait`), in microseconds.
     var waitMicroseconds: Int {
@@ -287,7 +246,7 @@ final class ClientSession: ConnectionDelegate {
     /// The clocks the timeout sweep judges this client by.
     var timeoutClocks: Timeouts.ClientClocks {
         var clocks = Timeouts.ClientClocks()
-        switch phase {
+        switch machine.phase {
         case .startup, .authenticating:
             clocks.loginStartedAt = Int64(connectedAt.uptimeNanoseconds)
         case .active:
@@ -295,7 +254,7 @@ final class ClientSession: ConnectionDelegate {
             clocks.transactionStartedAt = transactionStart.map { Int64($0.uptimeNanoseconds) }
             if server != nil, queryStart == nil, tracker.status != .idle {
                 clocks.idleInTransactionSince = lastReady.map { Int64($0.uptimeNanoseconds) }
-            } else if server == nil, !queued, !hasUnsentTraffic, queryStart == nil {
+            } else if server == nil, !machine.isQueued, !hasUnsentTraffic, queryStart == nil {
                 clocks.idleSince = lastReady.map { Int64($0.uptimeNanoseconds) }
             }
         case .awaitingWelcome, .closed:
@@ -323,7 +282,7 @@ final class ClientSession: ConnectionDelegate {
     // MARK: Startup
 
     private func readStartup() throws {
-        while case .startup = phase, let packet = try StartupPacket.read(from: &startupBuffer) {
+        while machine.phase == .startup, let packet = try StartupPacket.read(from: &startupBuffer) {
             switch packet {
             case .sslRequest, .gssEncryptionRequest:
                 // One of each per connection, as in PostgreSQL: a client repeating them is answered no more.
@@ -333,7 +292,7 @@ final class ClientSession: ConnectionDelegate {
                 connection.writeAndFlush(Self.encryptionRefused)
             case .cancel(let processID, let secretKey):
                 closeReason = nil
-                phase = .closed
+                machine.close()
                 // As in PgBouncer, the requesting connection stays open until the cancel has been delivered
                 // (or cancel_wait_timeout has passed), then closes without a reply.
                 let connection = self.connection
@@ -370,11 +329,11 @@ final class ClientSession: ConnectionDelegate {
                 }
             }
         }
-        if case .startup = phase { return }
+        if machine.phase == .startup { return }
         let rest = startupBuffer
         startupBuffer = ByteBuffer()
         // Bytes after the startup packet (a client that does not wait for the auth request) are auth traffic.
-        if case .authenticating = phase, rest.readableBytes > 0 {
+        if machine.phase == .authenticating, rest.readableBytes > 0 {
             try receiveAuthentication(rest)
         }
     }
@@ -426,7 +385,7 @@ final class ClientSession: ConnectionDelegate {
             try finishLogin(authentication)
         } else {
             self.authentication = authentication
-            phase = .authenticating
+            machine.startAuthentication()
         }
     }
 
@@ -440,7 +399,7 @@ final class ClientSession: ConnectionDelegate {
         var authenticated: ClientAuthentication?
         var check: ClientAuthentication.PasswordCheck?
         let stop = try scanner.scan(buffer) { id, body in
-            guard case .authenticating = phase, var authentication else { return false }
+            guard machine.phase == .authenticating, var authentication else { return false }
             guard id == FrontendID.password, let body else {
                 throw PoolerError("expected password packet, got '\(Character(Unicode.Scalar(id)))'")
             }
@@ -488,7 +447,7 @@ final class ClientSession: ConnectionDelegate {
             guard let leftover = self.passwordCheckLeftover else { return }
             self.passwordCheckLeftover = nil
             // The client may have gone meanwhile.
-            guard case .authenticating = self.phase, var authentication = self.authentication else { return }
+            guard self.machine.phase == .authenticating, var authentication = self.authentication else { return }
             self.handlingErrors {
                 let step = try authentication.receivePasswordCheck(matches)
                 self.authentication = authentication
@@ -533,7 +492,7 @@ final class ClientSession: ConnectionDelegate {
             parameters["application_name"] = name + " - " + peerDescription
         }
         cancelKey = shard.registerCancelKey(for: self)
-        phase = .awaitingWelcome
+        machine.loggedIn()
         if shard.settings.logConnections {
             logger.info("\(logPrefix) login attempt: db=\(startup.database) user=\(startup.user) tls=no")
         }
@@ -557,7 +516,7 @@ final class ClientSession: ConnectionDelegate {
 
     /// Makes an AdminSession for this connection; `completeAdminHandover` then hands it over.
     private func handOverToAdmin(role: AdminRole, user: String) {
-        phase = .closed
+        machine.close()
         // The console does not count against max_client_conn: it leaves the client registry.
         shard.unregister(self)
         let key = shard.newCancelKey()
@@ -581,7 +540,7 @@ final class ClientSession: ConnectionDelegate {
     /// AuthenticationOk, the pool's ParameterStatus set with this client's own values, a Lifeguard
     /// BackendKeyData and ReadyForQuery: the whole greeting, without touching a server.
     func sendWelcome() {
-        guard case .awaitingWelcome = phase, let cancelKey, let pool else { return }
+        guard machine.phase == .awaitingWelcome, let cancelKey, let pool else { return }
         parameters.fillUnset(from: pool.defaultParameters)
         guard var buffer = pool.welcomeMessages(for: parameters) else { return }
         buffer.writeBackendKeyData(processID: cancelKey.processID, secretKey: cancelKey.secretKey)
@@ -591,7 +550,7 @@ final class ClientSession: ConnectionDelegate {
         }
         buffer.writeReadyForQuery(.idle)
         connection.writeAndFlush(buffer)
-        phase = .active
+        _ = machine.welcome()
         lastReady = .now()
         if hasUnsentTraffic { requestServerIfNeeded() }
     }
@@ -643,7 +602,7 @@ final class ClientSession: ConnectionDelegate {
         if data.readableBytes > 0 {
             countRequest(bytes: data.readableBytes)
             if server == nil, pendingData == nil { requestServerIfNeeded() }
-            if let server, serverReady, pendingData == nil {
+            if let server = machine.readyServer, pendingData == nil {
                 server.forwardFromClient(data)
                 serverNeedsFlush = true
             } else {
@@ -799,7 +758,7 @@ final class ClientSession: ConnectionDelegate {
     private func send(_ piece: OutboundPiece) {
         // Usually the pool lends an idle server at once: the piece then goes straight to it, unqueued.
         if server == nil, pendingPieces.isEmpty { requestServerIfNeeded() }
-        if let server, serverReady, pendingPieces.isEmpty {
+        if let server = machine.readyServer, pendingPieces.isEmpty {
             server.send(piece, for: self)
             serverNeedsFlush = true
         } else {
@@ -867,8 +826,7 @@ final class ClientSession: ConnectionDelegate {
     }
 
     private func requestServerIfNeeded() {
-        guard case .active = phase, server == nil, !queued, let pool else { return }
-        queued = true
+        guard let pool, machine.wantsServer() else { return }
         pool.requestServer(for: self)
     }
 
@@ -876,14 +834,12 @@ final class ClientSession: ConnectionDelegate {
     func serverAssigned(_ server: ServerConnection, ready: Bool) {
         pool?.stats.serverAssignments &+= 1
         queuedNoticeSent = false
-        self.server = server
-        queued = false
-        serverReady = ready
+        machine.serverAssigned(server, ready: ready)
         if ready { sendPendingData() }
     }
 
     func serverLinkReady() {
-        serverReady = true
+        machine.serverBecameReady()
         sendPendingData()
     }
 
@@ -925,8 +881,7 @@ final class ClientSession: ConnectionDelegate {
     }
 
     func serverReleased() {
-        server = nil
-        serverReady = false
+        machine.serverGone()
         resumeReads()
     }
 
@@ -949,21 +904,19 @@ final class ClientSession: ConnectionDelegate {
 
     /// The linked server's connection died: PgBouncer tells the client "server conn crashed?".
     func serverClosed(reason: String) {
-        server = nil
-        serverReady = false
+        machine.serverGone()
         closeWithError(.serverCrashed, reason: "server conn crashed?")
     }
 
     /// Sends a FATAL ErrorResponse and closes once it is written.
     func closeWithError(_ error: PoolerError, reason: String) {
-        if case .closed = phase { return }
+        if machine.isClosed { return }
         if closeReason == nil { closeReason = reason }
         if shard.settings.logPoolerErrors {
             logger.warning("\(logPrefix) pooler error: \(error.message)")
         }
         if let pool { pool.removeWaiting(self) }
-        queued = false
-        phase = .closed
+        machine.close()
         var buffer = ByteBufferAllocator().buffer(capacity: 64 + error.message.utf8.count)
         buffer.writeErrorResponse(severity: "FATAL", code: error.sqlState, message: error.message)
         connection.closeAfterWriting(buffer)

@@ -192,10 +192,17 @@ final class ClientSession: ConnectionDelegate {
         }
         shard.unregister(self)
         if let cancelKey { shard.unregisterCancelKey(cancelKey) }
-        if shard.settings.logDisconnections, wasLoggedIn || closeReason != nil {
-            let reason = closeReason ?? (shard.isShuttingDown ? "pooler is shutting down" : "client unexpected eof")
-            logger.info("\(logPrefix) closing because: \(reason) (age=\(ageSeconds)s)")
+        if !closingLogged, shard.settings.logDisconnections, wasLoggedIn || closeReason != nil {
+            logClosing(closeReason ?? (shard.isShuttingDown ? "pooler is shutting down" : "client unexpected eof"))
         }
+    }
+
+    /// Set once the `closing because` line is out: a close on an error logs it before the error is sent.
+    private var closingLogged = false
+
+    private func logClosing(_ reason: String) {
+        closingLogged = true
+        logger.info("\(logPrefix) closing because: \(reason) (age=\(ageSeconds)s)")
     }
 
     func connectionWritable(_ connection: Connection) {
@@ -912,6 +919,9 @@ final class ClientSession: ConnectionDelegate {
     func closeWithError(_ error: PoolerError, reason: String) {
         if machine.isClosed { return }
         if closeReason == nil { closeReason = reason }
+        // As PgBouncer does: the line is logged before the client can read the error, so whoever watches the
+        // log sees it by the time the client has failed.
+        if shard.settings.logDisconnections { logClosing(closeReason ?? reason) }
         if shard.settings.logPoolerErrors {
             logger.warning("\(logPrefix) pooler error: \(error.message)")
         }

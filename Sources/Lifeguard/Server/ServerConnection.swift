@@ -636,7 +636,7 @@ final class ServerConnection: ConnectionDelegate {
 
     /// Appends a small message to the next write.
     private func gather(_ write: (inout ByteBuffer) -> Void) {
-        // Cleared once written: reused while NIO has let go of it, reallocated if it has not.
+        // Cleared once written: reused when the write queue has let go of it, reallocated if it has not.
         if gathered.readableBytes == 0 { gathered.clear() }
         write(&gathered)
     }

@@ -449,7 +449,6 @@ final class ClientSession: ConnectionDelegate {
     /// userlist says): it runs on a thread pool, and the client is not read meanwhile.
     private func checkPasswordOffLoop(_ check: ClientAuthentication.PasswordCheck, leftover: ByteBuffer) {
         passwordCheckLeftover = leftover
-        connection.readsHeld = true
         shard.loop.offload({ check.run() }) { matches in
             guard let leftover = self.passwordCheckLeftover else { return }
             self.passwordCheckLeftover = nil

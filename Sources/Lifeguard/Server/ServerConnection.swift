@@ -93,12 +93,21 @@ final class ServerConnection: ConnectionDelegate {
     private func connect(to addresses: ArraySlice<SocketAddress>) {
         // The pool may have given up on this server while its name was being resolved.
         guard case .connecting = machine.state, let address = addresses.first else { return }
+        remainingAddresses = addresses.dropFirst()
         let options = address.protocol == .unix ? [] : TCPTuning.connectionOptions(pool.shard.settings)
         do {
             connection = try Connection.connect(to: address, options: options, on: pool.shard.loop, delegate: self)
-            remainingAddresses = addresses.dropFirst()
         } catch {
-            if addresses.count > 1 { connect(to: addresses.dropFirst()) } else { connectFailed(error) }
+            tryNextAddress(after: error)
+        }
+    }
+
+    /// A connect failed, at once or later: the next address, or the pool hears that none worked.
+    private func tryNextAddress(after error: Error) {
+        if remainingAddresses.isEmpty {
+            connectFailed(error)
+        } else {
+            connect(to: remainingAddresses)
         }
     }
 
@@ -129,11 +138,7 @@ final class ServerConnection: ConnectionDelegate {
     }
 
     func connectionFailed(_ connection: Connection, error: SocketError) {
-        if !remainingAddresses.isEmpty {
-            connect(to: remainingAddresses)
-        } else {
-            connectFailed(error)
-        }
+        tryNextAddress(after: error)
     }
 
     private func connectFailed(_ error: Error) {

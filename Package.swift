@@ -26,6 +26,7 @@ let package = Package(
             dependencies: [
                 "PostgresWire",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
         // The event loop: epoll, non-blocking sockets with write queues, listeners, timers, signals.
@@ -49,7 +50,6 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "DequeModule", package: "swift-collections"),
             ],
             // The sessions of one loop call each other directly; Swift 6's isolation checking cannot see that
             // they share the loop's thread, so this target stays in the Swift 5 language mode.

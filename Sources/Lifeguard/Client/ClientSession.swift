@@ -91,8 +91,6 @@ final class ClientSession: ConnectionDelegate {
     private var transactionStart: NIODeadline?
     /// The last ReadyForQuery that ended a query (or the welcome): the start of an idle period.
     private var lastReady: NIODeadline?
-    /// query_wait_notify's NOTICE went out for the current wait.
-    var queuedNoticeSent = false
 
     init(connection: Connection, shard: PoolShard) {
         self.connection = connection
@@ -188,7 +186,7 @@ final class ClientSession: ConnectionDelegate {
         }
         if let pool {
             pool.removeWaiting(self)
-            if wasLoggedIn { pool.clientCount -= 1 }
+            if wasLoggedIn { pool.clientLoggedOut() }
         }
         shard.unregister(self)
         if let cancelKey { shard.unregisterCancelKey(cancelKey) }
@@ -483,7 +481,7 @@ final class ClientSession: ConnectionDelegate {
             pool.scramPassThroughKeys = keys
         }
         self.pool = pool
-        pool.clientCount += 1
+        pool.clientLoggedIn()
         pool.stats.clientLogins += 1
         loggedIn = true
         tracker = TransactionTracker(poolMode: pool.mode)
@@ -839,7 +837,6 @@ final class ClientSession: ConnectionDelegate {
     /// The pool lent this client `server`; `ready` is false while the server is still syncing parameters.
     func serverAssigned(_ server: ServerConnection, ready: Bool) {
         pool?.stats.serverAssignments &+= 1
-        queuedNoticeSent = false
         machine.serverAssigned(server, ready: ready)
         if ready { sendPendingData() }
     }

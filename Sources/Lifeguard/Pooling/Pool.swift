@@ -1,20 +1,16 @@
-import DequeModule
 import LifeguardCore
 import Logging
 import NIOCore
 import PostgresWire
 
-/// The server connections of one (database, user) pair and the clients queued for them.
-///
-/// Servers are handed out LIFO (the most recently used one is the warmest), clients are served FIFO, and at
-/// most one new server login runs at a time, as in PgBouncer.
+/// The server connections of one (database, user) pair and the clients queued for them: carries out what its
+/// `PoolState` decides, and holds what the pool's clients are greeted with.
 final class Pool {
     let key: PoolKey
     private(set) var database: DatabaseDefinition
     /// Unchecked, like ClientSession's: the shard outlives its pools.
     unowned(unsafe) let shard: PoolShard
     private(set) var mode: PoolMode
-    private(set) var capacity: PoolCapacity
     private(set) var resetQuery: String
     private(set) var resetQueryAlways: Bool
     /// The database's hosts (a `host=` list), and the one the next server connection goes to.
@@ -36,22 +32,20 @@ final class Pool {
     /// ClientKey and ServerKey learned from a client's SCRAM login, to log in to the server the same way.
     var scramPassThroughKeys: (clientKey: [UInt8], serverKey: [UInt8])?
 
-    private var idleServers: [ServerConnection] = []
-    private var waitingClients: Deque<(client: ClientSession, since: NIODeadline)> = []
-    private var clientsWaitingForWelcome: [ClientSession] = []
-    private(set) var serverCount = 0
+    /// Idle servers, queued clients, server counts and the rules between them.
+    private(set) var state: PoolState<ClientSession, ServerConnection>
     /// Running totals for SHOW STATS; bumped by this pool's clients on the event loop.
     var stats = PoolStatistics()
-    /// The last failed server login, while `server_login_retry` has not passed since.
-    private var lastLoginFailure: (error: PoolerError, at: NIODeadline)?
-    private var serversLoggingIn = 0
-    var clientCount = 0
 
     init(key: PoolKey, database: DatabaseDefinition, user: UserDefinition?, settings: Settings, shard: PoolShard) {
         self.key = key
         self.shard = shard
-        (self.database, self.mode, self.capacity, self.resetQuery, self.resetQueryAlways) =
+        let capacity: PoolCapacity
+        (self.database, self.mode, capacity, self.resetQuery, self.resetQueryAlways) =
             Self.derive(database: database, user: user, settings: settings)
+        self.state = PoolState(
+            capacity: capacity, serverRoundRobin: settings.serverRoundRobin,
+            loginRetryNanoseconds: Int64(settings.serverLoginRetry * 1e9))
         self.timeouts = Timeouts(settings: settings, database: database, user: user)
         self.serverLifetime = database.serverLifetime ?? settings.serverLifetime
         self.targets = ServerAddress.targets(database: database, settings: settings)
@@ -77,13 +71,15 @@ final class Pool {
             newDatabase.host != database.host || newDatabase.port != database.port
             || newDatabase.dbname != database.dbname || newDatabase.user != database.user
             || newDatabase.password != database.password
-        (database, mode, capacity, resetQuery, resetQueryAlways) =
+        (database, mode, state.capacity, resetQuery, resetQueryAlways) =
             Self.derive(database: newDatabase, user: user, settings: settings)
+        state.serverRoundRobin = settings.serverRoundRobin
+        state.loginRetryNanoseconds = Int64(settings.serverLoginRetry * 1e9)
         timeouts = Timeouts(settings: settings, database: newDatabase, user: user)
         serverLifetime = newDatabase.serverLifetime ?? settings.serverLifetime
         targets = ServerAddress.targets(database: newDatabase, settings: settings)
         if connectionChanged { shard.reconnect(pool: self) }
-        launchIfNeeded(now: .now())
+        launchIfNeeded()
     }
 
     /// Precedence: per-user settings, then per-database, then `[pgbouncer]`.
@@ -113,15 +109,23 @@ final class Pool {
 
     // MARK: Clients
 
+    var capacity: PoolCapacity { state.capacity }
+    var serverCount: Int { state.serverCount }
+    var waitingCount: Int { state.waitingClients.count }
+    /// No client logged in or queued: a candidate for pool_idle_timeout / autodb_idle_timeout.
+    var hasNoClients: Bool { state.hasNoClients }
+    var unusedSince: NIODeadline?
+
+    var clientCount: Int { state.loggedInClients }
+    func clientLoggedIn() { state.loggedInClients += 1 }
+    func clientLoggedOut() { state.loggedInClients -= 1 }
+
     /// Greets `client` from the cached ParameterStatus set, or queues it until the first server has logged in.
     func welcome(_ client: ClientSession) {
-        if welcomePrefix != nil {
-            client.sendWelcome()
-        } else if let cached = failingFast(now: .now()) {
-            client.closeWithError(cached, reason: cached.message)
-        } else {
-            clientsWaitingForWelcome.append(client)
-            launchIfNeeded(now: .now())
+        switch state.clientNeedsWelcome(client, now: Self.now) {
+        case .greet: client.sendWelcome()
+        case .fail(let error): client.closeWithError(error, reason: error.message)
+        case .wait: launchIfNeeded()
         }
     }
 
@@ -141,23 +145,11 @@ final class Pool {
 
     /// `client` has a request and no server: give it an idle one or queue it.
     func requestServer(for client: ClientSession) {
-        if shard.isPaused(key.database) {
-            // PAUSE: the client waits for RESUME.
-            waitingClients.append((client, .now()))
-        } else if let server = takeIdleServer() {
-            lend(server, to: client)
-        } else if let cached = failingFast(now: .now()) {
-            client.closeWithError(cached, reason: cached.message)
-        } else {
-            waitingClients.append((client, .now()))
-            launchIfNeeded(now: .now())
+        switch state.clientWantsServer(client, now: Self.now, paused: shard.isPaused(key.database)) {
+        case .lend(let server): lend(server, to: client)
+        case .fail(let error): client.closeWithError(error, reason: error.message)
+        case .wait: launchIfNeeded()
         }
-    }
-
-    /// LIFO keeps the warmest server busy; `server_round_robin` spreads load FIFO instead.
-    private func takeIdleServer() -> ServerConnection? {
-        guard !idleServers.isEmpty else { return nil }
-        return shard.settings.serverRoundRobin ? idleServers.removeFirst() : idleServers.removeLast()
     }
 
     /// Lends an idle server, checking it first with server_check_query when it sat unused for
@@ -175,39 +167,24 @@ final class Pool {
 
     /// A client whose server failed its check waits again, first in line.
     func requeueFirst(_ client: ClientSession) {
-        waitingClients.prepend((client, .now()))
-        launchIfNeeded(now: .now())
+        state.requeueFirst(client, now: Self.now)
+        launchIfNeeded()
     }
 
     /// `client` is going away: forget any place it held in a queue.
     func removeWaiting(_ client: ClientSession) {
-        if let index = waitingClients.firstIndex(where: { $0.client === client }) {
-            waitingClients.remove(at: index)
-        }
-        clientsWaitingForWelcome.removeAll { $0 === client }
+        state.removeWaiting(client)
     }
-
-    var waitingCount: Int { waitingClients.count }
-
-    /// No client logged in or queued: a candidate for pool_idle_timeout / autodb_idle_timeout.
-    var hasNoClients: Bool { clientCount == 0 && waitingClients.isEmpty && clientsWaitingForWelcome.isEmpty }
-    var unusedSince: NIODeadline?
 
     /// Closes one idle server, if this pool has any; returns whether it did.
     func closeOneIdleServer(reason: String) -> Bool {
-        guard let server = idleServers.popLast() else { return false }
-        // Uncounted now, so that the pool that asked can take the slot at once, as in PgBouncer.
-        uncount(server)
-        evictedServers.insert(ObjectIdentifier(server))
+        guard let server = state.evictOneIdleServer() else { return false }
+        uncountShared()
         server.close(reason: reason)
         return true
     }
 
-    /// Servers closed to free a slot for another pool: already uncounted when their close completes.
-    private var evictedServers: Set<ObjectIdentifier> = []
-
-    private func uncount(_ server: ServerConnection) {
-        serverCount -= 1
+    private func uncountShared() {
         shard.counts.serversPerDatabase[key.database, default: 1] -= 1
         shard.counts.serversPerUser[key.user, default: 1] -= 1
     }
@@ -216,8 +193,6 @@ final class Pool {
 
     /// A server finished its login (and connect_query).
     func serverLoggedIn(_ server: ServerConnection) {
-        serversLoggingIn -= 1
-        lastLoginFailure = nil
         if welcomePrefix == nil {
             var prefix = ByteBuffer()
             prefix.writeAuthenticationOK()
@@ -226,74 +201,49 @@ final class Pool {
             }
             welcomePrefix = prefix
             defaultParameters = server.parameters
-            let waiting = clientsWaitingForWelcome
-            clientsWaitingForWelcome = []
-            for client in waiting {
-                client.sendWelcome()
-            }
         }
+        for client in state.serverLoggedIn() { client.sendWelcome() }
         serverAvailable(server)
-        launchIfNeeded(now: .now())
-    }
-
-    /// While logins are failing and no server is left to free up, a client would wait for nothing:
-    /// PgBouncer fails it at once with the cached error.
-    private func failingFast(now: NIODeadline) -> PoolerError? {
-        guard serverCount == 0, let failure = lastLoginFailure, isInLoginRetryDelay(now: now) else { return nil }
-        return PoolerError(
-            "server login has been failing, cached error: \(failure.error.message) (server_login_retry)")
-    }
-
-    private func isInLoginRetryDelay(now: NIODeadline) -> Bool {
-        guard let failure = lastLoginFailure else { return false }
-        return now - failure.at < .nanoseconds(Int64(shard.settings.serverLoginRetry * 1e9))
+        launchIfNeeded()
     }
 
     /// A server login failed with `error`. When no server of this pool is left to serve them, the clients
     /// waiting on it get that error (with the server's SQLSTATE), as PgBouncer does.
     func serverLoginFailed(_ error: PoolerError) {
-        lastLoginFailure = (error, .now())
-        let liveServers = serverCount - 1
-        guard liveServers == 0 else { return }
-        let waiting = clientsWaitingForWelcome + waitingClients.map(\.client)
-        clientsWaitingForWelcome = []
-        waitingClients = []
-        for client in waiting {
+        for client in state.serverLoginFailed(error, now: Self.now) {
             client.closeWithError(error, reason: error.message)
         }
     }
 
     /// `server` is between transactions: hand it to the next waiting client, or keep it idle.
     func serverAvailable(_ server: ServerConnection) {
-        if server.cancelsInFlight > 0 {
-            // A cancel aimed at this server's last client may still land: nobody else gets it until the cancel
-            // connections are done (PgBouncer's being_canceled).
+        var conditions = PoolState<ClientSession, ServerConnection>.FreedServerConditions()
+        conditions.cancelsInFlight = server.cancelsInFlight > 0
+        conditions.paused = shard.isPaused(key.database)
+        conditions.closeNeeded = server.closeNeeded
+        conditions.statementCacheUntrusted = server.statementCacheUntrusted
+        conditions.lifetimeOver = Timeouts.lifetimeOver(
+            connectedSeconds: server.connectTime, nowSeconds: shard.clockSeconds, lifetimeSeconds: serverLifetime)
+        switch state.serverFreed(server, conditions, now: Self.now) {
+        case .park:
             server.parkUntilCancelsFinish()
-        } else if shard.isPaused(key.database) {
-            server.close(reason: "pause")
-        } else if server.closeNeeded {
-            server.close(reason: "server close needed (RECONNECT or configuration change)")
-        } else if server.statementCacheUntrusted {
-            server.close(reason: "SQL PREPARE or DEALLOCATE ran while prepared statements are shared")
-        } else if Timeouts.lifetimeOver(
-            connectedSeconds: server.connectTime, nowSeconds: shard.clockSeconds,
-            lifetimeSeconds: serverLifetime)
-        {
-            server.close(reason: "server lifetime over")
-        } else if let next = waitingClients.popFirst() {
-            stats.waitMicroseconds += Int((NIODeadline.now() - next.since).nanoseconds / 1000)
-            server.assign(to: next.client)
-        } else {
+        case .close(let reason):
+            server.close(reason: reason)
+        case .lend(let client, let waited):
+            stats.waitMicroseconds += Int(waited / 1000)
+            server.assign(to: client)
+        case .idle:
             server.becomeIdle()
-            idleServers.append(server)
         }
     }
 
     /// A client is done with `server` and it is idle between transactions. Session pooling (or
     /// `server_reset_query_always`) runs `server_reset_query` before the server is used again.
     func release(_ server: ServerConnection, clientDisconnected: Bool) {
-        let needsReset = (mode == .session && clientDisconnected) || resetQueryAlways
-        if needsReset, !resetQuery.isEmpty {
+        if !resetQuery.isEmpty,
+            PoolState<ClientSession, ServerConnection>.needsReset(
+                mode: mode, clientDisconnected: clientDisconnected, resetQueryAlways: resetQueryAlways)
+        {
             server.runResetQuery(resetQuery)
         } else {
             serverAvailable(server)
@@ -302,20 +252,16 @@ final class Pool {
 
     /// A server connection closed, for whatever reason.
     func serverClosed(_ server: ServerConnection, duringLogin: Bool) {
-        if evictedServers.remove(ObjectIdentifier(server)) == nil { uncount(server) }
-        if duringLogin { serversLoggingIn -= 1 }
-        idleServers.removeAll { $0 === server }
+        if state.serverClosed(server, duringLogin: duringLogin) { uncountShared() }
         shard.unregister(server)
-        launchIfNeeded(now: .now())
+        launchIfNeeded()
         shard.completeDeferredReplies()
     }
 
     // MARK: Console control
 
     func closeIdleServers(reason: String) {
-        let idle = idleServers
-        idleServers = []
-        for server in idle { server.close(reason: reason) }
+        for server in state.takeAllIdleServers() { server.close(reason: reason) }
     }
 
     /// RECONNECT: idle servers close now, busy ones when released (`closeNeeded`).
@@ -325,57 +271,34 @@ final class Pool {
 
     /// RESUME: serve the clients that queued during the pause.
     func resumeAfterPause() {
-        while !waitingClients.isEmpty, let server = takeIdleServer() {
-            lend(server, to: waitingClients.removeFirst().client)
-        }
-        launchIfNeeded(now: .now())
+        for (server, client) in state.resume() { lend(server, to: client) }
+        launchIfNeeded()
     }
 
     /// query_wait_timeout and query_wait_notify for the clients queued here.
     func sweepWaitingClients(now: NIODeadline) {
-        let nowNanoseconds = Int64(now.uptimeNanoseconds)
-        var expired: [ClientSession] = []
-        for (client, since) in waitingClients {
-            var clocks = Timeouts.ClientClocks()
-            clocks.waitingSince = Int64(since.uptimeNanoseconds)
-            if timeouts.expired(clocks, now: nowNanoseconds) == .queryWait {
-                expired.append(client)
-            } else if !client.queuedNoticeSent,
-                timeouts.shouldNotifyQueued(waitingSince: Int64(since.uptimeNanoseconds), now: nowNanoseconds)
-            {
-                client.queuedNoticeSent = true
-                client.sendNotice(Timeouts.queuedNotice)
-            }
-        }
+        let (expired, notify) = state.sweepWaiting(now: Int64(now.uptimeNanoseconds), timeouts: timeouts)
+        for client in notify { client.sendNotice(Timeouts.queuedNotice) }
         for client in expired { client.kill(PoolerError(Timeouts.ClientExpiry.queryWait.message)) }
     }
 
-    /// Logged-in clients waiting for a server, and how long the longest has waited (for SHOW POOLS).
+    /// How long the longest-waiting client's query has waited (for SHOW POOLS).
     var longestWaitMicroseconds: Int {
-        waitingClients.first.map { $0.client.waitMicroseconds } ?? 0
+        state.waitingClients.first.map { $0.client.waitMicroseconds } ?? 0
     }
 
     /// Periodic upkeep: reserve connections for clients that waited long enough, and min_pool_size.
-    func maintain(now: NIODeadline) {
-        launchIfNeeded(now: now)
+    func maintain() {
+        launchIfNeeded()
     }
 
     /// Opens one more server connection when clients need one and the limits allow it.
-    private func launchIfNeeded(now: NIODeadline) {
-        var state = PoolCapacity.State()
-        state.servers = serverCount
-        state.serversLoggingIn = serversLoggingIn
-        state.waitingClients = waitingClients.count
-        state.clientsAwaitingWelcome = clientsWaitingForWelcome.count
-        state.longestWaitNanoseconds = waitingClients.first.map { (now - $0.since).nanoseconds } ?? 0
-        state.loggedInClients = clientCount
-        state.hasForcedUser = database.user != nil
-        state.serversOfDatabase = shard.counts.serversPerDatabase[key.database, default: 0]
-        state.serversOfUser = shard.counts.serversPerUser[key.user, default: 0]
-        state.inLoginRetryDelay = isInLoginRetryDelay(now: now)
-        state.paused = shard.isPaused(key.database)
-
-        switch capacity.decide(state) {
+    private func launchIfNeeded() {
+        let decision = state.launchDecision(
+            now: Self.now, serversOfDatabase: shard.counts.serversPerDatabase[key.database, default: 0],
+            serversOfUser: shard.counts.serversPerUser[key.user, default: 0], hasForcedUser: database.user != nil,
+            paused: shard.isPaused(key.database))
+        switch decision {
         case .wait:
             return
         case .evictForDatabaseLimit:
@@ -389,12 +312,13 @@ final class Pool {
         case .launch:
             break
         }
-        serverCount += 1
-        serversLoggingIn += 1
+        state.serverLaunched()
         shard.counts.serversPerDatabase[key.database, default: 0] += 1
         shard.counts.serversPerUser[key.user, default: 0] += 1
         ServerConnection.launch(for: self)
     }
+
+    private static var now: Int64 { Int64(NIODeadline.now().uptimeNanoseconds) }
 
     var logPrefix: String { "\(key.database)/\(key.user)" }
 }

@@ -1,4 +1,3 @@
-import DequeModule
 import LifeguardCore
 import LifeguardEngine
 import Logging
@@ -101,7 +100,7 @@ final class PoolShard {
         clockSeconds = WallClock.seconds()
         let now = NIODeadline.now()
         for pool in pools.values {
-            pool.maintain(now: now)
+            pool.maintain()
         }
         sweepTimeouts(now: now)
         freeUnusedPools(now: now)

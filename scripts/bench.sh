@@ -8,6 +8,7 @@
 #   BENCH_ROUNDS    how many times to repeat every (workload, pooler) pair (default 1)
 #   BENCH_WARMUP    seconds of unmeasured pgbench traffic through each pooler before measuring (default 2)
 #   BENCH_SCALE     pgbench -i scale factor (default 10)
+#   BENCH_WORKLOADS which workloads to run, space-separated (default "simple extended prepared connect")
 #   IDLE_CLIENTS    clients held idle through each pooler for the memory measurement (default 10000; 0 skips)
 #   LIFEGUARD_BINARY  a lifeguard binary to measure instead of building one (to compare two builds)
 #   PG_PORT, LIFEGUARD_PORT, PGBOUNCER_PORT
@@ -198,7 +199,7 @@ cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 # Workloads: name and pgbench options (host/port/user/database/duration are added per run).
 # "prepared" runs pgbench -M prepared through Lifeguard (its statements shared across the pool) against
 # -M extended through PgBouncer, whose Debian version has no prepared statements in transaction mode.
-workloads=(simple extended prepared connect)
+read -r -a workloads <<<"${BENCH_WORKLOADS:-simple extended prepared connect}"
 declare -A wl_opts=(
     [simple]="-S -c 50 -j 2"
     [extended]="-S -M extended -c 50 -j 2"

@@ -24,6 +24,8 @@ public final class EngineLoop {
     private var nextTimerID = 0
     /// Work that must not run inside the current event (a closed connection's goodbye to its owner).
     private var deferredTasks: [() -> Void] = []
+    /// The batch being run; swapped with `deferredTasks` so that neither array is reallocated per event.
+    private var runningTasks: [() -> Void] = []
     private let crossThreadLock = NIOLock()
     private var crossThreadTasks: [() -> Void] = []
     private var stopRequested = false
@@ -113,9 +115,9 @@ public final class EngineLoop {
 
     private func runDeferredTasks() {
         while !deferredTasks.isEmpty {
-            let tasks = deferredTasks
-            deferredTasks = []
-            for task in tasks { task() }
+            swap(&deferredTasks, &runningTasks)
+            for task in runningTasks { task() }
+            runningTasks.removeAll(keepingCapacity: true)
         }
     }
 

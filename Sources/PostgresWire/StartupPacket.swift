@@ -50,6 +50,8 @@ public enum StartupPacket: Equatable, Sendable {
             return .cancel(processID: pid, secretKey: key)
         default:
             var parameters: [(String, String)] = []
+            // Drivers send a handful (user, database, application_name, client_encoding, ...): one allocation.
+            parameters.reserveCapacity(8)
             while true {
                 guard let name = packet.readNullTerminatedString() else {
                     throw WireError.malformedStartup("unterminated startup parameter")

@@ -472,7 +472,7 @@ final class ClientSession: ConnectionDelegate {
         if shard.control.disabledDatabases.contains(startup.database) {
             throw PoolerError("database \"\(startup.database)\" is disabled")
         }
-        guard let database = shard.configuration.database(named: startup.database) else {
+        guard let database = shard.database(named: startup.database) else {
             throw PoolerError.noSuchDatabase(startup.database)
         }
         let pool = shard.pool(for: database, clientDatabase: startup.database, clientUser: startup.user)

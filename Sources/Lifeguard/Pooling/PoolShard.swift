@@ -163,6 +163,12 @@ final class PoolShard {
 
     /// The pool for a client that asked for `clientDatabase` (resolved to `database`, which may be the `*`
     /// fallback) as `clientUser`; a database with a forced user has one pool for all its clients.
+    /// The database a client names, read from the configuration's fields in place.
+    func database(named name: String) -> DatabaseDefinition? {
+        Configuration.database(
+            named: name, databases: configuration.databases, fallback: configuration.fallbackDatabase)
+    }
+
     func pool(for database: DatabaseDefinition, clientDatabase: String, clientUser: String) -> Pool {
         let serverUser = database.user ?? clientUser
         let key = PoolKey(database: clientDatabase, user: serverUser)

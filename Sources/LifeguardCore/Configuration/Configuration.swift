@@ -198,14 +198,21 @@ public struct Configuration: Sendable, Equatable {
         return true
     }
 
-    /// Inlinable, so that a caller reading it from a class's stored configuration does not copy the
-    /// whole configuration to call it (a login looks its database up).
-    @inlinable
+    /// The database a client names: its `[databases]` entry, else the `*` fallback under that name.
     public func database(named name: String) -> DatabaseDefinition? {
+        Self.database(named: name, databases: databases, fallback: fallbackDatabase)
+    }
+
+    /// The same lookup on the two fields it needs: a caller whose configuration is stored in a class passes
+    /// them as `configuration.databases` and `configuration.fallbackDatabase`, so that a login does not copy
+    /// the whole configuration (callgrind showed it retaining every field).
+    public static func database(
+        named name: String, databases: [String: DatabaseDefinition], fallback: DatabaseDefinition?
+    ) -> DatabaseDefinition? {
         if let exact = databases[name] {
             return exact
         }
-        guard var fallback = fallbackDatabase else {
+        guard var fallback else {
             return nil
         }
         fallback.name = name

@@ -40,8 +40,9 @@ final class ClientSession: ConnectionDelegate {
     private var authentication: ClientAuthentication?
     private let connection: Connection
     private var startupBuffer = ByteBuffer()
-    /// Which of SSLRequest (true) and GSSENCRequest (false) were answered.
-    private var encryptionRequestsAnswered: Set<Bool> = []
+    /// SSLRequest and GSSENCRequest were answered.
+    private var sslRequestAnswered = false
+    private var gssRequestAnswered = false
     private var scanner: FrameScanner
     private(set) var pool: Pool?
     private var tracker = TransactionTracker(poolMode: .session)
@@ -132,10 +133,18 @@ final class ClientSession: ConnectionDelegate {
         handlingErrors {
             switch machine.phase {
             case .startup:
-                // Copied: a slice would keep the loop's whole read buffer for a client that sends slowly.
-                var buffer = buffer
-                startupBuffer.writeBuffer(&buffer)
-                try readStartup()
+                if startupBuffer.readableBytes == 0 {
+                    // Packets usually arrive whole: read them in place, and copy only an incomplete rest,
+                    // since a slice would keep the loop's whole read buffer for a client that sends slowly.
+                    startupBuffer = buffer
+                    try readStartup()
+                    startupBuffer =
+                        machine.phase == .startup ? ByteBuffer(bytes: startupBuffer.readableBytesView) : ByteBuffer()
+                } else {
+                    var buffer = buffer
+                    startupBuffer.writeBuffer(&buffer)
+                    try readStartup()
+                }
             case .authenticating:
                 try receiveAuthentication(buffer)
             case .awaitingWelcome, .active:
@@ -291,9 +300,11 @@ final class ClientSession: ConnectionDelegate {
             switch packet {
             case .sslRequest, .gssEncryptionRequest:
                 // One of each per connection, as in PostgreSQL: a client repeating them is answered no more.
-                guard encryptionRequestsAnswered.insert(packet == .sslRequest).inserted else {
+                let isSSL = packet == .sslRequest
+                guard !(isSSL ? sslRequestAnswered : gssRequestAnswered) else {
                     throw WireError.malformedStartup("repeated encryption request")
                 }
+                if isSSL { sslRequestAnswered = true } else { gssRequestAnswered = true }
                 connection.writeAndFlush(Self.encryptionRefused)
             case .cancel(let processID, let secretKey):
                 closeReason = nil

@@ -30,6 +30,19 @@ import Testing
         try client.finish()
     }
 
+    /// As in PostgreSQL, each request is answered once: a client repeating one is cut off, and one of each
+    /// is still fine.
+    @Test func aRepeatedEncryptionRequestIsABadPacket() throws {
+        let client = try TestClient(configuration: makeConfiguration(authType: .plain))
+        try client.send(ClientPacket.sslRequest)
+        try client.send(ClientPacket.gssEncRequest)
+        #expect(Array(client.received().readableBytesView) == [UInt8(ascii: "N"), UInt8(ascii: "N")])
+        #expect(!client.isClosed)
+        try client.send(ClientPacket.sslRequest)
+        try expectFatalAndClosed(client, message: "bad packet header")
+        try client.finish()
+    }
+
     @Test func sslRequestAndStartupInOneReadAreBothHandled() throws {
         let client = try TestClient(configuration: makeConfiguration(authType: .plain))
         var both = ClientPacket.sslRequest

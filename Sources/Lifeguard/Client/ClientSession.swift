@@ -79,7 +79,9 @@ final class ClientSession: ConnectionDelegate {
     private(set) var requestTime = WallClock.seconds()
     /// "db/user", once the startup packet named them.
     private var logTarget = "(nodb)/(nouser)"
-    var parameters = ParameterSet()
+    /// Empty until login; starts as a shared empty set, so that a connection does not allocate one.
+    var parameters = ClientSession.noParameters
+    private static let noParameters = ParameterSet()
     /// Console rights decided at startup for a login to the `pgbouncer` database.
     private var adminRole: AdminRole?
     /// Set once a console login handed the connection to an AdminSession; this session then leaves.
@@ -557,14 +559,19 @@ final class ClientSession: ConnectionDelegate {
     func sendWelcome() {
         guard machine.phase == .awaitingWelcome, let cancelKey, let pool else { return }
         parameters.fillUnset(from: pool.defaultParameters)
-        guard var buffer = pool.welcomeMessages(for: parameters) else { return }
-        buffer.writeBackendKeyData(processID: cancelKey.processID, secretKey: cancelKey.secretKey)
+        guard let welcome = pool.welcomeMessages(for: parameters) else { return }
+        // The pool's cached messages go out as they are (appending to them would copy them); this
+        // client's own tail follows in the same sendmsg.
+        connection.write(welcome)
+        var tail = ByteBuffer()
+        tail.reserveCapacity(64)
+        tail.writeBackendKeyData(processID: cancelKey.processID, secretKey: cancelKey.secretKey)
         if !shard.settings.loginNotifyMessage.isEmpty {
-            buffer.writeErrorResponse(
+            tail.writeErrorResponse(
                 severity: "NOTICE", code: "00000", message: shard.settings.loginNotifyMessage, notice: true)
         }
-        buffer.writeReadyForQuery(.idle)
-        connection.writeAndFlush(buffer)
+        tail.writeReadyForQuery(.idle)
+        connection.writeAndFlush(tail)
         _ = machine.welcome()
         lastReady = .now()
         if hasUnsentTraffic { requestServerIfNeeded() }

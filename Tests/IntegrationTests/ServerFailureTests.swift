@@ -82,6 +82,20 @@ extension IntegrationTests {
         #expect(lifeguard.log.components(separatedBy: "new connection to server").count - 1 == 2)
     }
 
+    /// The console's SET reaches pools that already exist (PgBouncer suite's test_database_restart sets
+    /// server_login_retry = 1 after its pools were made, and failed while the old 15 s held).
+    @Test func serverLoginRetrySetOnTheConsoleReachesAnExistingPool() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "auth_type = trust\nserver_login_retry = 30\nadmin_users = lg_md5",
+            userList: "\"lg_md5\" \"not-the-password\"")
+        #expect(lifeguard.loginFailure(password: nil).contains("password authentication failed for user \"lg_md5\""))
+        let console = try lifeguard.connect(password: nil, database: "pgbouncer")
+        try console.query("SET server_login_retry = 1")
+        usleep(1_100_000)
+        #expect(lifeguard.loginFailure(password: nil).contains("FATAL:  password authentication failed for user \"lg_md5\""))
+        #expect(lifeguard.log.components(separatedBy: "new connection to server").count - 1 == 2)
+    }
+
     @Test func tcpKeepaliveTimingsReachTheSockets() throws {
         let lifeguard = try LifeguardProcess(settings: "tcp_keepidle = 77\ntcp_keepintvl = 11")
         let client = try lifeguard.connect()

@@ -203,21 +203,27 @@ final class PoolShard {
         plainPasswords.keepOnly(users: Set(secrets.keys))
         resolver.maxTTL = settings.dnsMaxTTL
         resolver.failureTTL = settings.dnsNXDomainTTL
+        applyConfigurationToPools()
+        startForcedUserPools()
+    }
+
+    /// Every existing pool takes the current configuration; a pool whose database is gone reconnects.
+    private func applyConfigurationToPools() {
         for pool in pools.values {
-            guard let database = newConfiguration.database(named: pool.key.database) else {
+            guard let database = database(named: pool.key.database) else {
                 reconnect(pool: pool)
                 continue
             }
-            let user = newConfiguration.users[pool.key.user]
-            pool.apply(database: database, user: user, settings: settings)
+            pool.apply(database: database, user: configuration.users[pool.key.user], settings: settings)
         }
-        startForcedUserPools()
     }
 
     /// The console's `SET`: applies a reloadable setting to the running shard.
     func applyRuntimeSetting(key: String, value: String) -> Bool {
         guard configuration.setAtRuntime(key: key, value: value) else { return false }
         settings = configuration.settings
+        // As in PgBouncer, existing pools follow at once (pool sizes, modes, server_login_retry, ...).
+        applyConfigurationToPools()
         return true
     }
 

@@ -26,6 +26,10 @@ extension IntegrationTests {
         return file
     }
 
+    private func removeTemporaryFile(_ file: URL) {
+        try? FileManager.default.removeItem(at: file.deletingLastPathComponent())
+    }
+
     @Test func versionPrintsTheVersionLine() throws {
         for flag in ["-V", "--version"] {
             let (status, output) = try run([flag])
@@ -50,6 +54,7 @@ extension IntegrationTests {
 
     @Test func badValueNamesFileLineAndKey() throws {
         let file = try temporaryFile("[pgbouncer]\nlisten_port = 6432\nmax_client_conn = lots\n")
+        defer { removeTemporaryFile(file) }
         let (status, output) = try run([file.path])
         #expect(status == 1)
         #expect(output.contains("bad.ini:3"))
@@ -64,6 +69,7 @@ extension IntegrationTests {
 
     @Test func daemonModeNeedsAPidfile() throws {
         let file = try temporaryFile("[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = \(freePort())\nunix_socket_dir =\n")
+        defer { removeTemporaryFile(file) }
         let (status, output) = try run(["-d", file.path])
         #expect(status == 1)
         #expect(output.contains("pidfile"))

@@ -559,7 +559,7 @@ final class ClientSession: ConnectionDelegate {
     func sendWelcome() {
         guard machine.phase == .awaitingWelcome, let cancelKey, let pool else { return }
         parameters.fillUnset(from: pool.defaultParameters)
-        guard let welcome = pool.welcomeMessages(for: parameters) else { return }
+        guard let welcome = pool.welcomeMessages(for: &parameters) else { return }
         // The pool's cached messages go out as they are (appending to them would copy them); this
         // client's own tail follows in the same sendmsg.
         connection.write(welcome)

@@ -130,9 +130,14 @@ final class Pool {
     }
 
     /// AuthenticationOk and every ParameterStatus message for a client with `parameters` (all tracked
-    /// slots filled); nil until the first server has logged in.
-    func welcomeMessages(for parameters: ParameterSet) -> ByteBuffer? {
-        if let lastWelcome, lastWelcome.parameters == parameters { return lastWelcome.messages }
+    /// slots filled); nil until the first server has logged in. Parameters equal to the last welcome's are
+    /// replaced by that same set: clients and the servers that adopt their sets then share one storage, and
+    /// the check at every link to a server ends on identity instead of comparing each value.
+    func welcomeMessages(for parameters: inout ParameterSet) -> ByteBuffer? {
+        if let lastWelcome, lastWelcome.parameters == parameters {
+            parameters = lastWelcome.parameters
+            return lastWelcome.messages
+        }
         guard var messages = welcomePrefix else { return nil }
         for index in TrackedParameter.names.indices {
             if let value = parameters.value(at: index) {

@@ -622,6 +622,9 @@ final class ServerConnection: ConnectionDelegate {
             sendQuery(statements)
             client.serverAssigned(self, ready: false)
         } else {
+            // Equal already: sharing the client's storage (one per pool's usual set, see
+            // Pool.welcomeMessages) lets the next check end on identity.
+            parameters = client.parameters
             machine.lend(to: client, syncingParameters: false)
             client.serverAssigned(self, ready: true)
             resumeReads()

@@ -104,6 +104,26 @@ extension IntegrationTests {
         #expect(again == [.rows([["42"]]), .error("22P02"), .synced])
     }
 
+    /// A pipeline aborted by an error before Lifeguard's Close of an evicted statement and its Parse again:
+    /// the server skips both and keeps the statement, and so must the cache. Found by scripts/chaos.sh, where
+    /// later uses of the statement failed with "prepared statement \"LIFEGUARD_n\" already exists".
+    @Test func evictedStatementPreparedAgainInAnAbortedPipelineStaysKnown() throws {
+        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1\nmax_prepared_statements = 2")
+        let client = try lifeguard.connect()
+        try client.prepare("x", "SELECT 'x'")
+        try client.prepare("y", "SELECT 'y'")
+        // z evicts x (Close x, Parse z); executing x then evicts y and prepares x again: all skipped.
+        let outcomes = try client.pipeline([
+            .query(sql: "SELECT 1/0", parameters: []),
+            .prepare(name: "z", sql: "SELECT 'z'"),
+            .execPrepared(name: "x", parameters: []),
+            .sync,
+        ])
+        #expect(outcomes == [.error("22012"), .aborted, .aborted, .synced])
+        #expect(try client.execPrepared("x").first?[0] == "x")
+        #expect(try client.execPrepared("y").first?[0] == "y")
+    }
+
     /// Pipelines of Syncs alone and of a Describe alone, on servers that have the statement and on a new one
     /// (where Lifeguard's hidden Parse goes before the Describe).
     @Test func syncOnlyAndDescribeOnlyPipelines() throws {

@@ -357,18 +357,22 @@ final class ServerConnection: ConnectionDelegate {
                 if end > runStart { client.forwardFromServer(buffer.getSlice(at: runStart, length: end - runStart)!) }
                 runStart = end
                 client.forwardFromServer(Self.emptyReply(reply))
-            case .undone(.clientParse(let statement, let name), _):
-                statementCache?.remove(statement)
+            case .undone(.clientParse(let statement, let name), let skipped):
+                forgetUnprepared(statement, skipped: skipped)
                 client.forgetStatement(named: name, statement)
-            case .undone(.hidden(.parse, let statement), _):
-                statementCache?.remove(statement)
+            case .undone(.hidden(.parse, let statement), let skipped):
+                forgetUnprepared(statement, skipped: skipped)
             case .undone(.hidden(_, let statement), let skipped):
                 // A skipped Close left the statement on the server.
-                if skipped { statementCache?.restore(statement) }
+                if skipped {
+                    statementCache?.restore(statement)
+                    keptBySkippedClose.insert(statement.id)
+                }
             case .undone:
                 break
             }
         }
+        if id == BackendID.readyForQuery { keptBySkippedClose.removeAll() }
         if id == BackendID.commandComplete, let body {
             switch Self.statementEffect(of: body) {
             case .droppedAll where dropAllRepliesDue > 0:
@@ -387,6 +391,16 @@ final class ServerConnection: ConnectionDelegate {
         }
         return runStart
     }
+
+    /// A Parse of `statement` failed or was skipped, so it did not create the statement. It is gone from
+    /// the server unless its earlier Close (an eviction in the same pipeline) was skipped too.
+    private func forgetUnprepared(_ statement: PreparedStatement, skipped: Bool) {
+        if skipped, keptBySkippedClose.contains(statement.id) { return }
+        statementCache?.remove(statement)
+    }
+
+    /// Statements whose Close was skipped since the last ReadyForQuery: the server still has them.
+    private var keptBySkippedClose: Set<Int> = []
 
     /// What a command did to the session's prepared statements, judged by its CommandComplete tag.
     private enum StatementEffect {

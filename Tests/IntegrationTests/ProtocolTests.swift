@@ -6,6 +6,24 @@ import Testing
 /// Protocol features a pooler must carry through untouched: cancel, COPY, large results, errors, extended queries.
 extension IntegrationTests {
 @Suite struct ProtocolTests {
+    /// A client that sends its first query with the startup packet, without waiting for the login to finish
+    /// (PostgreSQL queues it): with trust the login completes inside that one read, and the query after it
+    /// must still be answered, not dropped with the rest of the startup buffer.
+    @Test func aQuerySentWithTheStartupPacketIsAnswered() throws {
+        let lifeguard = try LifeguardProcess(settings: "auth_type = trust")
+        let socket = try RawSocket(port: lifeguard.port)
+        let sql = Array("SELECT 'early'".utf8) + [0]
+        let length = UInt32(4 + sql.count)
+        let query = [UInt8(ascii: "Q")] + withUnsafeBytes(of: length.bigEndian) { Array($0) } + sql
+        socket.send(RawSocket.startupMessage([("user", "lg_trust"), ("database", "lgtest")]) + query)
+        let early = Array("early".utf8)
+        let received = socket.read { bytes in
+            bytes.count >= 6 && bytes.suffix(6).first == UInt8(ascii: "Z")
+                && bytes.indices.contains { bytes[$0...].starts(with: early) }
+        }
+        #expect(received.indices.contains { received[$0...].starts(with: early) }, "the query was not answered")
+    }
+
     @Test func cancelRequestStopsARunningQuery() throws {
         let lifeguard = try LifeguardProcess()
         let client = try lifeguard.connect()

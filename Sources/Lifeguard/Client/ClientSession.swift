@@ -350,9 +350,13 @@ final class ClientSession: ConnectionDelegate {
         if machine.phase == .startup { return }
         let rest = startupBuffer
         startupBuffer = ByteBuffer()
-        // Bytes after the startup packet (a client that does not wait for the auth request) are auth traffic.
-        if machine.phase == .authenticating, rest.readableBytes > 0 {
-            try receiveAuthentication(rest)
+        guard rest.readableBytes > 0 else { return }
+        // Bytes after the startup packet, from a client that does not wait: its password, or (when the login
+        // needed none) its first query.
+        switch machine.phase {
+        case .authenticating: try receiveAuthentication(rest)
+        case .awaitingWelcome, .active: try receiveTraffic(rest)
+        case .startup, .closed: break
         }
     }
 

@@ -33,7 +33,8 @@ final class Pool {
     var scramPassThroughKeys: (clientKey: [UInt8], serverKey: [UInt8])?
 
     /// Idle servers, queued clients, server counts and the rules between them.
-    private(set) var state: PoolState<ClientSession, ServerConnection>
+    private(set) var state: State
+    typealias State = PoolState<ClientSession, ServerConnection>
     /// Running totals for SHOW STATS; bumped by this pool's clients on the event loop.
     var stats = PoolStatistics()
 
@@ -222,7 +223,7 @@ final class Pool {
 
     /// `server` is between transactions: hand it to the next waiting client, or keep it idle.
     func serverAvailable(_ server: ServerConnection) {
-        var conditions = PoolState<ClientSession, ServerConnection>.FreedServerConditions()
+        var conditions = State.FreedServerConditions()
         conditions.cancelsInFlight = server.cancelsInFlight > 0
         conditions.paused = shard.isPaused(key.database)
         conditions.closeNeeded = server.closeNeeded
@@ -246,7 +247,7 @@ final class Pool {
     /// `server_reset_query_always`) runs `server_reset_query` before the server is used again.
     func release(_ server: ServerConnection, clientDisconnected: Bool) {
         if !resetQuery.isEmpty,
-            PoolState<ClientSession, ServerConnection>.needsReset(
+            State.needsReset(
                 mode: mode, clientDisconnected: clientDisconnected, resetQueryAlways: resetQueryAlways)
         {
             server.runResetQuery(resetQuery)

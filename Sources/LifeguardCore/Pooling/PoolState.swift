@@ -7,7 +7,8 @@ import DequeModule
 /// PgBouncer's rules: servers are handed out LIFO (the most recently used is the warmest; FIFO with
 /// `server_round_robin`), clients are served FIFO, and while logins keep failing with no server left, a
 /// client fails at once with the cached error. Generic over the client and server objects, so that this
-/// module knows no sessions; times are monotonic nanoseconds passed in by the caller.
+/// module knows no sessions; times are monotonic nanoseconds passed in by the caller, read only when a rule
+/// needs one (a lend or release with nobody waiting reads no clock).
 public struct PoolState<Client: AnyObject, Server: AnyObject> {
     public struct Waiter {
         public let client: Client
@@ -55,7 +56,7 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
     }
 
     /// A client logged in and needs the pool's welcome parameters.
-    public mutating func clientNeedsWelcome(_ client: Client, now: Int64) -> WelcomeAction {
+    public mutating func clientNeedsWelcome(_ client: Client, now: @autoclosure () -> Int64) -> WelcomeAction {
         if canWelcome { return .greet }
         if let cached = failingFast(now: now) { return .fail(cached) }
         clientsAwaitingWelcome.append(client)
@@ -71,12 +72,14 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
     }
 
     /// A client has a request and no server. While paused it always waits.
-    public mutating func clientWantsServer(_ client: Client, now: Int64, paused: Bool) -> ServerRequestAction {
+    public mutating func clientWantsServer(_ client: Client, now: @autoclosure () -> Int64, paused: Bool)
+        -> ServerRequestAction
+    {
         if !paused {
             if let server = takeIdleServer() { return .lend(server) }
             if let cached = failingFast(now: now) { return .fail(cached) }
         }
-        waitingClients.append(Waiter(client: client, since: now))
+        waitingClients.append(Waiter(client: client, since: now()))
         return .wait
     }
 
@@ -154,8 +157,9 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
     }
 
     /// A server is between transactions (released, reset, checked or newly logged in).
-    public mutating func serverFreed(_ server: Server, _ conditions: FreedServerConditions, now: Int64)
-        -> FreedServerAction
+    public mutating func serverFreed(
+        _ server: Server, _ conditions: FreedServerConditions, now: @autoclosure () -> Int64
+    ) -> FreedServerAction
     {
         if conditions.cancelsInFlight { return .park }
         if conditions.paused { return .close(reason: "pause") }
@@ -166,7 +170,7 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
             return .close(reason: "SQL PREPARE or DEALLOCATE ran while prepared statements are shared")
         }
         if conditions.lifetimeOver { return .close(reason: "server lifetime over") }
-        if let next = waitingClients.popFirst() { return .lend(next.client, waitedNanoseconds: now - next.since) }
+        if let next = waitingClients.popFirst() { return .lend(next.client, waitedNanoseconds: now() - next.since) }
         idleServers.append(server)
         return .idle
     }
@@ -240,8 +244,8 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
     }
 
     /// While logins are failing and no server is left to free up, a client would wait for nothing.
-    private func failingFast(now: Int64) -> PoolerError? {
-        guard serverCount == 0, let failure = lastLoginFailure, isInLoginRetryDelay(now: now) else { return nil }
+    private func failingFast(now: () -> Int64) -> PoolerError? {
+        guard serverCount == 0, let failure = lastLoginFailure, isInLoginRetryDelay(now: now()) else { return nil }
         return PoolerError(
             "server login has been failing, cached error: \(failure.error.message) (server_login_retry)")
     }

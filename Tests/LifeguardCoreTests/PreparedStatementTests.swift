@@ -70,10 +70,37 @@ private func id(_ character: Character) -> UInt8 { character.asciiValue! }
         #expect(cache.insert(statements[3]) === statements[1])
         let evictedIsThere = cache.use(statements[1])
         #expect(!evictedIsThere && cache.count == 3)
-        cache.restore(statements[1])
+        cache.closeSkipped(statements[1])
         #expect(cache.count == 4, "a statement the server still has is put back even above capacity")
         cache.removeAll()
         #expect(cache.count == 0)
+    }
+}
+
+extension ServerStatementCacheTests {
+    /// In one skipped run (an error, then everything up to Sync), a skipped Parse removes a statement it
+    /// would have created, but not one whose skipped Close left it on the server; ReadyForQuery ends the run.
+    @Test func aSkippedParseKeepsAStatementWhoseCloseWasSkippedToo() {
+        let registry = PreparedStatementRegistry()
+        let kept = registry.statement(for: definition("SELECT 'kept'"))
+        let new = registry.statement(for: definition("SELECT 'new'"))
+        var cache = ServerStatementCache(capacity: 2)
+        _ = cache.insert(kept)
+        cache.remove(kept)  // evicted: its Close went out
+        cache.closeSkipped(kept)
+        _ = cache.insert(kept)  // prepared again later in the same pipeline
+        _ = cache.insert(new)
+        cache.parseUndone(kept, skipped: true)
+        cache.parseUndone(new, skipped: true)
+        let keptIsThere = cache.use(kept)
+        let newIsThere = cache.use(new)
+        #expect(keptIsThere, "the server still has it")
+        #expect(!newIsThere, "its Parse was skipped")
+
+        cache.readyForQuery()
+        cache.parseUndone(kept, skipped: true)
+        let keptAfterSync = cache.use(kept)
+        #expect(!keptAfterSync, "a later run's skipped Parse removes it")
     }
 }
 

@@ -358,21 +358,17 @@ final class ServerConnection: ConnectionDelegate {
                 runStart = end
                 client.forwardFromServer(Self.emptyReply(reply))
             case .undone(.clientParse(let statement, let name), let skipped):
-                forgetUnprepared(statement, skipped: skipped)
+                statementCache?.parseUndone(statement, skipped: skipped)
                 client.forgetStatement(named: name, statement)
             case .undone(.hidden(.parse, let statement), let skipped):
-                forgetUnprepared(statement, skipped: skipped)
+                statementCache?.parseUndone(statement, skipped: skipped)
             case .undone(.hidden(_, let statement), let skipped):
-                // A skipped Close left the statement on the server.
-                if skipped {
-                    statementCache?.restore(statement)
-                    keptBySkippedClose.insert(statement.id)
-                }
+                if skipped { statementCache?.closeSkipped(statement) }
             case .undone:
                 break
             }
         }
-        if id == BackendID.readyForQuery { keptBySkippedClose.removeAll() }
+        if id == BackendID.readyForQuery { statementCache?.readyForQuery() }
         if id == BackendID.commandComplete, let body {
             switch Self.statementEffect(of: body) {
             case .droppedAll where dropAllRepliesDue > 0:
@@ -391,16 +387,6 @@ final class ServerConnection: ConnectionDelegate {
         }
         return runStart
     }
-
-    /// A Parse of `statement` failed or was skipped, so it did not create the statement. It is gone from
-    /// the server unless its earlier Close (an eviction in the same pipeline) was skipped too.
-    private func forgetUnprepared(_ statement: PreparedStatement, skipped: Bool) {
-        if skipped, keptBySkippedClose.contains(statement.id) { return }
-        statementCache?.remove(statement)
-    }
-
-    /// Statements whose Close was skipped since the last ReadyForQuery: the server still has them.
-    private var keptBySkippedClose: Set<Int> = []
 
     /// What a command did to the session's prepared statements, judged by its CommandComplete tag.
     private enum StatementEffect {

@@ -30,11 +30,28 @@ public struct ServerStatementCache {
         return oldest.value.statement
     }
 
-    /// Puts back a statement the server still has (its Close was skipped), even above capacity: evicting
-    /// another one here would need a Close of its own.
-    public mutating func restore(_ statement: PreparedStatement) {
+    /// Statements whose Close was skipped since the last ReadyForQuery: the server still has them.
+    private var keptBySkippedClose: Set<Int> = []
+
+    /// The server skipped Lifeguard's Close of `statement` (an earlier error in the pipeline): it still has
+    /// it, so it is put back, even above capacity, since evicting another one here would need a Close of
+    /// its own.
+    public mutating func closeSkipped(_ statement: PreparedStatement) {
         clock += 1
         entries[statement.id] = (statement, clock)
+        keptBySkippedClose.insert(statement.id)
+    }
+
+    /// A Parse of `statement` failed or was skipped, so it created nothing: the statement is gone from the
+    /// server, unless its Close earlier in the same skipped run was skipped too and left it there.
+    public mutating func parseUndone(_ statement: PreparedStatement, skipped: Bool) {
+        if skipped, keptBySkippedClose.contains(statement.id) { return }
+        entries[statement.id] = nil
+    }
+
+    /// ReadyForQuery: the Sync ended any skipped run.
+    public mutating func readyForQuery() {
+        if !keptBySkippedClose.isEmpty { keptBySkippedClose.removeAll() }
     }
 
     public mutating func remove(_ statement: PreparedStatement) {

@@ -22,7 +22,7 @@ import Testing
     }
 
     private func launch(_ state: State, now: Int64 = 0) -> PoolCapacity.Decision {
-        state.launchDecision(now: now, serversOfDatabase: state.serverCount, serversOfUser: state.serverCount,
+        state.launchDecision(now: now, serversOfPool: state.serverCount, serversOfDatabase: state.serverCount, serversOfUser: state.serverCount,
             hasForcedUser: false, paused: false)
     }
 

@@ -192,7 +192,7 @@ extension AdminConsole {
             table.append([
                 name, poolSize, "", definition?.poolMode?.rawValue,
                 "\(definition?.maxUserConnections ?? shard.settings.maxUserConnections)",
-                "\(shard.counts.serversPerUser[name, default: 0])", "0", "\(pools.reduce(0) { $0 + $1.clientCount })",
+                "\(shard.shared.serverCount(ofUser: name))", "0", "\(pools.reduce(0) { $0 + $1.clientCount })",
             ])
         }
         return table

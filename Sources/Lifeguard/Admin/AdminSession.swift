@@ -28,11 +28,12 @@ final class AdminSession: ConnectionDelegate {
     /// reads stop, and what was already read waits in `heldInput`.
     private var pendingReply: DeferredCommand?
     private var heldInput: ByteBuffer?
-    private let cancelKey: CancelKey
+    /// Given when the session starts (BackendKeyData); ^C with it resumes a PAUSE or SUSPEND.
+    private var cancelKey = CancelKey(processID: 0, secretKey: 0)
 
     init(
         connection: Connection, shard: PoolShard, role: AdminRole, user: String, id: Int, connectTime: Int,
-        peer: String, cancelKey: CancelKey
+        peer: String
     ) {
         self.connection = connection
         self.shard = shard
@@ -42,7 +43,6 @@ final class AdminSession: ConnectionDelegate {
         self.connectTime = connectTime
         self.requestTime = connectTime
         self.peer = peer
-        self.cancelKey = cancelKey
         self.scanner = FrameScanner(
             capturedIDs: MessageIDSet([FrontendID.query]),
             maxMessageLength: min(shard.settings.maxPacketSize, Self.maxCommandLength))
@@ -57,7 +57,7 @@ final class AdminSession: ConnectionDelegate {
     /// Takes the connection over from the ClientSession that logged it in, and greets the client.
     func start() {
         connection.delegate = self
-        shard.register(self, cancelKey: cancelKey)
+        cancelKey = shard.register(self)
         var buffer = ByteBufferAllocator().buffer(capacity: 256)
         buffer.writeAuthenticationOK()
         for (name, value) in [

@@ -197,7 +197,10 @@ final class ClientSession: ConnectionDelegate {
         }
         if let pool {
             pool.removeWaiting(self)
-            if wasLoggedIn { pool.clientLoggedOut() }
+            if wasLoggedIn {
+                pool.clientLoggedOut()
+                shard.shared.clientLoggedOut(of: pool.key)
+            }
         }
         shard.unregister(self)
         if let cancelKey { shard.unregisterCancelKey(cancelKey) }
@@ -337,7 +340,7 @@ final class ClientSession: ConnectionDelegate {
                     adminRole = role
                 } else if shard.isShuttingDown {
                     throw PoolerError.shuttingDown
-                } else if shard.clientSessions.count > shard.settings.maxClientConn {
+                } else if shard.shared.clientCount > shard.settings.maxClientConn {
                     throw PoolerError.maxClientConnections
                 }
                 try beginAuthentication(startup)
@@ -363,15 +366,21 @@ final class ClientSession: ConnectionDelegate {
     /// Sends the cancel on to the server running the key's client, calling `then` once it is delivered or
     /// given up; false when there is nothing to cancel.
     private func forwardCancel(_ key: CancelKey, then: @escaping () -> Void) -> Bool {
-        // ^C on a console session waiting in PAUSE or SUSPEND resumes, as in PgBouncer.
-        if let console = shard.adminSession(forCancelKey: key) {
+        let target: ClientSession
+        switch shard.shared.cancelTarget(for: key) {
+        case .console(let console, _):
+            // ^C on a console session waiting in PAUSE or SUSPEND resumes, as in PgBouncer.
             if console.isWaitingForReply, !shard.isShuttingDown, shard.control.pauseMode != .running {
                 shard.resume(database: nil)
             }
             return false
+        case .client(let client, _):
+            target = client
+        case nil:
+            return false
         }
         // Unknown keys and clients without a server are dropped silently, as PostgreSQL and PgBouncer do.
-        guard let target = shard.client(forCancelKey: key), let server = target.server,
+        guard let server = target.server,
             let backend = server.backendKey, let address = server.remoteAddress
         else { return false }
         server.cancelStarted()
@@ -520,16 +529,16 @@ final class ClientSession: ConnectionDelegate {
         pool.welcome(self)
     }
 
-    /// max_db_client_connections and max_user_client_connections (per-database/per-user value, else global).
+    /// max_db_client_connections and max_user_client_connections (per-database/per-user value, else global),
+    /// counted across all shards; the login is counted when it passes.
     private func checkClientLimits(database: DatabaseDefinition, pool: Pool, user: String) throws {
         let settings = shard.settings
         let databaseLimit = database.maxDBClientConnections ?? settings.maxDBClientConnections
-        if databaseLimit > 0, shard.pools(of: pool.key.database).reduce(0, { $0 + $1.clientCount }) >= databaseLimit {
-            throw PoolerError("client connections exceeded (max_db_client_connections)")
-        }
         let userLimit = shard.configuration.users[user]?.maxUserClientConnections ?? settings.maxUserClientConnections
-        if userLimit > 0, shard.allPools.filter({ $0.key.user == pool.key.user }).reduce(0, { $0 + $1.clientCount }) >= userLimit {
-            throw PoolerError("client connections exceeded (max_user_client_connections)")
+        switch shard.shared.clientLoggingIn(to: pool.key, databaseLimit: databaseLimit, userLimit: userLimit) {
+        case .database: throw PoolerError("client connections exceeded (max_db_client_connections)")
+        case .user: throw PoolerError("client connections exceeded (max_user_client_connections)")
+        case nil: break
         }
     }
 
@@ -540,10 +549,9 @@ final class ClientSession: ConnectionDelegate {
         machine.close()
         // The console does not count against max_client_conn: it leaves the client registry.
         shard.unregister(self)
-        let key = shard.newCancelKey()
         adminSuccessor = AdminSession(
             connection: connection, shard: shard, role: role, user: user, id: id, connectTime: connectTime,
-            peer: peerDescription, cancelKey: key)
+            peer: peerDescription)
     }
 
     /// Gives the connection to the console session, with the bytes that arrived with the login.

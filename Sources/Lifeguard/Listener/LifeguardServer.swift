@@ -32,7 +32,8 @@ public final class LifeguardServer: DaemonControl {
         self.reopenLog = reopenLog
         // One loop for now; the shard is shaped so that each loop can later own its own.
         self.loop = try EngineLoop()
-        self.shard = PoolShard(loop: loop, configuration: configuration, userList: userList, logger: logger)
+        self.shard = PoolShard(
+            loop: loop, shared: SharedState(), configuration: configuration, userList: userList, logger: logger)
         shard.control.daemon = self
     }
 

@@ -191,8 +191,7 @@ final class Pool {
     }
 
     private func uncountShared() {
-        shard.counts.serversPerDatabase[key.database, default: 1] -= 1
-        shard.counts.serversPerUser[key.user, default: 1] -= 1
+        shard.shared.serverUncounted(for: key)
     }
 
     // MARK: Servers
@@ -300,10 +299,14 @@ final class Pool {
 
     /// Opens one more server connection when clients need one and the limits allow it.
     private func launchIfNeeded() {
-        let decision = state.launchDecision(
-            now: Self.now, serversOfDatabase: shard.counts.serversPerDatabase[key.database, default: 0],
-            serversOfUser: shard.counts.serversPerUser[key.user, default: 0], hasForcedUser: database.user != nil,
-            paused: shard.isPaused(key.database))
+        // Decided under the shared lock against the whole process's counts: no other shard can take the
+        // same last slot meanwhile.
+        let paused = shard.isPaused(key.database)
+        let decision = shard.shared.launchServer(for: key) { ofPool, ofDatabase, ofUser in
+            state.launchDecision(
+                now: Self.now, serversOfPool: ofPool, serversOfDatabase: ofDatabase, serversOfUser: ofUser,
+                hasForcedUser: database.user != nil, paused: paused)
+        }
         switch decision {
         case .wait:
             return
@@ -311,16 +314,18 @@ final class Pool {
             // The slot is taken at once: waiting for the close would let it go unused when this pool's
             // waiting client is served by one of its own servers meanwhile (PgBouncer launches at once too).
             guard shard.evictIdleServer(excluding: self, where: { $0.key.database == key.database }) else { return }
+            launchIfNeeded()
+            return
         case .evictForUserLimit:
             guard shard.evictIdleServer(excluding: self, where: { $0.key.user == key.user }) else { return }
+            launchIfNeeded()
+            return
         case .launchFromReserve:
             logger.info("\(logPrefix) taking connection from reserve_pool")
         case .launch:
             break
         }
         state.serverLaunched()
-        shard.counts.serversPerDatabase[key.database, default: 0] += 1
-        shard.counts.serversPerUser[key.user, default: 0] += 1
         ServerConnection.launch(for: self)
     }
 

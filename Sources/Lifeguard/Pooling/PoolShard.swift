@@ -9,11 +9,10 @@ struct CancelKey: Hashable {
     var secretKey: Int32
 }
 
-/// Everything one event loop owns: its pools, its clients' cancel keys and its share of the limits.
+/// Everything one event loop owns: its pools, clients, servers and console sessions.
 ///
-/// All of it is touched only on `loop`, so the data path takes no locks. Today the daemon runs one shard;
-/// the limits that must stay global when there are more (max_client_conn, max_db_connections,
-/// max_user_connections) are kept in `ConnectionCounts`, the one place that will need to become shared.
+/// All of it is touched only on `loop`, so the data path takes no locks. What spans shards (the counts behind
+/// the process-wide limits, cancel keys, connection ids) is in `shared`.
 final class PoolShard {
     let loop: EngineLoop
     private(set) var configuration: Configuration
@@ -24,9 +23,7 @@ final class PoolShard {
     private var secrets: [String: PasswordSecret]
     let logger: Logger
     private var pools: [PoolKey: Pool] = [:]
-    private var cancelTargets: [CancelKey: ClientSession] = [:]
-    private var adminCancelTargets: [CancelKey: AdminSession] = [:]
-    var counts = ConnectionCounts()
+    let shared: SharedState
     /// Secret for mock SCRAM exchanges with unknown users, so they look like real ones.
     let mockAuthenticationKey: [UInt8]
     /// SCRAM secrets and md5 hashes derived from plain-text userlist passwords, once per user.
@@ -39,7 +36,6 @@ final class PoolShard {
     /// Every client and server connection, for the admin console's lists and KILL_CLIENT.
     private(set) var clientSessions: [ObjectIdentifier: ClientSession] = [:]
     private(set) var serverConnections: [ObjectIdentifier: ServerConnection] = [:]
-    private var lastConnectionID = 0
     private(set) var adminSessions: [ObjectIdentifier: AdminSession] = [:]
     let resolver: HostResolver
     /// Clients' named prepared statements, shared by definition across this loop's clients and servers.
@@ -47,8 +43,9 @@ final class PoolShard {
     let control = ShardControl()
     private var statsTimer: EngineLoop.TimerID?
 
-    init(loop: EngineLoop, configuration: Configuration, userList: UserList, logger: Logger) {
+    init(loop: EngineLoop, shared: SharedState, configuration: Configuration, userList: UserList, logger: Logger) {
         self.loop = loop
+        self.shared = shared
         self.configuration = configuration
         self.settings = configuration.settings
         self.ignoredStartupParameters = IgnoredStartupParameters(configuration.settings.ignoreStartupParameters)
@@ -236,18 +233,18 @@ final class PoolShard {
 
     // MARK: Connection registry
 
-    /// A new id for SHOW CLIENTS / SHOW SERVERS (`id`, which KILL_CLIENT takes).
     func nextConnectionID() -> Int {
-        lastConnectionID += 1
-        return lastConnectionID
+        shared.nextConnectionID()
     }
 
     func register(_ client: ClientSession) {
         clientSessions[ObjectIdentifier(client)] = client
+        shared.clientConnected()
     }
 
     func unregister(_ client: ClientSession) {
-        clientSessions[ObjectIdentifier(client)] = nil
+        guard clientSessions.removeValue(forKey: ObjectIdentifier(client)) != nil else { return }
+        shared.clientDisconnected()
     }
 
     func register(_ server: ServerConnection) {
@@ -258,51 +255,27 @@ final class PoolShard {
         serverConnections[ObjectIdentifier(server)] = nil
     }
 
-    func register(_ session: AdminSession, cancelKey: CancelKey) {
+    /// Registers a console session and gives it its cancel key.
+    func register(_ session: AdminSession) -> CancelKey {
         adminSessions[ObjectIdentifier(session)] = session
-        adminCancelTargets[cancelKey] = session
+        return shared.registerCancelKey(for: .console(session, self))
     }
 
     func unregister(_ session: AdminSession, cancelKey: CancelKey) {
         adminSessions[ObjectIdentifier(session)] = nil
-        adminCancelTargets[cancelKey] = nil
+        shared.unregisterCancelKey(cancelKey)
         if control.suspendingSession === session {
             logger.info("admin disappeared when suspended, doing RESUME")
             resume(database: nil)
         }
     }
 
-    // MARK: Cancel keys
-
     func registerCancelKey(for client: ClientSession) -> CancelKey {
-        let key = newCancelKey()
-        cancelTargets[key] = client
-        return key
-    }
-
-    /// A key no client or console session holds yet.
-    func newCancelKey() -> CancelKey {
-        while true {
-            // One 64-bit draw gives both halves. PgBouncer clears the sign bit so drivers that print the key as
-            // a signed pid see a positive one.
-            let bits = random.next64()
-            let key = CancelKey(
-                processID: max(1, Int32(truncatingIfNeeded: bits >> 32) & Int32.max),
-                secretKey: Int32(truncatingIfNeeded: bits))
-            if cancelTargets[key] == nil, adminCancelTargets[key] == nil { return key }
-        }
-    }
-
-    func adminSession(forCancelKey key: CancelKey) -> AdminSession? {
-        adminCancelTargets[key]
+        shared.registerCancelKey(for: .client(client, self))
     }
 
     func unregisterCancelKey(_ key: CancelKey) {
-        cancelTargets[key] = nil
-    }
-
-    func client(forCancelKey key: CancelKey) -> ClientSession? {
-        cancelTargets[key]
+        shared.unregisterCancelKey(key)
     }
 }
 
@@ -310,10 +283,4 @@ struct PoolKey: Hashable, CustomStringConvertible {
     var database: String
     var user: String
     var description: String { "\(database)/\(user)" }
-}
-
-/// Connection counts behind the limits that span pools.
-struct ConnectionCounts {
-    var serversPerDatabase: [String: Int] = [:]
-    var serversPerUser: [String: Int] = [:]
 }

@@ -258,12 +258,14 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
     // MARK: Opening servers
 
     /// Whether to open one more server now (PoolCapacity's rules on this pool's state). The counts of the
-    /// database's and the user's servers across pools come from the caller; so does the pause.
+    /// pool's servers in the whole process (this state holds one shard's) and of the database's and the
+    /// user's across pools come from the caller; so does the pause.
     public func launchDecision(
-        now: Int64, serversOfDatabase: Int, serversOfUser: Int, hasForcedUser: Bool, paused: Bool
+        now: Int64, serversOfPool: Int, serversOfDatabase: Int, serversOfUser: Int, hasForcedUser: Bool,
+        paused: Bool
     ) -> PoolCapacity.Decision {
         var state = PoolCapacity.State()
-        state.servers = serverCount
+        state.servers = serversOfPool
         state.serversLoggingIn = serversLoggingIn
         state.waitingClients = waitingClients.count
         state.clientsAwaitingWelcome = clientsAwaitingWelcome.count

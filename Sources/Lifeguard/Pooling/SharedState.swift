@@ -1,0 +1,145 @@
+import LifeguardCore
+import NIOConcurrencyHelpers
+
+/// What every event-loop shard shares: the counts behind the process-wide limits, the cancel keys of all
+/// clients and console sessions, and connection ids.
+///
+/// One lock guards it all. It is taken when a connection is accepted, logs in, or closes, when a server is
+/// launched or closed, and for a cancel request: never per message or per transaction.
+final class SharedState: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var counts = ConnectionCounts()
+    private var cancelTargets: [CancelKey: CancelTarget] = [:]
+    private var lastConnectionID = 0
+    private let random = RandomPool()
+
+    /// Where a cancel key leads: the shard that owns the session, and the session (touched only on that
+    /// shard's loop).
+    enum CancelTarget {
+        case client(ClientSession, PoolShard)
+        case console(AdminSession, PoolShard)
+    }
+
+    /// A new id for SHOW CLIENTS / SHOW SERVERS (`id`, which KILL_CLIENT takes), unique in the process.
+    func nextConnectionID() -> Int {
+        lock.withLock {
+            lastConnectionID += 1
+            return lastConnectionID
+        }
+    }
+
+    // MARK: Clients
+
+    /// Counts an accepted client connection (console sessions included, as PgBouncer counts them until
+    /// they are known to be console sessions).
+    func clientConnected() {
+        lock.withLock { counts.clients += 1 }
+    }
+
+    func clientDisconnected() {
+        lock.withLock { counts.clients -= 1 }
+    }
+
+    /// Client connections open in the whole process.
+    var clientCount: Int { lock.withLock { counts.clients } }
+
+    /// Counts a login to `key` unless it would pass a per-database or per-user client limit (0: none);
+    /// returns which limit stopped it.
+    func clientLoggingIn(to key: PoolKey, databaseLimit: Int, userLimit: Int) -> ClientLimit? {
+        lock.withLock {
+            if databaseLimit > 0, counts.loginsPerDatabase[key.database, default: 0] >= databaseLimit {
+                return .database
+            }
+            if userLimit > 0, counts.loginsPerUser[key.user, default: 0] >= userLimit { return .user }
+            counts.loginsPerDatabase[key.database, default: 0] += 1
+            counts.loginsPerUser[key.user, default: 0] += 1
+            return nil
+        }
+    }
+
+    enum ClientLimit {
+        case database
+        case user
+    }
+
+    func clientLoggedOut(of key: PoolKey) {
+        lock.withLock {
+            counts.loginsPerDatabase[key.database, default: 1] -= 1
+            counts.loginsPerUser[key.user, default: 1] -= 1
+        }
+    }
+
+    // MARK: Servers
+
+    /// Decides under the lock whether the pool `key` may open one more server, given the process-wide
+    /// counts (servers of the pool, of its database, of its user); when `decide` says launch, the server
+    /// is counted before the lock is let go, so two shards never both take the last slot.
+    func launchServer(
+        for key: PoolKey, _ decide: (_ ofPool: Int, _ ofDatabase: Int, _ ofUser: Int) -> PoolCapacity.Decision
+    ) -> PoolCapacity.Decision {
+        lock.withLock {
+            let decision = decide(
+                counts.serversPerPool[key, default: 0], counts.serversPerDatabase[key.database, default: 0],
+                counts.serversPerUser[key.user, default: 0])
+            if decision == .launch || decision == .launchFromReserve {
+                counts.serversPerPool[key, default: 0] += 1
+                counts.serversPerDatabase[key.database, default: 0] += 1
+                counts.serversPerUser[key.user, default: 0] += 1
+            }
+            return decision
+        }
+    }
+
+    /// A server counted by `launchServer` is gone (or evicted, and no longer counted against the limits).
+    func serverUncounted(for key: PoolKey) {
+        lock.withLock {
+            counts.serversPerPool[key, default: 1] -= 1
+            counts.serversPerDatabase[key.database, default: 1] -= 1
+            counts.serversPerUser[key.user, default: 1] -= 1
+            if counts.serversPerPool[key] == 0 { counts.serversPerPool[key] = nil }
+        }
+    }
+
+    /// Servers counted for `user` in the whole process (SHOW USERS).
+    func serverCount(ofUser user: String) -> Int {
+        lock.withLock { counts.serversPerUser[user, default: 0] }
+    }
+
+    // MARK: Cancel keys
+
+    /// A key no client or console session holds yet, registered for `target`.
+    func registerCancelKey(for target: CancelTarget) -> CancelKey {
+        lock.withLock {
+            while true {
+                // One 64-bit draw gives both halves. PgBouncer clears the sign bit so drivers that print the
+                // key as a signed pid see a positive one.
+                let bits = random.next64()
+                let key = CancelKey(
+                    processID: max(1, Int32(truncatingIfNeeded: bits >> 32) & Int32.max),
+                    secretKey: Int32(truncatingIfNeeded: bits))
+                if cancelTargets[key] == nil {
+                    cancelTargets[key] = target
+                    return key
+                }
+            }
+        }
+    }
+
+    func unregisterCancelKey(_ key: CancelKey) {
+        lock.withLock { cancelTargets[key] = nil }
+    }
+
+    func cancelTarget(for key: CancelKey) -> CancelTarget? {
+        lock.withLock { cancelTargets[key] }
+    }
+}
+
+/// Connection counts behind the limits that span pools and shards.
+struct ConnectionCounts {
+    var clients = 0
+    var loginsPerDatabase: [String: Int] = [:]
+    var loginsPerUser: [String: Int] = [:]
+    var serversPerPool: [PoolKey: Int] = [:]
+    var serversPerDatabase: [String: Int] = [:]
+    var serversPerUser: [String: Int] = [:]
+}

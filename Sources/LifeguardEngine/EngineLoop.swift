@@ -13,9 +13,10 @@ protocol ReadinessHandler: AnyObject {
 /// (its periodic sweep, the stats line, a closing write's grace), tasks from other threads through an
 /// eventfd, and signals through a signalfd.
 ///
-/// Everything but `execute` and `stop` runs on the loop's own thread. Connections read into one buffer that
+/// Everything but `execute` and `stop` runs on the loop's own thread (or while it is parked, see
+/// LoopGroup); the type is marked Sendable for those two. Connections read into one buffer that
 /// the loop lends them (`readBuffer`): an idle connection holds none (PgBouncer's pkt_buf model).
-public final class EngineLoop {
+public final class EngineLoop: @unchecked Sendable {
     private let epollFD: Int32
     private let wakeFD: Int32
     /// The handler of each watched descriptor, indexed by the descriptor.
@@ -97,7 +98,8 @@ public final class EngineLoop {
         _ = Glibc.write(wakeFD, &one, 8)
     }
 
-    fileprivate func runCrossThreadTasks() {
+    /// Runs the tasks other threads sent; also called by a loop waiting to park the others (LoopGroup).
+    func runCrossThreadTasks() {
         var counter: UInt64 = 0
         _ = Glibc.read(wakeFD, &counter, 8)
         let tasks = crossThreadLock.withLock {
@@ -217,6 +219,13 @@ public final class EngineLoop {
     /// Forgets `fd`; the caller closes it (which takes it out of the epoll set).
     func unwatch(_ fd: Int32) {
         if Int(fd) < handlers.count { handlers[Int(fd)] = nil }
+    }
+
+    /// Forgets `fd` and takes it out of the epoll set, for a descriptor that stays open (a listening socket
+    /// other loops still watch).
+    func unwatchAndRemove(_ fd: Int32) {
+        unwatch(fd)
+        _ = lifeguard_epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, 0)
     }
 
     // MARK: Signals

@@ -15,9 +15,14 @@ public final class LoopGroup: @unchecked Sendable {
     private var depth = 0
     private var threads: [pthread_t] = []
 
-    public init(count: Int) throws {
+    public convenience init(count: Int) throws {
         precondition(count >= 1)
-        loops = try (0..<count).map { _ in try EngineLoop() }
+        self.init(loops: try (0..<count).map { _ in try EngineLoop() })
+    }
+
+    /// A group of loops made elsewhere (a test's loop).
+    public init(loops: [EngineLoop]) {
+        self.loops = loops
         var attributes = pthread_mutexattr_t()
         pthread_mutexattr_init(&attributes)
         pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_RECURSIVE))

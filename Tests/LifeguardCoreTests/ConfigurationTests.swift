@@ -325,12 +325,21 @@ import Testing
         #expect(config.settings.listenPort == 6432)
     }
 
+    @Test func threadsTakesACountOrAuto() throws {
+        #expect(try settings("").threads == 1)
+        #expect(try settings("threads = 4").threads == 4)
+        #expect(try settings("threads = auto").threads == nil)
+        #expect(parseError("[pgbouncer]\nthreads = 0")?.message.contains("threads") == true)
+        #expect(parseError("[pgbouncer]\nthreads = many")?.message.contains("threads") == true)
+    }
+
     @Test func knownKeysTable() {
         let names = Settings.knownKeys.map(\.name)
         #expect(names == names.sorted())
         #expect(Set(names).count == names.count)
-        // PgBouncer 1.25 has 101, counting the Windows-only service_name; Lifeguard adds share_unnamed_statements.
-        #expect(names.count == 101)
+        // PgBouncer 1.25 has 100, counting the Windows-only service_name; Lifeguard adds share_unnamed_statements
+        // and threads.
+        #expect(names.count == 102)
         let byName = Dictionary(uniqueKeysWithValues: Settings.knownKeys.map { ($0.name, $0) })
         #expect(byName["listen_port"]?.defaultValue == "6432")
         #expect(byName["listen_port"]?.reloadable == false)
@@ -339,11 +348,11 @@ import Testing
         #expect(byName["server_tls_sslmode"]?.defaultValue == "prefer")
         #expect(byName["unix_socket_mode"]?.defaultValue == "0777")
         for name in ["disable_pqexec", "job_name", "listen_addr", "listen_backlog", "pidfile", "pkt_buf",
-                     "resolv_conf", "so_reuseport", "track_extra_parameters", "unix_socket_dir",
+                     "resolv_conf", "so_reuseport", "threads", "track_extra_parameters", "unix_socket_dir",
                      "unix_socket_group", "unix_socket_mode", "user"] {
             #expect(byName[name]?.reloadable == false, "\(name)")
         }
-        #expect(Settings.knownKeys.filter { !$0.reloadable }.count == 14)
+        #expect(Settings.knownKeys.filter { !$0.reloadable }.count == 15)
     }
 
     // MARK: sections

@@ -37,8 +37,9 @@ func makeUserList() -> UserList {
 /// A fresh shard on `loop`: ClientSession registers itself and its cancel key on it, so tests never share one.
 func makeShard(on loop: EngineLoop, configuration: Configuration) -> PoolShard {
     let logger = Logger(label: "lifeguard.tests", factory: { _ in SwiftLogNoOpLogHandler() })
-    let shard = PoolShard(
-        loop: loop, shared: SharedState(), configuration: configuration, userList: makeUserList(), logger: logger)
+    let shard = ShardGroup(
+        loops: LoopGroup(loops: [loop]), configuration: configuration, userList: makeUserList(), logger: logger
+    ).first
     // Holding the database at its max_db_connections (1) with a server counted for another user keeps the
     // pool from launching one, so an authenticated client stays queued for its pool's first server.
     _ = shard.shared.launchServer(for: PoolKey(database: testDatabase, user: "someone else")) { _, _, _ in .launch }

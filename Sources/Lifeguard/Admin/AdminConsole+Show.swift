@@ -101,7 +101,7 @@ extension AdminConsole {
     /// Configured databases and those created from the `*` entry, plus the console's own.
     private var databaseNames: [String] {
         var names = Set(shard.configuration.databases.keys)
-        for pool in shard.allPools { names.insert(pool.key.database) }
+        for pool in group.pools { names.insert(pool.key.database) }
         names.insert(AdminAccess.databaseName)
         return names.sorted()
     }
@@ -121,11 +121,11 @@ extension AdminConsole {
             let disabled = control.disabledDatabases.contains(name) ? "1" : "0"
             if name == AdminAccess.databaseName {
                 table.append([name, nil, "\(settings.listenPort)", name, name, "2", "0", "0", lifetime, "statement",
-                              nil, "0", "0", "0", "\(shard.adminSessions.count)", paused, disabled])
+                              nil, "0", "0", "0", "\(group.adminSessions.count)", paused, disabled])
                 continue
             }
             guard let database = shard.configuration.database(named: name) else { continue }
-            let pools = shard.pools(of: name)
+            let pools = group.pools(of: name)
             table.append([
                 name, database.host, "\(database.port)", database.dbname ?? name, database.user,
                 "\(database.poolSize ?? settings.defaultPoolSize)", "\(database.minPoolSize ?? settings.minPoolSize)",
@@ -145,17 +145,17 @@ extension AdminConsole {
                     "sv_login", "maxwait", "maxwait_us", "pool_mode", "load_balance_hosts"],
             types: "ssiiiiiiiiiiiiiss")
         var clientStates: [PoolKey: [String: Int]] = [:]
-        for client in shard.clientSessions.values {
+        for client in group.clientSessions {
             guard let pool = client.pool, let state = client.listState else { continue }
             clientStates[pool.key, default: [:]][state, default: 0] += 1
         }
         var serverStates: [PoolKey: [String: Int]] = [:]
-        for server in shard.serverConnections.values {
+        for server in group.serverConnections {
             guard let state = server.listState else { continue }
             serverStates[server.pool.key, default: [:]][state, default: 0] += 1
         }
         var rows: [[String?]] = []
-        for pool in shard.allPools {
+        for pool in group.pools {
             let clients = clientStates[pool.key] ?? [:]
             let servers = serverStates[pool.key] ?? [:]
             let wait = pool.longestWaitMicroseconds
@@ -170,7 +170,7 @@ extension AdminConsole {
             ])
         }
         rows.append([
-            AdminAccess.databaseName, AdminAccess.databaseName, "\(shard.adminSessions.count)", "0", "0", "0", "0",
+            AdminAccess.databaseName, AdminAccess.databaseName, "\(group.adminSessions.count)", "0", "0", "0", "0",
             "0", "0", "0", "0", "0", "0", "0", "0", "statement", nil,
         ])
         for row in rows.sorted(by: { ($0[0]!, $0[1]!) < ($1[0]!, $1[1]!) }) { table.append(row) }
@@ -183,11 +183,11 @@ extension AdminConsole {
                     "current_connections", "max_user_client_connections", "current_client_connections"],
             types: "ssssiiii")
         var names = Set(shard.configuration.users.keys).union(shard.userNames)
-        for pool in shard.allPools { names.insert(pool.key.user) }
+        for pool in group.pools { names.insert(pool.key.user) }
         names.insert(AdminAccess.databaseName)
         for name in names.sorted() {
             let definition = shard.configuration.users[name]
-            let pools = shard.allPools.filter { $0.key.user == name }
+            let pools = group.pools.filter { $0.key.user == name }
             let poolSize = definition?.poolSize.map { Self.padded($0) } ?? ""
             table.append([
                 name, poolSize, "", definition?.poolMode?.rawValue,
@@ -222,23 +222,23 @@ extension AdminConsole {
         let extra = socketColumns ? Array(repeating: "0" as String?, count: Self.socketColumns.count) : []
         var rows: [(Int, [String?])] = []
         if clients {
-            for client in shard.clientSessions.values {
-                guard let state = client.listState ?? (socketColumns ? "login" : nil), let pool = client.pool ?? nil
-                    ?? shard.allPools.first
+            for client in group.clientSessions {
+                guard let state = client.listState ?? (socketColumns ? "login" : nil),
+                    let database = client.pool?.key.database ?? group.pools.first?.key.database
                 else { continue }
                 let shown = socketColumns ? "cl_" + (state == "idle" ? "active" : state) : state
                 let wait = client.waitMicroseconds
                 let (addr, port) = Self.describe(client.remoteAddress, listenPort: shard.settings.listenPort)
                 let (localAddr, localPort) = Self.describe(client.localAddress, listenPort: shard.settings.listenPort)
                 rows.append((client.id, [
-                    "C", client.loginUser ?? "(nouser)", client.pool?.key.database ?? pool.key.database, "none",
+                    "C", client.loginUser ?? "(nouser)", database, "none",
                     shown, addr, port, localAddr, localPort, WallClock.format(client.connectTime),
                     WallClock.format(client.requestTime), "\(wait / 1_000_000)", "\(wait % 1_000_000)", "0",
                     pointerText(client), client.server.map(pointerText) ?? "", "0", "",
                     client.parameters["application_name"] ?? "", "\(client.statements.count)", "\(client.id)",
                 ] + extra))
             }
-            for console in shard.adminSessions.values {
+            for console in group.adminSessions {
                 let (addr, port) = Self.describe(console.peerAddress, listenPort: shard.settings.listenPort)
                 let (localAddr, localPort) = Self.describe(console.localAddress, listenPort: shard.settings.listenPort)
                 rows.append((console.id, [
@@ -250,7 +250,7 @@ extension AdminConsole {
             }
         }
         if servers {
-            for server in shard.serverConnections.values {
+            for server in group.serverConnections {
                 guard let state = server.listState else { continue }
                 let (addr, port) = Self.describe(server.remoteAddress, listenPort: shard.settings.listenPort)
                 let (localAddr, localPort) = Self.describe(server.localAddress, listenPort: shard.settings.listenPort)
@@ -287,9 +287,9 @@ extension AdminConsole {
     ]
 
     /// Databases that have pools, with their pools; the console's own row has no pools and counts nothing.
-    private var statsDatabases: [(name: String, pools: [Pool])] {
-        var byDatabase: [String: [Pool]] = [AdminAccess.databaseName: []]
-        for pool in shard.allPools { byDatabase[pool.key.database, default: []].append(pool) }
+    private var statsDatabases: [(name: String, pools: [PoolSummary])] {
+        var byDatabase: [String: [PoolSummary]] = [AdminAccess.databaseName: []]
+        for pool in group.pools { byDatabase[pool.key.database, default: []].append(pool) }
         return byDatabase.keys.sorted().map { ($0, byDatabase[$0]!) }
     }
 
@@ -299,7 +299,7 @@ extension AdminConsole {
         var table = ResultSet(names: names, types: "s" + String(repeating: "N", count: names.count - 1))
         for (name, pools) in statsDatabases {
             let totals = pools.reduce(PoolStatistics()) { $0 + $1.stats }
-            let averages = shard.averages(of: pools)
+            let averages = group.averages(of: pools)
             table.append([name] + Self.statsCounters.map { "\(totals[keyPath: $0.path])" }
                 + Self.statsCounters.map { "\(averages[keyPath: $0.path])" })
         }
@@ -331,7 +331,7 @@ extension AdminConsole {
         }
         var table = ResultSet(names: names, types: "s" + String(repeating: "N", count: names.count - 1))
         for (name, pools) in statsDatabases {
-            let averages = shard.averages(of: pools)
+            let averages = group.averages(of: pools)
             table.append([name] + Self.statsCounters.map { "\(averages[keyPath: $0.path])" })
         }
         return table
@@ -344,9 +344,9 @@ extension AdminConsole {
 
     private func totals() -> ResultSet {
         var table = ResultSet(names: ["name", "value"], types: "sN")
-        let pools = Array(shard.allPools)
+        let pools = group.pools
         let totals = pools.reduce(PoolStatistics()) { $0 + $1.stats }
-        let averages = shard.averages(of: pools)
+        let averages = group.averages(of: pools)
         let names = [
             "server_assignment_count", "xact_count", "query_count", "client_bytes", "server_bytes", "xact_time",
             "query_time", "wait_time", "ps_client_parse_count", "ps_server_parse_count", "ps_bind_count",
@@ -364,13 +364,13 @@ extension AdminConsole {
 
     private func lists() -> ResultSet {
         var table = ResultSet(names: ["list", "items"], types: "si")
-        let loginClients = shard.clientSessions.values.filter(\.isLoggingIn).count
-        let usedClients = shard.clientSessions.count + shard.adminSessions.count
+        let loginClients = group.clientSessions.filter(\.isLoggingIn).count
+        let usedClients = group.clientSessions.count + group.adminSessions.count
         for (name, count) in [
-            ("databases", databaseNames.count), ("users", Set(shard.allPools.map(\.key.user)).union(shard.userNames).count + 1),
-            ("peers", 0), ("pools", shard.allPools.count + 1), ("peer_pools", 0), ("free_clients", 0),
+            ("databases", databaseNames.count), ("users", Set(group.pools.map(\.key.user)).union(shard.userNames).count + 1),
+            ("peers", 0), ("pools", group.pools.count + 1), ("peer_pools", 0), ("free_clients", 0),
             ("used_clients", usedClients), ("login_clients", loginClients), ("free_servers", 0),
-            ("used_servers", shard.serverConnections.count), ("dns_names", 0), ("dns_zones", 0), ("dns_queries", 0),
+            ("used_servers", group.serverConnections.count), ("dns_names", 0), ("dns_zones", 0), ("dns_queries", 0),
             ("dns_pending", 0),
         ] {
             table.append([name, "\(count)"])
@@ -394,9 +394,9 @@ extension AdminConsole {
             let size = objects.first.map { Int(malloc_usable_size(Unmanaged.passUnretained($0).toOpaque())) } ?? 0
             table.append([name, "\(size)", "\(objects.count)", "0", "\(size * objects.count)"])
         }
-        row("pool_cache", Array(shard.allPools))
-        row("server_cache", Array(shard.serverConnections.values))
-        row("client_cache", Array(shard.clientSessions.values) + Array(shard.adminSessions.values))
+        row("pool_cache", group.shards.flatMap { Array($0.allPools) })
+        row("server_cache", Array(group.serverConnections))
+        row("client_cache", Array(group.clientSessions) + Array(group.adminSessions))
         return table
     }
 }

@@ -8,6 +8,8 @@ import PostgresWire
 struct AdminConsole {
     unowned let shard: PoolShard
     unowned let session: AdminSession
+    /// Every shard; the console runs with the other loops parked, so it reads and acts on all of them.
+    var group: ShardGroup { shard.group }
 
     enum Outcome {
         case done
@@ -64,7 +66,9 @@ struct AdminConsole {
             return
         }
         try requireAdmin()
-        guard shard.applyRuntimeSetting(key: key, value: value) else { throw PoolerError("SET failed") }
+        for other in group.shards {
+            guard other.applyRuntimeSetting(key: key, value: value) else { throw PoolerError("SET failed") }
+        }
         reply.writeCommandComplete("SET \(key)=\(value)")
     }
 
@@ -89,8 +93,8 @@ struct AdminConsole {
         case "PAUSE":
             guard control.pauseMode == .running else { throw PoolerError("already suspended/paused") }
             if let database = argument { try checkDatabase(database, action: "pause") }
-            shard.pause(database: argument)
-            if shard.serverCount(of: argument) == 0 {
+            group.pause(database: argument)
+            if group.serverCount(of: argument) == 0 {
                 reply.writeCommandComplete("PAUSE")
                 return .done
             }
@@ -107,12 +111,12 @@ struct AdminConsole {
                 guard !shard.isShuttingDown else { throw .shuttingDown }
                 guard control.pauseMode != .running else { throw PoolerError("pooler is not paused/suspended") }
             }
-            shard.resume(database: argument)
+            group.resume(database: argument)
             reply.writeCommandComplete("RESUME")
         case "SUSPEND":
             guard control.pauseMode == .running else { throw PoolerError("already suspended/paused") }
             guard control.pausedDatabases.isEmpty else { throw PoolerError("cannot suspend with paused databases") }
-            shard.pause(database: nil)
+            group.pause(database: nil)
             control.pauseMode = .suspended
             control.suspendingSession = session
             reply.writeCommandComplete("SUSPEND")
@@ -127,18 +131,18 @@ struct AdminConsole {
             reply.writeCommandComplete(verb)
         case "RECONNECT":
             if let database = argument { try checkDatabase(database, action: "reconnect") }
-            shard.reconnect(database: argument)
+            group.reconnect(database: argument)
             reply.writeCommandComplete("RECONNECT")
         case "KILL":
             guard control.pauseMode == .running else { throw PoolerError("already suspended/paused") }
             if let database = argument { try checkDatabase(database, action: "kill") }
-            shard.kill(database: argument)
+            group.kill(database: argument)
             reply.writeCommandComplete("KILL")
         case "KILL_CLIENT":
             guard let argument, let id = Int(argument) else { throw PoolerError("invalid client pointer supplied") }
-            if let client = shard.clientSessions.values.first(where: { $0.id == id && $0.isLoggedIn }) {
+            if let client = group.clientSessions.first(where: { $0.id == id && $0.isLoggedIn }) {
                 client.kill(PoolerError("admin forced disconnect"))
-            } else if let console = shard.adminSessions.values.first(where: { $0.id == id }) {
+            } else if let console = group.adminSessions.first(where: { $0.id == id }) {
                 console.closeWithFatal(PoolerError("admin forced disconnect"))
             } else {
                 throw PoolerError("client not found")
@@ -146,7 +150,7 @@ struct AdminConsole {
             reply.writeCommandComplete("KILL_CLIENT")
         case "WAIT_CLOSE":
             if let database = argument { try checkDatabase(database, action: "wait in") }
-            let closing = shard.serverConnections.values.contains {
+            let closing = group.serverConnections.contains {
                 $0.closeNeeded && (argument == nil || $0.pool.key.database == argument)
             }
             guard closing else {

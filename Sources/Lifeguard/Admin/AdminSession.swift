@@ -138,7 +138,7 @@ final class AdminSession: ConnectionDelegate {
     func connectionClosed(_ connection: Connection, error: SocketError?) {
         if closeReason == nil, let error { closeReason = "client socket error: \(error)" }
         shard.unregister(self, cancelKey: cancelKey)
-        if pendingReply != nil { shard.dropPendingReplies(of: self) }
+        if pendingReply != nil { shard.group.acrossShards(from: shard) { shard.group.dropPendingReplies(of: self) } }
         if shard.settings.logDisconnections {
             let age = (NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000
             shard.logger.info("\(logPrefix) closing because: \(closeReason ?? "client unexpected eof") (age=\(age)s)")
@@ -154,15 +154,20 @@ final class AdminSession: ConnectionDelegate {
             var body = body ?? ByteBuffer()
             let sql = body.readNullTerminatedString() ?? ""
             var reply = ByteBuffer()
-            let outcome = AdminConsole(shard: shard, session: self).execute(sql, into: &reply)
+            // With the other loops parked, as a single-threaded pooler would be busy with the command.
+            let outcome = shard.group.acrossShards(from: shard) {
+                let outcome = AdminConsole(shard: shard, session: self).execute(sql, into: &reply)
+                // The tag and ReadyForQuery come later; the commands after it wait. Set before the other
+                // loops run again, since one of them may complete it.
+                if case .deferred(let deferred) = outcome { pendingReply = deferred }
+                return outcome
+            }
             switch outcome {
             case .done:
                 reply.writeReadyForQuery(.idle)
                 connection.writeAndFlush(reply)
                 return !mustWait
-            case .deferred(let deferred):
-                // The tag and ReadyForQuery come later; the commands after it wait.
-                pendingReply = deferred
+            case .deferred:
                 return false
             case .exit:
                 break

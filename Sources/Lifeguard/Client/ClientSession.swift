@@ -366,34 +366,49 @@ final class ClientSession: ConnectionDelegate {
     /// Sends the cancel on to the server running the key's client, calling `then` once it is delivered or
     /// given up; false when there is nothing to cancel.
     private func forwardCancel(_ key: CancelKey, then: @escaping () -> Void) -> Bool {
-        let target: ClientSession
         switch shard.shared.cancelTarget(for: key) {
         case .console(let console, _):
             // ^C on a console session waiting in PAUSE or SUSPEND resumes, as in PgBouncer.
-            if console.isWaitingForReply, !shard.isShuttingDown, shard.control.pauseMode != .running {
-                shard.resume(database: nil)
+            let group = shard.group
+            group.acrossShards(from: shard) {
+                if console.isWaitingForReply, !group.isShuttingDown, group.control.pauseMode != .running {
+                    group.resume(database: nil)
+                }
             }
             return false
-        case .client(let client, _):
-            target = client
+        case .client(let target, let owner) where owner === shard:
+            return Self.deliverCancel(to: target, on: owner, then: then)
+        case .client(let target, let owner):
+            // The target's session belongs to another loop: the cancel is sent from there, and this
+            // connection is finished on its own loop.
+            let here = shard.loop
+            owner.loop.execute {
+                let finish = { here.execute { then() } }
+                if !Self.deliverCancel(to: target, on: owner, then: finish) { finish() }
+            }
+            return true
         case nil:
+            // Unknown keys are dropped silently, as PostgreSQL and PgBouncer do.
             return false
         }
-        // Unknown keys and clients without a server are dropped silently, as PostgreSQL and PgBouncer do.
-        guard let server = target.server,
-            let backend = server.backendKey, let address = server.remoteAddress
+    }
+
+    /// On `owner`'s loop: sends the cancel to the server `target` is running on; false when it has none.
+    private static func deliverCancel(to target: ClientSession, on owner: PoolShard, then: @escaping () -> Void)
+        -> Bool
+    {
+        guard let server = target.server, let backend = server.backendKey, let address = server.remoteAddress
         else { return false }
         server.cancelStarted()
         CancelDelivery.send(
             to: address, processID: backend.processID, secretKey: backend.secretKey,
-            timeout: shard.settings.cancelWaitTimeout, on: shard.loop
+            timeout: owner.settings.cancelWaitTimeout, on: owner.loop
         ) {
             server.cancelFinished()
             then()
         }
         return true
     }
-
 
     // MARK: Authentication
 

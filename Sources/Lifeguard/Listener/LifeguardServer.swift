@@ -4,15 +4,17 @@ import LifeguardEngine
 import Logging
 import NIOCore
 
-/// The running daemon: the event loop, its pool shard and the TCP and Unix-socket listeners, and the
-/// process-level controls (reload, shutdown modes, signals).
+/// The running daemon: the engine loops (`threads`), their pool shards, the TCP and Unix-socket listeners
+/// every loop accepts from, and the process-level controls (reload, shutdown modes, signals).
 public final class LifeguardServer: DaemonControl {
     public private(set) var configuration: Configuration
     private let configurationPath: String
-    private let loop: EngineLoop
-    private let shard: PoolShard
-    private var tcpListeners: [Listener] = []
-    private var unixListener: Listener?
+    private let group: ShardGroup
+    /// The first loop, on the main thread: it takes the signals and runs the drain check.
+    private var loop: EngineLoop { group.first.loop }
+    /// Per listening socket, one listener per loop; the first of each owns the socket.
+    private var tcpListeners: [[Listener]] = []
+    private var unixListeners: [Listener] = []
     private let logger: Logger
     private var unixSocketPath: String?
     private let reopenLog: () -> Void
@@ -30,21 +32,23 @@ public final class LifeguardServer: DaemonControl {
         self.configuration = configuration
         self.logger = logger
         self.reopenLog = reopenLog
-        // One loop for now; the shard is shaped so that each loop can later own its own.
-        self.loop = try EngineLoop()
-        self.shard = PoolShard(
-            loop: loop, shared: SharedState(), configuration: configuration, userList: userList, logger: logger)
-        shard.control.daemon = self
+        let threads = configuration.settings.threads ?? max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        self.group = ShardGroup(
+            loops: try LoopGroup(count: threads), configuration: configuration, userList: userList, logger: logger)
+        group.control.daemon = self
     }
+
+    /// The number of engine threads.
+    public var threadCount: Int { group.shards.count }
 
     /// Binds every listener and starts taking `signals` (blocked in every thread by the caller); throws
     /// (with the address in the message) when a listener cannot be bound.
     public func start(signals: [Int32]) throws {
         let settings = configuration.settings
-        try loop.handleSignals(signals) { [unowned self] in self.handleSignal($0) }
-        shard.startJanitor()
-        let shard = self.shard
-        let accept = { (connection: Connection) in ClientSession(connection: connection, shard: shard).start() }
+        try loop.handleSignals(signals) { [unowned self] number in
+            group.acrossShards(from: group.first) { handleSignal(number) }
+        }
+        group.start()
         let backlog = Int32(clamping: settings.listenBacklog)
 
         for address in settings.listenAddresses {
@@ -54,9 +58,7 @@ public final class LifeguardServer: DaemonControl {
                     var options = TCPTuning.listenerOptions(settings)
                     if settings.soReuseport { options.append((SOL_SOCKET, SO_REUSEPORT, 1)) }
                     let socketAddress = try SocketAddress.makeAddressResolvingHost(host, port: settings.listenPort)
-                    tcpListeners.append(
-                        try Listener.listen(
-                            on: socketAddress, backlog: backlog, listenerOptions: options, loop: loop, onAccept: accept))
+                    tcpListeners.append(try listenOnEveryLoop(socketAddress, backlog: backlog, options: options))
                     logger.info("listening on \(host):\(settings.listenPort)")
                 } catch where address == "*" && host == "::" {
                     // IPv6 may be missing, or "::" may already cover IPv4: 0.0.0.0 is enough then.
@@ -71,9 +73,8 @@ public final class LifeguardServer: DaemonControl {
             let path = "\(settings.unixSocketDir)/.s.PGSQL.\(settings.listenPort)"
             unlink(path)  // a stale socket from a previous run; PgBouncer removes it too
             do {
-                unixListener = try Listener.listen(
-                    on: try SocketAddress(unixDomainSocketPath: path), backlog: backlog, listenerOptions: [],
-                    loop: loop, onAccept: accept)
+                unixListeners = try listenOnEveryLoop(
+                    try SocketAddress(unixDomainSocketPath: path), backlog: backlog, options: [])
                 chmod(path, mode_t(settings.unixSocketMode))
                 unixSocketPath = path
                 logger.info("listening on unix:\(path)")
@@ -81,37 +82,69 @@ public final class LifeguardServer: DaemonControl {
                 throw StartupError("cannot listen on unix:\(path): \(error)")
             }
         }
-        if tcpListeners.isEmpty && unixListener == nil {
+        if tcpListeners.isEmpty && unixListeners.isEmpty {
             throw StartupError("nothing to listen on: set listen_addr or unix_socket_dir")
         }
     }
 
-    /// Serves until a signal, SHUTDOWN or a finished drain asks the daemon to exit.
+    /// One listening socket, watched by every loop; each accepts into its own shard.
+    private func listenOnEveryLoop(_ address: SocketAddress, backlog: Int32, options: [SocketOptionSetting])
+        throws -> [Listener]
+    {
+        let shards = group.shards
+        let accept = { (shard: PoolShard) in
+            { (connection: Connection) in ClientSession(connection: connection, shard: shard).start() }
+        }
+        let first = try Listener.listen(
+            on: address, backlog: backlog, listenerOptions: options, loop: shards[0].loop, shared: shards.count > 1,
+            onAccept: accept(shards[0]))
+        var listeners = [first]
+        do {
+            for shard in shards.dropFirst() {
+                listeners.append(try first.alsoWatch(on: shard.loop, onAccept: accept(shard)))
+            }
+        } catch {
+            close(listeners)
+            throw error
+        }
+        return listeners
+    }
+
+    /// Closes one socket's listeners: the ones that only watch it first, then its owner.
+    private func close(_ listeners: [Listener]) {
+        for listener in listeners.reversed() { listener.close() }
+    }
+
+    /// Serves until a signal, SHUTDOWN or a finished drain asks the daemon to exit; the other loops run on
+    /// threads of their own meanwhile.
     public func run() {
+        group.loops.startThreads()
         loop.run()
+        group.loops.stopThreads()
     }
 
     private func requestExit() {
         loop.stop()
     }
 
-    /// Closes the listeners and says goodbye to every connection (Terminate to servers).
+    /// Closes the listeners and says goodbye to every connection (Terminate to servers). After `run`, with
+    /// the other threads stopped, so this thread may touch every loop.
     public func shutdown() {
-        for listener in tcpListeners + [unixListener].compactMap({ $0 }) { listener.close() }
+        for listeners in tcpListeners + [unixListeners] { close(listeners) }
         tcpListeners = []
-        unixListener = nil
-        shard.stop()
-        shard.closeAllConnections()
+        unixListeners = []
+        group.stop()
+        group.closeAllConnections()
         // The goodbyes are queued writes and deferred close notifications: one more turn sends them.
-        loop.runOnce(maxWaitMilliseconds: 0)
+        for loop in group.loops.loops { loop.runOnce(maxWaitMilliseconds: 0) }
         if let unixSocketPath { unlink(unixSocketPath) }
     }
 
     // MARK: Signals
 
     /// PgBouncer's signals: HUP reload, TERM wait for clients, INT wait for servers (a second TERM or INT
-    /// exits at once), QUIT exit, USR1 pause, USR2 resume. Runs on the loop (the signalfd is one of its
-    /// descriptors).
+    /// exits at once), QUIT exit, USR1 pause, USR2 resume. Runs on the first loop (the signalfd is one of
+    /// its descriptors), with the others parked.
     private func handleSignal(_ signalNumber: Int32) {
         switch signalNumber {
         case SIGHUP:
@@ -133,16 +166,16 @@ public final class LifeguardServer: DaemonControl {
             shutdown(.immediate)
         case SIGUSR1:
             logger.info("got SIGUSR1, pausing all activity")
-            shard.pause(database: nil)
+            group.pause(database: nil)
         case SIGUSR2:
             logger.info("got SIGUSR2, continuing")
-            if !shard.isShuttingDown, shard.control.pauseMode != .running { shard.resume(database: nil) }
+            if !group.isShuttingDown, group.control.pauseMode != .running { group.resume(database: nil) }
         default:
             break
         }
     }
 
-    // MARK: DaemonControl (on the event loop)
+    // MARK: DaemonControl (with every other loop parked)
 
     func reload() -> Bool {
         reopenLog()
@@ -151,7 +184,7 @@ public final class LifeguardServer: DaemonControl {
             let userList = try newConfiguration.settings.authFile.map { try UserList.load(path: $0) } ?? UserList(secrets: [:])
             for warning in newConfiguration.warnings { logger.warning("\(warning)") }
             configuration = newConfiguration
-            shard.reload(configuration: newConfiguration, userList: userList)
+            for shard in group.shards { shard.reload(configuration: newConfiguration, userList: userList) }
             logger.info("configuration reloaded from \(configurationPath)")
             return true
         } catch {
@@ -166,28 +199,32 @@ public final class LifeguardServer: DaemonControl {
             requestExit()
             return
         case .waitForClients:
-            shard.control.draining = .waitForClients
+            group.control.draining = .waitForClients
         case .waitForServers:
-            shard.control.draining = .waitForServers
-            shard.pause(database: nil)
-            for client in shard.clientSessions.values where client.isWaitingForServer {
+            group.control.draining = .waitForServers
+            group.pause(database: nil)
+            for client in group.clientSessions where client.isWaitingForServer {
                 client.kill(PoolerError("server shutting down"))
             }
         }
         drainMode = mode
         // Only the console stays reachable, over the Unix socket (as in PgBouncer 1.25).
-        for listener in tcpListeners { listener.close() }
+        for listeners in tcpListeners { close(listeners) }
         tcpListeners = []
         if let drainTimer { loop.cancel(drainTimer) }
-        drainTimer = loop.scheduleRepeating(every: 0.1) { [weak self] in self?.exitIfDrained() }
+        drainTimer = loop.scheduleRepeating(every: 0.1) { [weak self] in self?.checkDrained() }
         exitIfDrained()
+    }
+
+    private func checkDrained() {
+        group.acrossShards(from: group.first) { exitIfDrained() }
     }
 
     private func exitIfDrained() {
         let drained: Bool
         switch drainMode {
-        case .waitForClients: drained = !shard.clientSessions.values.contains(where: \.isLoggedIn)
-        case .waitForServers: drained = !shard.serverConnections.values.contains(where: \.isLinked)
+        case .waitForClients: drained = !group.clientSessions.contains(where: \.isLoggedIn)
+        case .waitForServers: drained = !group.serverConnections.contains(where: \.isLinked)
         case .immediate, nil: drained = false
         }
         if drained {

@@ -260,7 +260,9 @@ final class Pool {
         if state.serverClosed(server, duringLogin: duringLogin) { uncountShared() }
         shard.unregister(server)
         launchIfNeeded()
-        shard.completeDeferredReplies()
+        if !shard.control.pendingReplies.isEmpty {
+            shard.group.acrossShards(from: shard) { shard.group.completeDeferredReplies() }
+        }
     }
 
     // MARK: Console control

@@ -12,9 +12,14 @@ struct CancelKey: Hashable {
 /// Everything one event loop owns: its pools, clients, servers and console sessions.
 ///
 /// All of it is touched only on `loop`, so the data path takes no locks. What spans shards (the counts behind
-/// the process-wide limits, cancel keys, connection ids) is in `shared`.
+/// the process-wide limits, cancel keys, connection ids) is in `shared`, and the control state (pause,
+/// drain) in `control`; both belong to the `group` of all shards.
 final class PoolShard {
     let loop: EngineLoop
+    /// Strong, as the group lives as long as the process (and a test's shard keeps its group).
+    let group: ShardGroup
+    let shared: SharedState
+    let control: ShardControl
     private(set) var configuration: Configuration
     /// `configuration.settings`, stored apart so the hot paths read single fields without copying the struct.
     private(set) var settings: Settings
@@ -23,7 +28,6 @@ final class PoolShard {
     private var secrets: [String: PasswordSecret]
     let logger: Logger
     private var pools: [PoolKey: Pool] = [:]
-    let shared: SharedState
     /// Secret for mock SCRAM exchanges with unknown users, so they look like real ones.
     let mockAuthenticationKey: [UInt8]
     /// SCRAM secrets and md5 hashes derived from plain-text userlist passwords, once per user.
@@ -38,14 +42,15 @@ final class PoolShard {
     private(set) var serverConnections: [ObjectIdentifier: ServerConnection] = [:]
     private(set) var adminSessions: [ObjectIdentifier: AdminSession] = [:]
     let resolver: HostResolver
-    /// Clients' named prepared statements, shared by definition across this loop's clients and servers.
-    let preparedStatements = PreparedStatementRegistry()
-    let control = ShardControl()
-    private var statsTimer: EngineLoop.TimerID?
+    /// Clients' named prepared statements, shared by definition across all clients and servers (the group's).
+    let preparedStatements: PreparedStatementRegistry
 
-    init(loop: EngineLoop, shared: SharedState, configuration: Configuration, userList: UserList, logger: Logger) {
+    init(loop: EngineLoop, group: ShardGroup, configuration: Configuration, userList: UserList, logger: Logger) {
         self.loop = loop
-        self.shared = shared
+        self.group = group
+        self.shared = group.shared
+        self.control = group.control
+        self.preparedStatements = group.preparedStatements
         self.configuration = configuration
         self.settings = configuration.settings
         self.ignoredStartupParameters = IgnoredStartupParameters(configuration.settings.ignoreStartupParameters)
@@ -67,7 +72,6 @@ final class PoolShard {
         // Strong captures: `stop` cancels both, and a weak reference would make every reference-count
         // operation on the shard take the slow path.
         janitor = loop.scheduleRepeating(every: 0.25) { self.runJanitor() }
-        statsTimer = loop.scheduleRepeating(every: max(settings.statsPeriod, 1)) { self.refreshStatistics() }
     }
 
     /// A database with a forced user has one pool whatever the client; it exists from the start, so
@@ -79,14 +83,18 @@ final class PoolShard {
     }
 
     /// Set when the daemon stops or drains, so logins are refused and closing connections say why.
-    private var stopped = false
-    var isShuttingDown: Bool { stopped || control.draining != nil }
+    var isShuttingDown: Bool { control.stopped || control.draining != nil }
+
+    /// SUSPEND: no socket is read until RESUME (Lifeguard holds no buffered data, so nothing needs flushing).
+    var isSuspended: Bool { control.pauseMode == .suspended }
+
+    func isPaused(_ database: String) -> Bool {
+        control.pauseMode != .running || control.pausedDatabases.contains(database)
+    }
 
     func stop() {
-        stopped = true
-        for timer in [janitor, statsTimer].compactMap({ $0 }) { loop.cancel(timer) }
+        if let janitor { loop.cancel(janitor) }
         janitor = nil
-        statsTimer = nil
     }
 
     /// Wall-clock seconds, refreshed by the janitor: connections stamp their request time from it on every
@@ -204,6 +212,14 @@ final class PoolShard {
         startForcedUserPools()
     }
 
+    /// Marks every server of `pool` to be closed when next released; idle ones close now.
+    func reconnect(pool: Pool) {
+        for server in serverConnections.values where server.pool === pool {
+            server.closeNeeded = true
+        }
+        pool.reconnectServers()
+    }
+
     /// Every existing pool takes the current configuration; a pool whose database is gone reconnects.
     private func applyConfigurationToPools() {
         for pool in pools.values {
@@ -266,7 +282,7 @@ final class PoolShard {
         shared.unregisterCancelKey(cancelKey)
         if control.suspendingSession === session {
             logger.info("admin disappeared when suspended, doing RESUME")
-            resume(database: nil)
+            group.acrossShards(from: self) { group.resume(database: nil) }
         }
     }
 

@@ -67,6 +67,9 @@ public struct Settings: Sendable, Equatable {
     public var disablePQExec = false
     public var listenBacklog: Int = 128
     public var soReuseport: Bool = false
+    /// Lifeguard only: how many engine threads serve clients, sharing one set of pools and limits; nil for
+    /// `auto` (one per online CPU).
+    public var threads: Int? = 1
     public var pktBuf: Int = 4096
     /// Timeouts in seconds; 0 disables the ones PgBouncer lets you disable.
     public var clientIdleTimeout: Double = 0
@@ -249,6 +252,10 @@ public struct Settings: Sendable, Equatable {
         key("tcp_keepintvl", "0", .integer) { $0.tcpKeepInterval = try $1.integer() },
         key("tcp_socket_buffer", "0", .integer) { $0.tcpSocketBuffer = try $1.integer() },
         key("tcp_user_timeout", "0", .integer) { $0.tcpUserTimeout = try $1.integer() },
+        // Lifeguard's own; PgBouncer is single-threaded.
+        key("threads", "1", .string, restart: true) {
+            $0.threads = $1.value.trimmingWhitespace().lowercased() == "auto" ? nil : try $1.integer(in: 1...256)
+        },
         key("track_extra_parameters", "IntervalStyle", .string, restart: true) { $0.trackExtraParameters = $1.list() },
         key("transaction_timeout", "0", .seconds) { $0.transactionTimeout = try $1.seconds() },
         key("unix_socket_dir", "/tmp", .string, restart: true) { $0.unixSocketDir = $1.value },

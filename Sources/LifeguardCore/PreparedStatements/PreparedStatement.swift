@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import PostgresWire
 
@@ -29,12 +30,15 @@ public final class PreparedStatement {
     }
 }
 
-/// Finds the shared statement for a definition. One per event loop; statements are not thread-safe.
-public final class PreparedStatementRegistry {
+/// Finds the shared statement for a definition. One per process: every engine thread's clients and servers
+/// use it, so a server that moves to another thread keeps a cache whose statements mean the same there.
+/// Its lock is taken when a client prepares a statement and when a statement dies, never per execution.
+public final class PreparedStatementRegistry: @unchecked Sendable {
     private struct WeakStatement {
         weak var statement: PreparedStatement?
     }
 
+    private let lock = NIOLock()
     private var statements: [ByteBuffer: WeakStatement] = [:]
     private var lastID = 0
 
@@ -42,21 +46,25 @@ public final class PreparedStatementRegistry {
 
     /// The statement for `definition`, shared with every other client that prepared the same one.
     public func statement(for definition: ByteBuffer) -> PreparedStatement {
-        if let existing = statements[definition]?.statement { return existing }
-        lastID += 1
-        // A copy: the definition usually sits in a large read buffer that must not be kept alive.
-        var owned = ByteBuffer()
-        owned.writeImmutableBuffer(definition)
-        let statement = PreparedStatement(id: lastID, definition: owned, registry: self)
-        statements[owned] = WeakStatement(statement: statement)
-        return statement
+        lock.withLock {
+            if let existing = statements[definition]?.statement { return existing }
+            lastID += 1
+            // A copy: the definition usually sits in a large read buffer that must not be kept alive.
+            var owned = ByteBuffer()
+            owned.writeImmutableBuffer(definition)
+            let statement = PreparedStatement(id: lastID, definition: owned, registry: self)
+            statements[owned] = WeakStatement(statement: statement)
+            return statement
+        }
     }
 
     /// Statements some client or server still holds.
-    public var count: Int { statements.count }
+    public var count: Int { lock.withLock { statements.count } }
 
     fileprivate func forget(_ definition: ByteBuffer) {
-        // A statement made for the same definition after this one died keeps its entry.
-        if statements[definition]?.statement == nil { statements[definition] = nil }
+        lock.withLock {
+            // A statement made for the same definition after this one died keeps its entry.
+            if statements[definition]?.statement == nil { statements[definition] = nil }
+        }
     }
 }

@@ -1,4 +1,5 @@
 import LifeguardCore
+import LifeguardEngine
 import Logging
 import NIOCore
 
@@ -33,8 +34,9 @@ enum DeferredCommand {
     case waitClose(database: String?)
 }
 
-/// Control-plane state and actions of a shard: pausing, disabling, killing, reconnecting, and the
-/// statistics snapshots behind the console's averages.
+/// Control-plane state of the whole process: pausing, disabling, draining, and the statistics snapshots
+/// behind the console's averages. One object shared by every shard: the console, signals and reload change
+/// it with the other loops parked, and the data path only reads it.
 final class ShardControl {
     var pauseMode = PauseMode.running
     var pausedDatabases: Set<String> = []
@@ -50,24 +52,93 @@ final class ShardControl {
     weak var daemon: DaemonControl?
     /// Set by SHUTDOWN WAIT_FOR_* and SIGTERM/SIGINT: only console logins are accepted.
     var draining: ShutdownMode?
+    /// Set when the daemon stops: logins are refused and closing connections say why.
+    var stopped = false
 }
 
-extension PoolShard {
-    /// SUSPEND: no socket is read until RESUME (Lifeguard holds no buffered data, so nothing needs flushing).
-    var isSuspended: Bool { control.pauseMode == .suspended }
+/// The process's shards, one per engine loop (`threads`), and what acts on all of them: the console's
+/// control commands and lists, signals, reload, the statistics line.
+///
+/// A method that reaches beyond one shard must run inside `acrossShards`, which parks every other loop
+/// for its duration, as a single-threaded pooler would be busy with the console command.
+final class ShardGroup {
+    let loops: LoopGroup
+    let shared = SharedState()
+    let control = ShardControl()
+    let preparedStatements = PreparedStatementRegistry()
+    private(set) var shards: [PoolShard] = []
+    let logger: Logger
+    private var statsTimer: EngineLoop.TimerID?
 
-    func isPaused(_ database: String) -> Bool {
-        control.pauseMode != .running || control.pausedDatabases.contains(database)
+    init(loops: LoopGroup, configuration: Configuration, userList: UserList, logger: Logger) {
+        self.loops = loops
+        self.logger = logger
+        shards = loops.loops.map {
+            PoolShard(loop: $0, group: self, configuration: configuration, userList: userList, logger: logger)
+        }
     }
 
-    func pools(of database: String?) -> [Pool] {
-        allPools.filter { database == nil || $0.key.database == database }
+    var first: PoolShard { shards[0] }
+
+    /// Runs `body` on `caller`'s loop with every other shard's loop parked, so it may touch any shard.
+    func acrossShards<T>(from caller: PoolShard, _ body: () throws -> T) rethrows -> T {
+        try loops.withOthersParked(from: caller.loop, body)
+    }
+
+    func start() {
+        for shard in shards { shard.startJanitor() }
+        let period = max(first.settings.statsPeriod, 1)
+        statsTimer = first.loop.scheduleRepeating(every: period) { [unowned self] in
+            acrossShards(from: first) { refreshStatistics() }
+        }
+    }
+
+    /// Stops the periodic work and refuses new logins (at exit).
+    func stop() {
+        control.stopped = true
+        if let statsTimer { first.loop.cancel(statsTimer) }
+        statsTimer = nil
+        for shard in shards { shard.stop() }
+    }
+
+    var isShuttingDown: Bool { control.stopped || control.draining != nil }
+
+    // MARK: Views over all shards (inside acrossShards)
+
+    var clientSessions: [ClientSession] { shards.flatMap { Array($0.clientSessions.values) } }
+    var serverConnections: [ServerConnection] { shards.flatMap { Array($0.serverConnections.values) } }
+    var adminSessions: [AdminSession] { shards.flatMap { Array($0.adminSessions.values) } }
+
+    /// Each pool once, its shards' parts added up.
+    var pools: [PoolSummary] {
+        var byKey: [PoolKey: PoolSummary] = [:]
+        for shard in shards {
+            for pool in shard.allPools {
+                byKey[pool.key, default: PoolSummary(key: pool.key, mode: pool.mode)].add(pool)
+            }
+        }
+        return byKey.keys.sorted { ($0.database, $0.user) < ($1.database, $1.user) }.map { byKey[$0]! }
+    }
+
+    func pools(of database: String?) -> [PoolSummary] {
+        pools.filter { database == nil || $0.key.database == database }
+    }
+}
+
+// MARK: Control (inside acrossShards)
+
+extension ShardGroup {
+    var isSuspended: Bool { control.pauseMode == .suspended }
+
+    /// The shards' own pools (one per shard and key) of `database`, or all.
+    private func shardPools(of database: String?) -> [Pool] {
+        shards.flatMap { $0.allPools }.filter { database == nil || $0.key.database == database }
     }
 
     /// Stops handing out servers in the scope and closes them as they come free.
     func pause(database: String?) {
         if let database { control.pausedDatabases.insert(database) } else { control.pauseMode = .paused }
-        for pool in pools(of: database) { pool.closeIdleServers(reason: "pause") }
+        for pool in shardPools(of: database) { pool.closeIdleServers(reason: "pause") }
     }
 
     func resume(database: String?) {
@@ -75,10 +146,10 @@ extension PoolShard {
         if let database { control.pausedDatabases.remove(database) } else { control.pauseMode = .running }
         control.suspendingSession = nil
         if wasSuspended {
-            for client in clientSessions.values { client.resumeReads() }
-            for server in serverConnections.values { server.resumeReads() }
+            for client in clientSessions { client.resumeReads() }
+            for server in serverConnections { server.resumeReads() }
         }
-        for pool in pools(of: database) { pool.resumeAfterPause() }
+        for pool in shardPools(of: database) { pool.resumeAfterPause() }
         // A PAUSE still waiting for servers has been overtaken by the RESUME.
         control.pendingReplies.removeAll { pending in
             if case .pause = pending.command {
@@ -91,35 +162,28 @@ extension PoolShard {
 
     /// Marks every server of the scope to be closed when next released; idle ones close now.
     func reconnect(database: String?) {
-        for pool in pools(of: database) { reconnect(pool: pool) }
-    }
-
-    func reconnect(pool: Pool) {
-        for server in serverConnections.values where server.pool === pool {
-            server.closeNeeded = true
-        }
-        pool.reconnectServers()
+        for pool in shardPools(of: database) { pool.shard.reconnect(pool: pool) }
     }
 
     /// Drops every client and server of the scope; the scope stays paused until RESUME.
     func kill(database: String?) {
         if let database { control.pausedDatabases.insert(database) } else {
-            for pool in allPools { control.pausedDatabases.insert(pool.key.database) }
+            for pool in shardPools(of: nil) { control.pausedDatabases.insert(pool.key.database) }
         }
         let forcedOff = PoolerError("admin forced disconnect")
-        for client in clientSessions.values where database == nil || client.pool?.key.database == database {
+        for client in clientSessions where database == nil || client.pool?.key.database == database {
             client.kill(forcedOff)
         }
-        for server in serverConnections.values where database == nil || server.pool.key.database == database {
+        for server in serverConnections where database == nil || server.pool.key.database == database {
             server.close(reason: "admin forced disconnect")
         }
     }
 
     /// At exit: clients and console sessions are told the pooler is shutting down, servers get Terminate.
     func closeAllConnections() {
-        for client in clientSessions.values { client.kill(.shuttingDown) }
-        for session in adminSessions.values { session.closeWithFatal(.shuttingDown) }
-        for server in serverConnections.values { server.terminate(reason: "pooler is shutting down") }
+        for client in clientSessions { client.kill(.shuttingDown) }
+        for session in adminSessions { session.closeWithFatal(.shuttingDown) }
+        for server in serverConnections { server.terminate(reason: "pooler is shutting down") }
     }
 
     /// Answers deferred PAUSE / WAIT_CLOSE replies whose condition now holds.
@@ -135,7 +199,7 @@ extension PoolShard {
                     stillWaiting.append(entry)
                 }
             case .waitClose(let database):
-                let closing = serverConnections.values.contains {
+                let closing = serverConnections.contains {
                     $0.closeNeeded && (database == nil || $0.pool.key.database == database)
                 }
                 if closing { stillWaiting.append(entry) } else { entry.session.finishDeferred(tag: "WAIT_CLOSE") }
@@ -145,7 +209,7 @@ extension PoolShard {
     }
 
     func serverCount(of database: String?) -> Int {
-        pools(of: database).reduce(0) { $0 + $1.serverCount }
+        shardPools(of: database).reduce(0) { $0 + $1.serverCount }
     }
 
     /// A console session waiting for a deferred reply went away: nobody to answer any more.
@@ -160,19 +224,42 @@ extension PoolShard {
         control.olderStats = control.newerStats
         control.olderStamp = control.newerStamp
         control.newerStamp = .now()
-        control.newerStats = Dictionary(uniqueKeysWithValues: allPools.map { ($0.key, $0.stats) })
-        guard settings.logStats else { return }
-        let average = averages(of: Array(allPools))
+        let pools = self.pools
+        control.newerStats = Dictionary(uniqueKeysWithValues: pools.map { ($0.key, $0.stats) })
+        guard first.settings.logStats else { return }
+        let average = averages(of: pools)
         logger.info(
             "stats: \(average.transactions) xacts/s, \(average.queries) queries/s, \(average.clientParses) client parses/s, \(average.serverParses) server parses/s, \(average.binds) binds/s, in \(average.bytesReceived) B/s, out \(average.bytesSent) B/s, xact \(average.transactionMicroseconds) us, query \(average.queryMicroseconds) us, wait \(average.waitMicroseconds) us"
         )
     }
 
     /// PgBouncer's averages for `pools` at this moment: from the snapshot before last to now.
-    func averages(of pools: [Pool]) -> PoolStatistics {
+    func averages(of pools: [PoolSummary]) -> PoolStatistics {
         let now = pools.reduce(PoolStatistics()) { $0 + $1.stats }
         let earlier = pools.reduce(PoolStatistics()) { $0 + (control.olderStats[$1.key] ?? PoolStatistics()) }
         let seconds = Double((NIODeadline.now() - control.olderStamp).nanoseconds) / 1e9
         return now.averages(since: earlier, seconds: seconds)
+    }
+}
+
+/// One pool as the console lists it: the parts every shard holds of it, added up.
+struct PoolSummary {
+    let key: PoolKey
+    let mode: PoolMode
+    private(set) var serverCount = 0
+    private(set) var clientCount = 0
+    private(set) var longestWaitMicroseconds = 0
+    private(set) var stats = PoolStatistics()
+
+    init(key: PoolKey, mode: PoolMode) {
+        self.key = key
+        self.mode = mode
+    }
+
+    mutating func add(_ pool: Pool) {
+        serverCount += pool.serverCount
+        clientCount += pool.clientCount
+        longestWaitMicroseconds = max(longestWaitMicroseconds, pool.longestWaitMicroseconds)
+        stats = stats + pool.stats
     }
 }

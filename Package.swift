@@ -37,6 +37,7 @@ let package = Package(
                 "CLinuxShims",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
             ],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),

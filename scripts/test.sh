@@ -124,6 +124,9 @@ echo "== swift test"
 export LIFEGUARD_TEST_PGPORT=$pg_port LIFEGUARD_TEST_PGDIR="$work/pg" LIFEGUARD_BINARY="$bin_path/lifeguard"
 swift test --skip-build 2>&1 | grep -vE '^(◇|↳)'
 
+echo "== integration tests again with threads = 2 (every Lifeguard they start runs two engine threads)"
+LIFEGUARD_TEST_THREADS=2 swift test --skip-build --filter IntegrationTests 2>&1 | grep -vE '^(◇|↳)'
+
 echo "== fuzz smoke: every libFuzzer target for 5 s (scripts/fuzz.sh)"
 scripts/fuzz.sh 5
 

@@ -43,7 +43,7 @@ public final class Connection: ReadinessHandler {
 
     /// The loop outlives its connections; unchecked, as a checked reference costs reference counting on
     /// every read and write.
-    public unowned(unsafe) let loop: EngineLoop
+    public private(set) unowned(unsafe) var loop: EngineLoop
     public private(set) var fd: Int32
     public var delegate: ConnectionDelegate?
     private var state: State
@@ -230,6 +230,40 @@ public final class Connection: ReadinessHandler {
             if whole > 0 { queued.removeFirst(whole) }
             queued[0].moveReaderIndex(forwardBy: left)
         }
+    }
+
+    // MARK: Moving between loops
+
+    /// Whether the connection can move to another loop: open, with nothing queued to write.
+    public var canMove: Bool { state == .open && queued.isEmpty && !closesWhenWritten }
+
+    /// On the current loop's thread: stops watching the socket here, so that another loop can `attach` it.
+    /// Nothing about it runs until then; bytes that arrive meanwhile wait in the kernel.
+    public func detach() {
+        precondition(canMove, "only an open connection with nothing queued moves")
+        loop.unwatchAndRemove(fd)
+    }
+
+    /// On `newLoop`'s thread: watches the detached socket there, with the events it was watched for.
+    public func attach(to newLoop: EngineLoop) throws {
+        loop = newLoop
+        do {
+            try newLoop.watch(fd, events: interest, handler: self)
+        } catch {
+            close(error: SocketError("epoll_ctl"))
+            throw error
+        }
+    }
+
+    /// Closes a detached connection that no loop will adopt, without touching any loop; nobody is told.
+    public func abandon() {
+        guard state != .closed else { return }
+        state = .closed
+        Glibc.close(fd)
+        fd = -1
+        queued = []
+        queuedBytes = 0
+        delegate = nil
     }
 
     // MARK: Closing

@@ -1,4 +1,5 @@
 import CLinuxShims
+import DequeModule
 import Dispatch
 import Glibc
 import NIOConcurrencyHelpers
@@ -28,7 +29,7 @@ public final class EngineLoop: @unchecked Sendable {
     /// The batch being run; swapped with `deferredTasks` so that neither array is reallocated per event.
     private var runningTasks: [() -> Void] = []
     private let crossThreadLock = NIOLock()
-    private var crossThreadTasks: [() -> Void] = []
+    private var crossThreadTasks: Deque<() -> Void> = []
     private var stopRequested = false
     private let readyEvents: UnsafeMutablePointer<lifeguard_ready_event>
     private static let maxEventsPerWait: Int32 = 256
@@ -99,15 +100,14 @@ public final class EngineLoop: @unchecked Sendable {
     }
 
     /// Runs the tasks other threads sent; also called by a loop waiting to park the others (LoopGroup).
+    /// Taken one at a time, so that a task which itself waits for another loop (parking the others) still
+    /// lets this call, nested inside it, run the tasks queued behind it, such as that loop's park request.
     func runCrossThreadTasks() {
         var counter: UInt64 = 0
         _ = Glibc.read(wakeFD, &counter, 8)
-        let tasks = crossThreadLock.withLock {
-            let tasks = crossThreadTasks
-            crossThreadTasks = []
-            return tasks
+        while let task = crossThreadLock.withLock({ crossThreadTasks.popFirst() }) {
+            task()
         }
-        for task in tasks { task() }
     }
 
     /// Runs `task` on the loop once the current event has been handled.

@@ -180,6 +180,24 @@ import Testing
         guard case .wait = state.clientWantsServer(Client(), now: 0, paused: false) else { return fail("lent a closed server") }
     }
 
+    @Test func aServerMovingBetweenThreadsLeavesOnePartAndGreetsTheOthersWaitingClients() {
+        var giving = makeState()
+        let older = idleServer(in: &giving)
+        let newer = idleServer(in: &giving)
+        #expect(giving.takeIdleServerToMove() === older, "the least warm server moves")
+        giving.serverMovedOut(older)
+        #expect(giving.serverCount == 1 && giving.idleServers.map { $0 === newer } == [true])
+
+        // The receiving part never logged a server in: its clients waited for the welcome.
+        var taking = makeState()
+        let client = Client()
+        guard case .wait = taking.clientNeedsWelcome(client, now: 0) else { return fail("greeted with no server") }
+        let greeted = taking.serverMovedIn()
+        #expect(greeted.count == 1 && greeted[0] === client)
+        #expect(taking.serverCount == 1 && taking.canWelcome)
+        #expect(taking.serverMovedIn().isEmpty, "greeted once")
+    }
+
     @Test func aClientThatLeavesGivesUpItsPlaceInEveryQueue() {
         var state = makeState()
         let client = Client()

@@ -62,6 +62,43 @@ import Testing
         #expect(group.loops[0].run(until: { finished.withLockedValue { $0 } == 2 * rounds }, timeout: 20))
     }
 
+    @Test func aConnectionMovesToAnotherLoopAndKeepsCarryingBytes() throws {
+        let first = try EngineLoop()
+        let second = try EngineLoop()
+        let echo = EngineTests.Recorder()
+        echo.echoes = true
+        var accepted: Connection?
+        let listener = try Listener.listen(
+            on: try SocketAddress(ipAddress: "127.0.0.1", port: 0), backlog: 4, listenerOptions: [], loop: first
+        ) {
+            $0.delegate = echo
+            accepted = $0
+        }
+        let peer = try PeerSocket(connectingTo: listener.localAddress!)
+        try #require(first.run(until: { accepted != nil }))
+        let connection = try #require(accepted)
+        try peer.write(ByteBuffer(string: "one"))
+        #expect(first.run(until: { echo.received.readableBytes == 3 }))
+
+        #expect(connection.canMove)
+        connection.detach()
+        try peer.write(ByteBuffer(string: "two"))
+        first.settle()
+        #expect(echo.received.readableBytes == 3, "a detached connection is not read by its old loop")
+        try connection.attach(to: second)
+        #expect(connection.loop === second)
+        #expect(second.run(until: { echo.received.readableBytes == 6 }), "the bytes sent meanwhile arrive")
+        var echoed = ByteBuffer()
+        #expect(second.run(until: {
+            var chunk = peer.readAvailable()
+            echoed.writeBuffer(&chunk)
+            return echoed.readableBytes == 6
+        }))
+        #expect(String(buffer: echoed) == "onetwo")
+        connection.close()
+        listener.close()
+    }
+
     @Test func loopsSharingAListeningSocketEachAccept() throws {
         let group = try LoopGroup(count: 2)
         let acceptedBy = NIOLockedValueBox<[ObjectIdentifier]>([])

@@ -198,18 +198,22 @@ final class Pool {
 
     /// A server finished its login (and connect_query).
     func serverLoggedIn(_ server: ServerConnection) {
-        if welcomePrefix == nil {
-            var prefix = ByteBuffer()
-            prefix.writeAuthenticationOK()
-            for (name, value) in server.reportedParameters where TrackedParameter.index(of: name) == nil {
-                prefix.writeParameterStatus(name: name, value: value)
-            }
-            welcomePrefix = prefix
-            defaultParameters = server.parameters
-        }
+        learnWelcome(from: server)
         for client in state.serverLoggedIn() { client.sendWelcome() }
         serverAvailable(server)
         launchIfNeeded()
+    }
+
+    /// The first server this part of the pool gets gives it the welcome its clients are greeted with.
+    private func learnWelcome(from server: ServerConnection) {
+        guard welcomePrefix == nil else { return }
+        var prefix = ByteBuffer()
+        prefix.writeAuthenticationOK()
+        for (name, value) in server.reportedParameters where TrackedParameter.index(of: name) == nil {
+            prefix.writeParameterStatus(name: name, value: value)
+        }
+        welcomePrefix = prefix
+        defaultParameters = server.parameters
     }
 
     /// A server login failed with `error`. When no server of this pool is left to serve them, the clients
@@ -229,6 +233,15 @@ final class Pool {
         conditions.statementCacheUntrusted = server.statementCacheUntrusted
         conditions.lifetimeOver = Timeouts.lifetimeOver(
             connectedSeconds: server.connectTime, nowSeconds: shard.clockSeconds, lifetimeSeconds: serverLifetime)
+        if let request = serverRequests.first, conditions.allowReuse, server.canMove,
+            state.waitingClients.isEmpty || state.serverCount > request.servers + 1
+        {
+            // Another thread's clients wait for this pool and this thread needs the server less: nobody
+            // waits here, or this thread holds more of the pool's servers than that one.
+            serverRequests.removeFirst()
+            move(server, to: request.shard)
+            return
+        }
         switch state.serverFreed(server, conditions, now: Self.now) {
         case .park:
             server.parkUntilCancelsFinish()
@@ -265,6 +278,56 @@ final class Pool {
         }
     }
 
+    // MARK: Servers moving between threads
+
+    /// Other threads' parts of this pool that asked for a server, with how many servers each held then;
+    /// served in the order they asked.
+    private var serverRequests: [(shard: PoolShard, servers: Int)] = []
+    /// When this part asked the other threads for a server, until one arrives.
+    private var askedForServerAt: NIODeadline?
+    /// A request that got no server this long (its answer was lost with a freed pool) is made again.
+    private static let serverRequestRetry = TimeAmount.seconds(1)
+
+    /// This part's clients wait, the pool is full across threads, and no server of its own is coming:
+    /// ask every other thread's part for one.
+    private func askOtherThreadsForAServer() {
+        guard shard.group.shards.count > 1, askedForServerAt == nil else { return }
+        askedForServerAt = .now()
+        let (key, requester, servers) = (self.key, shard, state.serverCount)
+        for other in shard.group.shards where other !== requester {
+            other.loop.execute { other.serverRequested(for: key, by: requester, holding: servers) }
+        }
+    }
+
+    /// Another thread's part asked for a server: the idle one that waited longest goes now, or the next
+    /// one freed here goes, if this thread needs it less (see `serverAvailable`).
+    func serverRequested(by requester: PoolShard, holding servers: Int) {
+        if let server = state.idleServers.first, server.canMove {
+            move(server, to: requester)
+        } else if !serverRequests.contains(where: { $0.shard === requester }) {
+            serverRequests.append((requester, servers))
+        }
+    }
+
+    /// Hands an idle or just-freed server to `requester`'s thread. It stays counted against the pool's
+    /// limits; only the parts' own counts change.
+    private func move(_ server: ServerConnection, to requester: PoolShard) {
+        state.serverMovedOut(server)
+        server.moveOut()
+        let key = self.key
+        requester.loop.execute { requester.adoptMovedServer(server, for: key) }
+    }
+
+    /// On this thread: a server moved here from another thread's part of the pool.
+    func serverMovedIn(_ server: ServerConnection) {
+        askedForServerAt = nil
+        learnWelcome(from: server)
+        for client in state.serverMovedIn() { client.sendWelcome() }
+        guard server.moveIn(to: self) else { return }
+        serverAvailable(server)
+        launchIfNeeded()
+    }
+
     // MARK: Console control
 
     func closeIdleServers(reason: String) {
@@ -294,8 +357,12 @@ final class Pool {
         state.waitingClients.first.map { $0.client.waitMicroseconds } ?? 0
     }
 
-    /// Periodic upkeep: reserve connections for clients that waited long enough, and min_pool_size.
+    /// Periodic upkeep: reserve connections for clients that waited long enough, and min_pool_size; a
+    /// request for a server that went unanswered is made again.
     func maintain() {
+        if let askedForServerAt, NIODeadline.now() - askedForServerAt > Self.serverRequestRetry {
+            self.askedForServerAt = nil
+        }
         launchIfNeeded()
     }
 
@@ -304,13 +371,18 @@ final class Pool {
         // Decided under the shared lock against the whole process's counts: no other shard can take the
         // same last slot meanwhile.
         let paused = shard.isPaused(key.database)
+        var full = false
         let decision = shard.shared.launchServer(for: key) { ofPool, ofDatabase, ofUser in
-            state.launchDecision(
+            let capacity = state.capacity
+            full = capacity.size > 0 && ofPool >= capacity.size
+            return state.launchDecision(
                 now: Self.now, serversOfPool: ofPool, serversOfDatabase: ofDatabase, serversOfUser: ofUser,
                 hasForcedUser: database.user != nil, paused: paused)
         }
         switch decision {
         case .wait:
+            let demand = !state.waitingClients.isEmpty || !state.clientsAwaitingWelcome.isEmpty
+            if demand, full, state.serversLoggingIn == 0, !paused { askOtherThreadsForAServer() }
             return
         case .evictForDatabaseLimit:
             // The slot is taken at once: waiting for the close would let it go unused when this pool's

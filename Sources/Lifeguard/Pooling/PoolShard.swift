@@ -186,6 +186,23 @@ final class PoolShard {
 
     var allPools: Dictionary<PoolKey, Pool>.Values { pools.values }
 
+    // MARK: Servers moving between threads
+
+    /// Another thread's part of the pool `key` needs a server (see Pool.serverRequested).
+    func serverRequested(for key: PoolKey, by requester: PoolShard, holding servers: Int) {
+        pools[key]?.serverRequested(by: requester, holding: servers)
+    }
+
+    /// A server another thread moved here for the pool `key`.
+    func adoptMovedServer(_ server: ServerConnection, for key: PoolKey) {
+        guard !isShuttingDown, let database = database(named: key.database) else {
+            server.abandonAfterMove()
+            shared.serverUncounted(for: key)
+            return
+        }
+        pool(for: database, clientDatabase: key.database, clientUser: key.user).serverMovedIn(server)
+    }
+
     /// Closes an idle server of some other pool that `matches`, to free a slot under a shared limit.
     /// Returns false when there was none.
     func evictIdleServer(excluding requester: Pool, where matches: (Pool) -> Bool) -> Bool {

@@ -10,7 +10,9 @@ import PostgresWire
 /// the bodies of ReadyForQuery (it decides when the server is free again), ParameterStatus (it keeps the
 /// client's tracked settings current) and ErrorResponse.
 final class ServerConnection: ConnectionDelegate {
-    let pool: Pool
+    /// The pool (this thread's part of it) the server serves; it changes when the server moves to another
+    /// thread.
+    private(set) var pool: Pool
     /// The lifecycle: login, idle, syncing a client's parameters, linked, reset or check, closed.
     private var machine = ServerStateMachine<ClientSession>()
     /// Nil until the address is resolved and the connect started.
@@ -751,6 +753,40 @@ final class ServerConnection: ConnectionDelegate {
             // Still resolving its host name: nothing to close but the bookkeeping.
             connectFailed(PoolerError(reason))
         }
+    }
+
+    // MARK: Moving to another thread
+
+    /// Whether the server can move to another thread's part of its pool: idle, nothing queued, no cancel
+    /// on its way.
+    var canMove: Bool {
+        machine.isIdle && cancelsInFlight == 0 && gathered.readableBytes == 0 && connection?.canMove == true
+    }
+
+    /// On its thread: leaves it (no longer watched or listed there); `moveIn` adopts it on the other.
+    func moveOut() {
+        connection?.detach()
+        pool.shard.unregister(self)
+    }
+
+    /// On `newPool`'s thread: joins that part of the pool. False when its socket could not be watched there
+    /// (it is closing then, and its pool hears of it as usual).
+    func moveIn(to newPool: Pool) -> Bool {
+        pool = newPool
+        newPool.shard.register(self)
+        guard let connection else { return false }
+        do {
+            try connection.attach(to: newPool.shard.loop)
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// On the thread it was sent to, when nothing there can take it (its database was removed by a
+    /// reload, or the daemon is stopping): closes its socket without a word to any pool.
+    func abandonAfterMove() {
+        connection?.abandon()
     }
 
     /// A clean goodbye at shutdown: Terminate, then close.

@@ -144,6 +144,11 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
         public var lifetimeOver = false
 
         public init() {}
+
+        /// Nothing keeps the server from serving another client (here or on another thread).
+        public var allowReuse: Bool {
+            !cancelsInFlight && !paused && !closeNeeded && !statementCacheUntrusted && !lifetimeOver
+        }
     }
 
     public enum FreedServerAction {
@@ -200,6 +205,30 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
         serverCount -= 1
         evictedServers.insert(ObjectIdentifier(server))
         return server
+    }
+
+    // MARK: Servers moving between threads
+
+    /// `server` (idle, or just freed) leaves this part of the pool for another thread's part; it stays
+    /// counted against the process-wide limits, there.
+    public mutating func serverMovedOut(_ server: Server) {
+        idleServers.removeAll { $0 === server }
+        serverCount -= 1
+    }
+
+    /// A logged-in server arrived from another thread's part of the pool (the caller then frees it here):
+    /// the clients that waited for the pool's welcome parameters, if this part had none yet.
+    public mutating func serverMovedIn() -> [Client] {
+        serverCount += 1
+        guard !canWelcome else { return [] }
+        canWelcome = true
+        defer { clientsAwaitingWelcome = [] }
+        return clientsAwaitingWelcome
+    }
+
+    /// The idle server that has waited longest (least warm), to move to another thread.
+    public mutating func takeIdleServerToMove() -> Server? {
+        idleServers.isEmpty ? nil : idleServers.removeFirst()
     }
 
     // MARK: Server logins and closes

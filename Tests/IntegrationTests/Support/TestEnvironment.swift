@@ -14,6 +14,9 @@ enum TestEnvironment {
     static let postgresPort = ProcessInfo.processInfo.environment["LIFEGUARD_TEST_PGPORT"].flatMap(Int.init)
     static let postgresSocketDirectory = ProcessInfo.processInfo.environment["LIFEGUARD_TEST_PGDIR"]
     static let binary = ProcessInfo.processInfo.environment["LIFEGUARD_BINARY"] ?? ".build/debug/lifeguard"
+    /// Engine threads of every Lifeguard the tests start, unless a test sets its own: scripts/test.sh runs
+    /// the suite once more with 2, so that everything is also checked across threads.
+    static let threads = ProcessInfo.processInfo.environment["LIFEGUARD_TEST_THREADS"] ?? "1"
 
     /// Integration tests need the cluster; scripts/test.sh always provides it.
     static var isAvailable: Bool { postgresPort != nil && postgresSocketDirectory != nil }
@@ -108,6 +111,7 @@ final class LifeguardProcess: @unchecked Sendable {
             auth_type = md5
             pool_mode = transaction
             default_pool_size = 5
+            threads = \(TestEnvironment.threads)
             \(settings.replacingOccurrences(of: "{DIR}", with: directory.path))
             """
         try ini.write(to: directory.appendingPathComponent("lifeguard.ini"), atomically: true, encoding: .utf8)

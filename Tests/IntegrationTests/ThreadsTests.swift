@@ -1,0 +1,120 @@
+import Dispatch
+import Foundation
+import Glibc
+import NIOConcurrencyHelpers
+import Testing
+
+/// Several engine threads (`threads`): one set of pools and limits for the whole process, servers moving
+/// to the thread whose clients wait, cancel requests and the console reaching every thread.
+extension IntegrationTests {
+@Suite struct ThreadsTests {
+    /// Runs `rounds` queries on each of `clients` concurrent clients; returns the backends they saw and
+    /// what failed.
+    private func run(
+        _ lifeguard: LifeguardProcess, clients: Int, rounds: Int, sql: String = "SELECT pg_backend_pid()"
+    ) -> (backends: Set<String>, failures: [String]) {
+        let backends = NIOLockedValueBox<Set<String>>([])
+        let failures = NIOLockedValueBox<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: clients) { index in
+            do {
+                let connection = try lifeguard.connect()
+                for _ in 0..<rounds {
+                    let pid = try connection.value(sql)
+                    backends.withLockedValue { _ = $0.insert(pid ?? "") }
+                }
+            } catch {
+                failures.withLockedValue { $0.append("client \(index): \(error)") }
+            }
+        }
+        return (backends.withLockedValue { $0 }, failures.withLockedValue { $0 })
+    }
+
+    @Test func fourThreadsShareOnePoolSizeAndOneMaxClientConn() throws {
+        let lifeguard = try LifeguardProcess(settings: "threads = 4\ndefault_pool_size = 3\nmax_client_conn = 40")
+        let (backends, failures) = run(lifeguard, clients: 40, rounds: 15)
+        #expect(failures == [])
+        #expect(backends.count >= 1 && backends.count <= 3, "\(backends.count) backends for a pool of 3")
+
+        let held = try (0..<40).map { _ in try lifeguard.connect() }
+        do {
+            _ = try lifeguard.connect()
+            Issue.record("a 41st client was accepted")
+        } catch let failure as PGConnection.Failure {
+            #expect(failure.message.contains("no more connections allowed (max_client_conn)"))
+        }
+        #expect(try held.last!.value("SELECT 1") == "1")
+    }
+
+    /// With one server for two threads, the server moves to whichever thread has a waiting client: clients
+    /// on both threads are served, and PostgreSQL sees a single backend.
+    @Test func aPoolOfOneServesClientsOnEveryThread() throws {
+        let lifeguard = try LifeguardProcess(settings: "threads = 2\ndefault_pool_size = 1")
+        let (backends, failures) = run(lifeguard, clients: 12, rounds: 30)
+        #expect(failures == [])
+        #expect(backends.count == 1, "\(backends.count) backends for a pool of 1")
+    }
+
+    /// A transaction keeps its server while the server's other clients, on other threads, wait.
+    @Test func aTransactionKeepsItsServerWhileClientsOnOtherThreadsWait() throws {
+        let lifeguard = try LifeguardProcess(settings: "threads = 2\ndefault_pool_size = 1")
+        let holder = try lifeguard.connect()
+        try holder.query("BEGIN")
+        let pid = try holder.value("SELECT pg_backend_pid()")
+        let others = (0..<6).map { _ in Background { try? lifeguard.connect().value("SELECT pg_backend_pid()") } }
+        #expect(others.allSatisfy { !$0.finished(within: 0.1) }, "a client got a server while the only one was in a transaction")
+        #expect(try holder.value("SELECT pg_backend_pid()") == pid)
+        try holder.query("COMMIT")
+        for other in others {
+            #expect(other.finished(within: 10))
+            #expect(other.result == pid)
+        }
+    }
+
+    /// Cancel requests arrive on any thread; each reaches its query whichever thread its client is on.
+    @Test func cancelRequestsReachQueriesOnEveryThread() throws {
+        let lifeguard = try LifeguardProcess(settings: "threads = 2\ndefault_pool_size = 8")
+        let clients = try (0..<6).map { _ in try lifeguard.connect() }
+        let sleeps = clients.map { client in
+            Background<String> {
+                do {
+                    _ = try client.query("SELECT pg_sleep(30)")
+                    return "not cancelled"
+                } catch let failure as PGConnection.Failure {
+                    return failure.sqlState ?? "no SQLSTATE"
+                } catch {
+                    return "\(error)"
+                }
+            }
+        }
+        usleep(500_000)
+        for client in clients { #expect(client.cancel()) }
+        for sleep in sleeps {
+            #expect(sleep.finished(within: 10))
+            #expect(sleep.result == "57014")
+        }
+    }
+
+    @Test func theConsoleListsAndControlsEveryThread() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "threads = 3\ndefault_pool_size = 4\nadmin_users = lg_md5")
+        let clients = try (0..<9).map { _ in try lifeguard.connect() }
+        for client in clients { _ = try client.value("SELECT 1") }
+        let console = try lifeguard.connect(database: "pgbouncer")
+        let listed = try console.records("SHOW CLIENTS").filter { $0["database"] == .some("lgtest") }
+        #expect(listed.count == 9)
+        let pools = try console.records("SHOW POOLS").filter { $0["database"] == .some("lgtest") }
+        #expect(pools.count == 1, "one row per pool, whatever the threads")
+        #expect(pools.first?["cl_active"] == .some("9"))
+        let stats = try console.records("SHOW STATS").first { $0["database"] == .some("lgtest") }
+        #expect(stats?["total_xact_count"] == .some("9"))
+
+        // KILL reaches the clients of every thread.
+        try console.query("KILL lgtest")
+        for client in clients {
+            #expect(throws: PGConnection.Failure.self) { try client.value("SELECT 1") }
+        }
+        try console.query("RESUME lgtest")
+        #expect(try lifeguard.connect().value("SELECT 2") == "2")
+    }
+}
+}

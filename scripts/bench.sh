@@ -10,6 +10,7 @@
 #   BENCH_SCALE     pgbench -i scale factor (default 10)
 #   BENCH_WORKLOADS which workloads to run, space-separated (default "simple extended prepared connect")
 #   IDLE_CLIENTS    clients held idle through each pooler for the memory measurement (default 10000; 0 skips)
+#   BENCH_THREADS   Lifeguard thread counts for the thread sweep (default "1 2"; empty skips it)
 #   LIFEGUARD_BINARY  a lifeguard binary to measure instead of building one (to compare two builds)
 #   PG_PORT, LIFEGUARD_PORT, PGBOUNCER_PORT
 #                   first port to try for each process (defaults 55432, 56432, 56532); a port that is
@@ -25,7 +26,10 @@
 #      measuring TPS and the pooler's CPU time (utime+stime from /proc/PID/stat)
 #   6. holds IDLE_CLIENTS logged-in idle clients through each pooler (scripts/hold-clients.py) and reports
 #      the pooler's RSS growth per client, and its RSS just after start
-#   7. prints a table and, per workload, the Lifeguard/PgBouncer ratios
+#   7. thread sweep: Lifeguard alone with each of BENCH_THREADS engine threads, on the simple workload and on
+#      a pooler-bound one (SELECT 1 from 100 clients, Lifeguard reaching PostgreSQL over its Unix socket),
+#      TPS and CPU per 1000 transactions for each count and relative to one thread
+#   8. prints a table and, per workload, the Lifeguard/PgBouncer ratios
 # Everything (poolers, cluster, temp dir) is cleaned up on exit.
 set -euo pipefail
 
@@ -75,12 +79,13 @@ chmod 755 "$tmp"          # the postgres user (cluster, pgbouncer) must reach fi
 pg_dir="$tmp/pg"          # owned by scripts/pg-cluster.sh (it deletes it on stop)
 lg_pid=""
 pgb_pid=""
+sweep_pid=""
 cluster_started=0
 
 cleanup() {
     local rc=$?
     set +e
-    for pid in $lg_pid $pgb_pid; do
+    for pid in $lg_pid $pgb_pid $sweep_pid; do
         if kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid" 2>/dev/null     # immediate shutdown for both poolers
             for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -288,7 +293,54 @@ if [ "$IDLE_CLIENTS" -gt 0 ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# 7. Report
+# 7. Thread sweep: Lifeguard alone, one instance per thread count
+# ---------------------------------------------------------------------------------------------
+read -r -a thread_counts <<<"${BENCH_THREADS-1 2}"
+sweep="$tmp/threads.tsv"   # threads workload round tps cpu_s tx
+: >"$sweep"
+if [ ${#thread_counts[@]} -gt 0 ]; then
+    printf 'SELECT 1;\n' >"$tmp/select1.sql"
+    declare -A sweep_opts=(
+        [simple]="-S -c 50 -j 2"
+        [select1]="-f $tmp/select1.sql -c 100 -j 2"
+    )
+    sweep_port=$(free_port $((lg_port + 2)) "$pg_port" "$lg_port" "$pgb_port")
+    for threads in "${thread_counts[@]}"; do
+        dir="$tmp/threads-$threads"
+        mkdir -p "$dir"
+        # The same settings as the main run, plus the thread count; PostgreSQL over its Unix socket, so
+        # that the pooler's side of each round trip costs less kernel time and its own CPU shows.
+        sed -e "s|^listen_port = .*|listen_port = $sweep_port|" -e "s|^unix_socket_dir = .*|unix_socket_dir = $dir|" \
+            -e "s|^logfile = .*|logfile = $dir/lifeguard.log|" -e "s|^pidfile = .*|pidfile = $dir/lifeguard.pid|" \
+            -e "s|^lgbench = .*|lgbench = host=$tmp/pg port=$pg_port dbname=lgbench|" \
+            "$tmp/lifeguard/lifeguard.ini" >"$dir/lifeguard.ini"
+        printf 'threads = %s\n' "$threads" >>"$dir/lifeguard.ini"
+        "$LIFEGUARD" "$dir/lifeguard.ini" 2>"$dir/stderr.log" &
+        sweep_pid=$!
+        wait_ready "$sweep_port" "$sweep_pid" "Lifeguard (threads = $threads)" || { cat "$dir/stderr.log" >&2; exit 1; }
+        "$PGBENCH" -n -S -c 50 -j 2 -T "$BENCH_WARMUP" -h 127.0.0.1 -p "$sweep_port" -U lg_md5 lgbench >/dev/null 2>&1 || true
+        for round in $(seq "$BENCH_ROUNDS"); do
+            for w in simple select1; do
+                log "threads = $threads, round $round/$BENCH_ROUNDS: $w (${BENCH_SECONDS}s)"
+                out="$dir/run-$round-$w.log"
+                before=$(cpu_ticks "$sweep_pid")
+                "$PGBENCH" -n ${sweep_opts[$w]} -T "$BENCH_SECONDS" -h 127.0.0.1 -p "$sweep_port" -U lg_md5 lgbench \
+                    >"$out" 2>&1 || log "pgbench exited with $?"
+                after=$(cpu_ticks "$sweep_pid")
+                tps=$(awk '/^tps = /{print $3; exit}' "$out")
+                tx=$(awk -F': *' '/^number of transactions actually processed/{split($2, a, "/"); print a[1]; exit}' "$out")
+                cpu=$(awk -v a="$before" -v b="$after" -v hz="$clk_tck" 'BEGIN{printf "%.2f", (b - a) / hz}')
+                printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$threads" "$w" "$round" "${tps:-0}" "$cpu" "${tx:-0}" >>"$sweep"
+            done
+        done
+        kill "$sweep_pid"
+        wait "$sweep_pid" 2>/dev/null || true
+        sweep_pid=""
+    done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 8. Report
 # ---------------------------------------------------------------------------------------------
 echo
 echo "pgbench commands (each run ${BENCH_SECONDS}s, ${BENCH_ROUNDS} round(s); scale $BENCH_SCALE; $(nproc) CPUs):"
@@ -323,3 +375,23 @@ printf '%-9s %14s %22s\n' pooler start_rss_kib bytes_per_idle_client
 for p in "${poolers[@]}"; do
     printf '%-9s %14s %22s\n' "$p" "${start_rss[$p]}" "${idle_per_client[$p]:-skipped}"
 done
+
+if [ -s "$sweep" ]; then
+    echo
+    echo "Thread sweep (Lifeguard alone; simple: pgbench -S -c 50 -j 2; select1: SELECT 1 from -c 100 -j 2;"
+    echo "PostgreSQL over its Unix socket; relative to the first thread count, means over rounds)"
+    printf '%-8s %-8s %10s %18s %10s %14s\n' threads workload tps cpu_s_per_1000_tx tps_ratio cpu_per_tx_ratio
+    awk -F'\t' '
+        { k = $1 SUBSEP $2; tps[k] += $4; n[k]++; cpu[k] += $5; tx[k] += $6
+          if (!($1 in seen)) { seen[$1] = 1; order[++m] = $1 }
+          if (!($2 in wseen)) { wseen[$2] = 1; worder[++w] = $2 } }
+        END {
+            for (i = 1; i <= m; i++) for (j = 1; j <= w; j++) {
+                k = order[i] SUBSEP worder[j]; b = order[1] SUBSEP worder[j]
+                t = tps[k] / n[k]; c = (tx[k] > 0) ? cpu[k] / tx[k] * 1000 : 0
+                bt = tps[b] / n[b]; bc = (tx[b] > 0) ? cpu[b] / tx[b] * 1000 : 0
+                printf "%-8s %-8s %10.1f %18.4f %10.3f %14.3f\n", order[i], worder[j], t, c,
+                    (bt > 0) ? t / bt : 0, (bc > 0) ? c / bc : 0
+            }
+        }' "$sweep"
+fi

@@ -10,7 +10,8 @@
 # Environment: LIFEGUARD_BINARY (default: `swift build --product lifeguard`), PGBIN
 # (default /usr/lib/postgresql/15/bin), CHAOS_CLIENTS (30), CHAOS_RAW_CLIENTS (3), CHAOS_SEED,
 # CHAOS_RSS_SLACK_MB (20), CHAOS_POOL_SIZES ("5,4"), CHAOS_KEEP=1 (keep the logs even when it passes),
-# CHAOS_VERBOSE=1 (print who saw each kind of error, and when). Details of each check: Tests/Chaos/chaos.py.
+# CHAOS_VERBOSE=1 (print who saw each kind of error, and when), CHAOS_THREADS (Lifeguard's `threads`, 1).
+# Details of each check: Tests/Chaos/chaos.py.
 # Starts its own PostgreSQL cluster (scripts/pg-cluster.sh); everything is stopped on exit. On failure the
 # temp dir with Lifeguard's log and the timeline of chaos actions is kept and its path printed.
 set -euo pipefail
@@ -106,6 +107,7 @@ max_client_conn = 200
 max_prepared_statements = 6
 server_login_retry = 1
 server_connect_timeout = 5
+threads = ${CHAOS_THREADS:-1}
 INI
 
 echo "== starting Lifeguard ($binary) on port $lifeguard_port"

@@ -132,3 +132,5 @@ scripts/fuzz.sh 5
 
 echo "== chaos: 20 s of killed backends, PostgreSQL restarts, reloads and vanishing clients (scripts/chaos.sh)"
 scripts/chaos.sh 20
+echo "== chaos again with threads = 2: servers moving between threads while all that happens"
+CHAOS_THREADS=2 scripts/chaos.sh 20

@@ -14,6 +14,9 @@ public final class LoopGroup: @unchecked Sendable {
     /// Set only by the holder of `exclusive`: how deep its nested `withOthersParked` calls are.
     private var depth = 0
     private var threads: [pthread_t] = []
+    /// Set before the threads start and cleared once they are joined (pthread_create and pthread_join
+    /// order it with the threads' reads).
+    private var othersRunning = false
 
     public convenience init(count: Int) throws {
         precondition(count >= 1)
@@ -36,6 +39,7 @@ public final class LoopGroup: @unchecked Sendable {
 
     /// Runs every loop but the first on a thread of its own; the caller runs the first (`loops[0].run()`).
     public func startThreads() {
+        othersRunning = loops.count > 1
         for (index, loop) in loops.enumerated().dropFirst() {
             let box = Unmanaged.passRetained(ThreadBody { loop.run() })
             var thread = pthread_t()
@@ -56,13 +60,15 @@ public final class LoopGroup: @unchecked Sendable {
         for loop in loops.dropFirst() { loop.execute { loop.stop() } }
         for thread in threads { pthread_join(thread, nil) }
         threads = []
+        othersRunning = false
     }
 
     /// Runs `body` on the caller's thread with every loop but `caller` parked between events. With one
-    /// loop it just runs `body`. While waiting for its turn, the caller serves another loop's request to
-    /// park, so two loops asking at once cannot deadlock.
+    /// loop, or when the other loops' threads are not running (before `startThreads`, after
+    /// `stopThreads`), it just runs `body`. While waiting for its turn, the caller serves another loop's
+    /// request to park, so two loops asking at once cannot deadlock.
     public func withOthersParked<T>(from caller: EngineLoop, _ body: () throws -> T) rethrows -> T {
-        guard loops.count > 1 else { return try body() }
+        guard othersRunning else { return try body() }
         while pthread_mutex_trylock(&exclusive) != 0 {
             caller.runCrossThreadTasks()
             sched_yield()

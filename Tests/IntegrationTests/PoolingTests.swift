@@ -295,9 +295,10 @@ extension IntegrationTests {
 }
 
 extension IntegrationTests.PoolingTests {
-    /// Two servers, both idle; one client's next four transactions, and which backends ran them.
+    /// Two servers, both idle; one client's next four transactions, and which backends ran them. One
+    /// thread: each thread keeps its own idle list, so the order is PgBouncer's only within a thread.
     private func backendsOfFourTransactions(_ settings: String) throws -> [String] {
-        let lifeguard = try LifeguardProcess(settings: "default_pool_size = 2\n" + settings)
+        let lifeguard = try LifeguardProcess(settings: "threads = 1\ndefault_pool_size = 2\n" + settings)
         let a = try lifeguard.connect()
         let b = try lifeguard.connect()
         try a.query("BEGIN")

@@ -42,7 +42,7 @@ func makeShard(on loop: EngineLoop, configuration: Configuration) -> PoolShard {
     ).first
     // Holding the database at its max_db_connections (1) with a server counted for another user keeps the
     // pool from launching one, so an authenticated client stays queued for its pool's first server.
-    _ = shard.shared.launchServer(for: PoolKey(database: testDatabase, user: "someone else")) { _, _, _ in .launch }
+    _ = shard.shared.launchServer(for: PoolKey(database: testDatabase, user: "someone else")) { _, _, _, _ in .launch }
     return shard
 }
 

@@ -130,6 +130,8 @@ public final class LifeguardServer: DaemonControl {
     /// Closes the listeners and says goodbye to every connection (Terminate to servers). After `run`, with
     /// the other threads stopped, so this thread may touch every loop.
     public func shutdown() {
+        if let drainTimer { loop.cancel(drainTimer) }
+        drainTimer = nil
         for listeners in tcpListeners + [unixListeners] { close(listeners) }
         tcpListeners = []
         unixListeners = []

@@ -13,9 +13,9 @@ final class Pool {
     private(set) var mode: PoolMode
     private(set) var resetQuery: String
     private(set) var resetQueryAlways: Bool
-    /// The database's hosts (a `host=` list), and the one the next server connection goes to.
+    /// The database's hosts (a `host=` list); which one the next server connection goes to is one of the
+    /// pool's shared facts, so that every thread moves on from a failed host.
     private var targets: [ServerAddress] = []
-    private var targetIndex = 0
     /// Client timeouts with this pool's per-user and per-database overrides.
     private(set) var timeouts: Timeouts
     /// `server_lifetime`, per database or global.
@@ -55,14 +55,21 @@ final class Pool {
     /// The host for a new server connection: the next one in turn (`load_balance_hosts = round-robin`), or
     /// the current one until it fails (`disable`).
     func nextServerAddress() -> ServerAddress {
-        let address = targets[targetIndex % targets.count]
-        if database.loadBalanceHosts { targetIndex += 1 }
-        return address
+        let (targets, loadBalance) = (self.targets, database.loadBalanceHosts)
+        return shard.shared.withFacts(of: key) { facts in
+            let address = targets[facts.targetIndex % targets.count]
+            if loadBalance { facts.targetIndex += 1 }
+            return address
+        }
     }
 
     /// A connection to `address` failed: with `load_balance_hosts = disable`, move on to the next host.
     func serverAddressFailed(_ address: ServerAddress) {
-        if !database.loadBalanceHosts, targets[targetIndex % targets.count] == address { targetIndex += 1 }
+        guard !database.loadBalanceHosts else { return }
+        let targets = self.targets
+        shard.shared.withFacts(of: key) { facts in
+            if targets[facts.targetIndex % targets.count] == address { facts.targetIndex += 1 }
+        }
     }
 
     /// Takes a reloaded configuration. A changed connection string (host, port, dbname, forced user or its
@@ -123,6 +130,11 @@ final class Pool {
 
     /// Greets `client` from the cached ParameterStatus set, or queues it until the first server has logged in.
     func welcome(_ client: ClientSession) {
+        if welcomePrefix == nil {
+            // Another thread's server may have logged in, or failed to.
+            adoptSharedWelcome()
+            syncLoginFailure()
+        }
         switch state.clientNeedsWelcome(client, now: Self.now) {
         case .greet: client.sendWelcome()
         case .fail(let error): client.closeWithError(error, reason: error.message)
@@ -151,6 +163,7 @@ final class Pool {
 
     /// `client` has a request and no server: give it an idle one or queue it.
     func requestServer(for client: ClientSession) {
+        if state.serverCount == 0 { syncLoginFailure() }
         switch state.clientWantsServer(client, now: Self.now, paused: shard.isPaused(key.database)) {
         case .lend(let server): lend(server, to: client)
         case .fail(let error): client.closeWithError(error, reason: error.message)
@@ -199,12 +212,13 @@ final class Pool {
     /// A server finished its login (and connect_query).
     func serverLoggedIn(_ server: ServerConnection) {
         learnWelcome(from: server)
+        shard.shared.withFacts(of: key) { $0.lastLoginFailure = nil }
         for client in state.serverLoggedIn() { client.sendWelcome() }
         serverAvailable(server)
         launchIfNeeded()
     }
 
-    /// The first server this part of the pool gets gives it the welcome its clients are greeted with.
+    /// The first server login of the pool (on any thread) gives the welcome its clients are greeted with.
     private func learnWelcome(from server: ServerConnection) {
         guard welcomePrefix == nil else { return }
         var prefix = ByteBuffer()
@@ -212,14 +226,32 @@ final class Pool {
         for (name, value) in server.reportedParameters where TrackedParameter.index(of: name) == nil {
             prefix.writeParameterStatus(name: name, value: value)
         }
-        welcomePrefix = prefix
-        defaultParameters = server.parameters
+        let parameters = server.parameters
+        let welcome = shard.shared.withFacts(of: key) { facts in
+            if facts.welcome == nil { facts.welcome = (prefix, parameters) }
+            return facts.welcome!
+        }
+        (welcomePrefix, defaultParameters) = (welcome.prefix, welcome.parameters)
+    }
+
+    /// Takes the welcome another thread's part of the pool learned, and greets the clients waiting for it.
+    private func adoptSharedWelcome() {
+        guard welcomePrefix == nil, let welcome = shard.shared.withFacts(of: key, { $0.welcome }) else { return }
+        (welcomePrefix, defaultParameters) = (welcome.prefix, welcome.parameters)
+        for client in state.welcomeKnown() { client.sendWelcome() }
+    }
+
+    /// Takes the pool's last login failure as every thread knows it.
+    private func syncLoginFailure() {
+        state.syncLoginFailure(shard.shared.withFacts(of: key) { $0.lastLoginFailure })
     }
 
     /// A server login failed with `error`. When no server of this pool is left to serve them, the clients
     /// waiting on it get that error (with the server's SQLSTATE), as PgBouncer does.
     func serverLoginFailed(_ error: PoolerError) {
-        for client in state.serverLoginFailed(error, now: Self.now) {
+        let now = Self.now
+        shard.shared.withFacts(of: key) { $0.lastLoginFailure = (error, now) }
+        for client in state.serverLoginFailed(error, now: now) {
             client.closeWithError(error, reason: error.message)
         }
     }
@@ -318,11 +350,31 @@ final class Pool {
         requester.loop.execute { requester.adoptMovedServer(server, for: key) }
     }
 
+    /// When this part last asked the other threads to close an idle server under a shared limit.
+    private var evictionAskedAt: NIODeadline?
+
+    /// At max_db_connections or max_user_connections with no idle server of another pool on this thread to
+    /// close: ask the other threads to close one of theirs (of the same database, or user); the one that
+    /// does tells this part to try again. Asked at most every 100 ms; the janitor's upkeep asks again.
+    private func askOtherThreadsToEvict(database: String?, user: String?) {
+        guard shard.group.shards.count > 1 else { return }
+        let now = NIODeadline.now()
+        if let evictionAskedAt, now - evictionAskedAt < .milliseconds(100) { return }
+        evictionAskedAt = now
+        let (key, requester) = (self.key, shard)
+        for other in shard.group.shards where other !== requester {
+            other.loop.execute {
+                other.evictIdleServer(for: key, database: database, user: user, requester: requester)
+            }
+        }
+    }
+
     /// On this thread: a server moved here from another thread's part of the pool.
     func serverMovedIn(_ server: ServerConnection) {
         askedForServerAt = nil
-        learnWelcome(from: server)
-        for client in state.serverMovedIn() { client.sendWelcome() }
+        state.serverMovedIn()
+        // Its login published the welcome; the server's own parameters may have been changed by clients since.
+        adoptSharedWelcome()
         guard server.moveIn(to: self) else { return }
         serverAvailable(server)
         launchIfNeeded()
@@ -372,9 +424,10 @@ final class Pool {
         // same last slot meanwhile.
         let paused = shard.isPaused(key.database)
         var full = false
-        let decision = shard.shared.launchServer(for: key) { ofPool, ofDatabase, ofUser in
+        let decision = shard.shared.launchServer(for: key) { ofPool, ofDatabase, ofUser, facts in
             let capacity = state.capacity
             full = capacity.size > 0 && ofPool >= capacity.size
+            state.syncLoginFailure(facts.lastLoginFailure)
             return state.launchDecision(
                 now: Self.now, serversOfPool: ofPool, serversOfDatabase: ofDatabase, serversOfUser: ofUser,
                 hasForcedUser: database.user != nil, paused: paused)
@@ -387,11 +440,17 @@ final class Pool {
         case .evictForDatabaseLimit:
             // The slot is taken at once: waiting for the close would let it go unused when this pool's
             // waiting client is served by one of its own servers meanwhile (PgBouncer launches at once too).
-            guard shard.evictIdleServer(excluding: self, where: { $0.key.database == key.database }) else { return }
+            guard shard.evictIdleServer(excluding: self, where: { $0.key.database == key.database }) else {
+                askOtherThreadsToEvict(database: key.database, user: nil)
+                return
+            }
             launchIfNeeded()
             return
         case .evictForUserLimit:
-            guard shard.evictIdleServer(excluding: self, where: { $0.key.user == key.user }) else { return }
+            guard shard.evictIdleServer(excluding: self, where: { $0.key.user == key.user }) else {
+                askOtherThreadsToEvict(database: nil, user: key.user)
+                return
+            }
             launchIfNeeded()
             return
         case .launchFromReserve:

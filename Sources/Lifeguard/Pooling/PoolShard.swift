@@ -193,6 +193,20 @@ final class PoolShard {
         pools[key]?.serverRequested(by: requester, holding: servers)
     }
 
+    /// Another thread's pool `key` is at max_db_connections (`database`) or max_user_connections (`user`):
+    /// close an idle server of another pool of that database or user here, and tell it to try again.
+    func evictIdleServer(for key: PoolKey, database: String?, user: String?, requester: PoolShard) {
+        let matches = { (pool: Pool) in
+            pool.key != key && (database == nil || pool.key.database == database) && (user == nil || pool.key.user == user)
+        }
+        for pool in pools.values where matches(pool) {
+            if pool.closeOneIdleServer(reason: "evicted to make room (max_db_connections/max_user_connections)") {
+                requester.loop.execute { requester.pools[key]?.maintain() }
+                return
+            }
+        }
+    }
+
     /// A server another thread moved here for the pool `key`.
     func adoptMovedServer(_ server: ServerConnection, for key: PoolKey) {
         guard !isShuttingDown, let database = database(named: key.database) else {

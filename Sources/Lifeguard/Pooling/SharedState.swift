@@ -1,5 +1,6 @@
 import LifeguardCore
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// What every event-loop shard shares: the counts behind the process-wide limits, the cancel keys of all
 /// clients and console sessions, and connection ids.
@@ -72,15 +73,16 @@ final class SharedState: @unchecked Sendable {
     // MARK: Servers
 
     /// Decides under the lock whether the pool `key` may open one more server, given the process-wide
-    /// counts (servers of the pool, of its database, of its user); when `decide` says launch, the server
-    /// is counted before the lock is let go, so two shards never both take the last slot.
+    /// counts (servers of the pool, of its database, of its user) and the pool's facts; when `decide` says
+    /// launch, the server is counted before the lock is let go, so two shards never both take the last slot.
     func launchServer(
-        for key: PoolKey, _ decide: (_ ofPool: Int, _ ofDatabase: Int, _ ofUser: Int) -> PoolCapacity.Decision
+        for key: PoolKey,
+        _ decide: (_ ofPool: Int, _ ofDatabase: Int, _ ofUser: Int, _ facts: PoolFacts) -> PoolCapacity.Decision
     ) -> PoolCapacity.Decision {
         lock.withLock {
             let decision = decide(
                 counts.serversPerPool[key, default: 0], counts.serversPerDatabase[key.database, default: 0],
-                counts.serversPerUser[key.user, default: 0])
+                counts.serversPerUser[key.user, default: 0], poolFacts[key] ?? PoolFacts())
             if decision == .launch || decision == .launchFromReserve {
                 counts.serversPerPool[key, default: 0] += 1
                 counts.serversPerDatabase[key.database, default: 0] += 1
@@ -103,6 +105,26 @@ final class SharedState: @unchecked Sendable {
     /// Servers counted for `user` in the whole process (SHOW USERS).
     func serverCount(ofUser user: String) -> Int {
         lock.withLock { counts.serversPerUser[user, default: 0] }
+    }
+
+    // MARK: Pool facts
+
+    /// What every thread's part of one pool must agree on.
+    struct PoolFacts {
+        /// The first server login's welcome (AuthenticationOk and untracked ParameterStatus messages) and
+        /// tracked parameter values: every part greets its clients with it.
+        var welcome: (prefix: ByteBuffer, parameters: ParameterSet)?
+        /// The last failed server login, until a login succeeds (server_login_retry, the cached error).
+        var lastLoginFailure: (error: PoolerError, at: Int64)?
+        /// Which host of the database's list the next server connection goes to.
+        var targetIndex = 0
+    }
+
+    private var poolFacts: [PoolKey: PoolFacts] = [:]
+
+    /// Reads or changes the facts of the pool `key`.
+    func withFacts<T>(of key: PoolKey, _ body: (inout PoolFacts) -> T) -> T {
+        lock.withLock { body(&poolFacts[key, default: PoolFacts()]) }
     }
 
     // MARK: Cancel keys

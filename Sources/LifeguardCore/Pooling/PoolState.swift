@@ -29,8 +29,8 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
     public var loggedInClients = 0
     /// Servers closed to free a slot for another pool: already uncounted when their close completes.
     private var evictedServers: Set<ObjectIdentifier> = []
-    /// The last failed server login.
-    private var lastLoginFailure: (error: PoolerError, at: Int64)?
+    /// The last failed server login (of this part of the pool, or of any thread's, see `syncLoginFailure`).
+    public private(set) var lastLoginFailure: (error: PoolerError, at: Int64)?
 
     public var capacity: PoolCapacity
     public var serverRoundRobin: Bool
@@ -216,14 +216,23 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
         serverCount -= 1
     }
 
-    /// A logged-in server arrived from another thread's part of the pool (the caller then frees it here):
-    /// the clients that waited for the pool's welcome parameters, if this part had none yet.
-    public mutating func serverMovedIn() -> [Client] {
+    /// A logged-in server arrived from another thread's part of the pool (the caller then frees it here).
+    public mutating func serverMovedIn() {
         serverCount += 1
+    }
+
+    /// The pool's welcome parameters became known without a login here (another thread's server logged
+    /// in, or moved here): the clients that waited for them.
+    public mutating func welcomeKnown() -> [Client] {
         guard !canWelcome else { return [] }
         canWelcome = true
         defer { clientsAwaitingWelcome = [] }
         return clientsAwaitingWelcome
+    }
+
+    /// Takes the pool's last login failure as all threads know it (nil after a successful login anywhere).
+    public mutating func syncLoginFailure(_ failure: (error: PoolerError, at: Int64)?) {
+        lastLoginFailure = failure
     }
 
     /// The idle server that has waited longest (least warm), to move to another thread.

@@ -110,6 +110,12 @@ public final class EngineLoop: @unchecked Sendable {
         }
     }
 
+    /// Runs `task` on the loop's thread, from any thread, between two events: never nested inside another
+    /// task or handler (a cross-thread task can run inside a loop that waits to park the others).
+    public func executeBetweenEvents(_ task: @escaping @Sendable () -> Void) {
+        execute { [unowned(unsafe) self] in self.deferTask(task) }
+    }
+
     /// Runs `task` on the loop once the current event has been handled.
     public func deferTask(_ task: @escaping () -> Void) {
         deferredTasks.append(task)

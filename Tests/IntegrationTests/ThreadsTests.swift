@@ -70,6 +70,34 @@ extension IntegrationTests {
         }
     }
 
+    /// A server freed by a reply that has a FATAL right behind it, in the same read, while another client
+    /// waits: the FATAL is read as the idle server's (it closes) before the server goes to anyone, and the
+    /// waiting client gets a new one. Before, the server went to the waiting client first, which then got
+    /// the FATAL; and with two threads, a server moved at once to a client of the other thread was closed in
+    /// transit by the old thread, and the new one crashed adopting it (found by scripts/chaos.sh with
+    /// threads = 2). Each round's waiter lands on either thread.
+    @Test(arguments: [1, 2])
+    func aFatalBehindTheLastReplyClosesTheServerBeforeAnyoneGetsIt(threads: Int) throws {
+        let relay = try FatalAfterMarkerRelay(targetPort: TestEnvironment.postgresPort!, marker: "fatal_after_this")
+        let lifeguard = try LifeguardProcess(
+            settings: "threads = \(threads)\ndefault_pool_size = 1",
+            databases: "lgtest = host=127.0.0.1 port=\(relay.port)")
+        for round in 0..<8 {
+            let holder = try lifeguard.connect()
+            let waiter = try lifeguard.connect()
+            let held = Background { try? holder.value("SELECT pg_sleep(0.3)::text || 'fatal_after_this'") }
+            usleep(100_000)
+            let waited = Background<String> {
+                do { return try waiter.value("SELECT \(round)") } catch { return "\(error)" }
+            }
+            #expect(held.finished(within: 10))
+            #expect(held.result == "fatal_after_this", "round \(round)")
+            #expect(waited.finished(within: 10))
+            #expect(waited.result == "\(round)", "round \(round): the waiting client was not served")
+            #expect(lifeguard.isRunning)
+        }
+    }
+
     /// Cancel requests arrive on any thread; each reaches its query whichever thread its client is on.
     @Test func cancelRequestsReachQueriesOnEveryThread() throws {
         let lifeguard = try LifeguardProcess(settings: "threads = 2\ndefault_pool_size = 8")

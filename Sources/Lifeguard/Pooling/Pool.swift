@@ -269,9 +269,17 @@ final class Pool {
             state.waitingClients.isEmpty || state.serverCount > request.servers + 1
         {
             // Another thread's clients wait for this pool and this thread needs the server less: nobody
-            // waits here, or this thread holds more of the pool's servers than that one.
+            // waits here, or this thread holds more of the pool's servers than that one. It moves once the
+            // current event is handled: the read that freed it may hold more of its bytes (a FATAL after
+            // the ReadyForQuery), which must be read here.
             serverRequests.removeFirst()
-            move(server, to: request.shard)
+            shard.loop.deferTask { [self] in
+                if server.canMove {
+                    move(server, to: request.shard)
+                } else if server.isOpen {
+                    serverAvailable(server)
+                }
+            }
             return
         }
         switch state.serverFreed(server, conditions, now: Self.now) {
@@ -327,14 +335,14 @@ final class Pool {
         askedForServerAt = .now()
         let (key, requester, servers) = (self.key, shard, state.serverCount)
         for other in shard.group.shards where other !== requester {
-            other.loop.execute { other.serverRequested(for: key, by: requester, holding: servers) }
+            other.loop.executeBetweenEvents { other.serverRequested(for: key, by: requester, holding: servers) }
         }
     }
 
     /// Another thread's part asked for a server: the idle one that waited longest goes now, or the next
     /// one freed here goes, if this thread needs it less (see `serverAvailable`).
     func serverRequested(by requester: PoolShard, holding servers: Int) {
-        if let server = state.idleServers.first, server.canMove {
+        if let server = state.idleServers.first(where: { $0.canMove }) {
             move(server, to: requester)
         } else if !serverRequests.contains(where: { $0.shard === requester }) {
             serverRequests.append((requester, servers))
@@ -347,7 +355,7 @@ final class Pool {
         state.serverMovedOut(server)
         server.moveOut()
         let key = self.key
-        requester.loop.execute { requester.adoptMovedServer(server, for: key) }
+        requester.loop.executeBetweenEvents { requester.adoptMovedServer(server, for: key) }
     }
 
     /// When this part last asked the other threads to close an idle server under a shared limit.
@@ -363,7 +371,7 @@ final class Pool {
         evictionAskedAt = now
         let (key, requester) = (self.key, shard)
         for other in shard.group.shards where other !== requester {
-            other.loop.execute {
+            other.loop.executeBetweenEvents {
                 other.evictIdleServer(for: key, database: database, user: user, requester: requester)
             }
         }

@@ -201,7 +201,7 @@ final class PoolShard {
         }
         for pool in pools.values where matches(pool) {
             if pool.closeOneIdleServer(reason: "evicted to make room (max_db_connections/max_user_connections)") {
-                requester.loop.execute { requester.pools[key]?.maintain() }
+                requester.loop.executeBetweenEvents { requester.pools[key]?.maintain() }
                 return
             }
         }

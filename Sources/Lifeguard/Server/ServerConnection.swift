@@ -326,15 +326,18 @@ final class ServerConnection: ConnectionDelegate {
             clientNeedsFlush = false
             machine.becomeIdle()
             client.serverReleased()
+            // What follows the ReadyForQuery in this read belongs to no client (a NOTICE, or the FATAL of a
+            // terminated backend): it is read as the idle server's before the server goes to anyone, so the
+            // next client is not handed a server that is about to close.
+            if end < buffer.writerIndex {
+                try receive(buffer.getSlice(at: end, length: buffer.writerIndex - end)!)
+                guard machine.isIdle, isOpen else { return }
+            }
             pool.release(self, clientDisconnected: false)
         case .transactionBlockInStatementMode:
             clientNeedsFlush = false
             client.closeWithError(.statementModeTransaction, reason: PoolerError.statementModeTransaction.message)
             close(reason: PoolerError.statementModeTransaction.message)
-            return
-        }
-        if end < buffer.writerIndex {
-            try receive(buffer.getSlice(at: end, length: buffer.writerIndex - end)!)
         }
     }
 
@@ -763,7 +766,10 @@ final class ServerConnection: ConnectionDelegate {
         machine.isIdle && cancelsInFlight == 0 && gathered.readableBytes == 0 && connection?.canMove == true
     }
 
-    /// On its thread: leaves it (no longer watched or listed there); `moveIn` adopts it on the other.
+    var isOpen: Bool { connection?.isOpen == true }
+
+    /// On its thread, between events: leaves it (no longer watched or listed there); `moveIn` adopts it on
+    /// the other.
     func moveOut() {
         connection?.detach()
         pool.shard.unregister(self)

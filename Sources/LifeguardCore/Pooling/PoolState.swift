@@ -235,11 +235,6 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
         lastLoginFailure = failure
     }
 
-    /// The idle server that has waited longest (least warm), to move to another thread.
-    public mutating func takeIdleServerToMove() -> Server? {
-        idleServers.isEmpty ? nil : idleServers.removeFirst()
-    }
-
     // MARK: Server logins and closes
 
     /// One more server is being opened.

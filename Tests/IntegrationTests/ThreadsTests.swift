@@ -54,6 +54,23 @@ extension IntegrationTests {
         #expect(backends.count == 1, "\(backends.count) backends for a pool of 1")
     }
 
+    /// At max_user_connections the one server the user may have moves between threads too: a client of the
+    /// thread without it used to wait forever, since only a pool full by its own size asked the others.
+    @Test func aUserLimitOfOneServesClientsOnEveryThread() throws {
+        let lifeguard = try LifeguardProcess(settings: "threads = 2\nmax_user_connections = 1")
+        let holder = try lifeguard.connect()
+        let held = Background { try? holder.value("SELECT pg_sleep(0.5)::text") }
+        usleep(100_000)
+        let waiters = (0..<6).map { index in
+            Background { try? lifeguard.connect().value("SELECT \(index)") }
+        }
+        #expect(held.finished(within: 10))
+        for (index, waiter) in waiters.enumerated() {
+            #expect(waiter.finished(within: 10))
+            #expect(waiter.result == "\(index)")
+        }
+    }
+
     /// A transaction keeps its server while the server's other clients, on other threads, wait.
     @Test func aTransactionKeepsItsServerWhileClientsOnOtherThreadsWait() throws {
         let lifeguard = try LifeguardProcess(settings: "threads = 2\ndefault_pool_size = 1")

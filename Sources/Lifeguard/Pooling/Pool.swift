@@ -256,8 +256,10 @@ final class Pool {
         }
     }
 
-    /// `server` is between transactions: hand it to the next waiting client, or keep it idle.
-    func serverAvailable(_ server: ServerConnection) {
+    /// `server` is between transactions: hand it to the next waiting client, or keep it idle. `wasIdle`:
+    /// it sat idle before (it moved here from another thread), so it is checked like an idle server lent
+    /// from the idle list (server_check_delay).
+    func serverAvailable(_ server: ServerConnection, wasIdle: Bool = false) {
         var conditions = State.FreedServerConditions()
         conditions.cancelsInFlight = server.cancelsInFlight > 0
         conditions.paused = shard.isPaused(key.database)
@@ -289,7 +291,7 @@ final class Pool {
             server.close(reason: reason)
         case .lend(let client, let waited):
             stats.waitMicroseconds += Int(waited / 1000)
-            server.assign(to: client)
+            if wasIdle { lend(server, to: client) } else { server.assign(to: client) }
         case .idle:
             server.becomeIdle()
         }
@@ -384,7 +386,7 @@ final class Pool {
         // Its login published the welcome; the server's own parameters may have been changed by clients since.
         adoptSharedWelcome()
         guard server.moveIn(to: self) else { return }
-        serverAvailable(server)
+        serverAvailable(server, wasIdle: true)
         launchIfNeeded()
     }
 
@@ -449,6 +451,8 @@ final class Pool {
             // The slot is taken at once: waiting for the close would let it go unused when this pool's
             // waiting client is served by one of its own servers meanwhile (PgBouncer launches at once too).
             guard shard.evictIdleServer(excluding: self, where: { $0.key.database == key.database }) else {
+                // Another thread may have an idle server of this very pool, or of another pool to close.
+                askOtherThreadsForAServer()
                 askOtherThreadsToEvict(database: key.database, user: nil)
                 return
             }
@@ -456,6 +460,7 @@ final class Pool {
             return
         case .evictForUserLimit:
             guard shard.evictIdleServer(excluding: self, where: { $0.key.user == key.user }) else {
+                askOtherThreadsForAServer()
                 askOtherThreadsToEvict(database: nil, user: key.user)
                 return
             }

@@ -45,3 +45,12 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags);
 static inline int lifeguard_accept(int fd, struct sockaddr *addr, socklen_t *addrlen) {
     return accept4(fd, addr, addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }
+
+/// A counter several threads add to and read without a lock (relaxed: a hint, not a synchronisation).
+static inline void lifeguard_atomic_add(int64_t *counter, int64_t delta) {
+    __atomic_add_fetch(counter, delta, __ATOMIC_RELAXED);
+}
+
+static inline int64_t lifeguard_atomic_load(const int64_t *counter) {
+    return __atomic_load_n(counter, __ATOMIC_RELAXED);
+}

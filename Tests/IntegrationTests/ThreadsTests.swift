@@ -71,6 +71,19 @@ extension IntegrationTests {
         }
     }
 
+    /// One client after another, landing on either thread, all run on the one server the first opened: a
+    /// thread takes another thread's idle server before opening one, as a single-threaded pooler reuses its
+    /// idle server (PgBouncer suite's test_server_check_query_default).
+    @Test func anIdleServerOnAnotherThreadIsReusedBeforeANewOneIsOpened() throws {
+        let lifeguard = try LifeguardProcess(settings: "threads = 2")
+        var pids: Set<String> = []
+        for _ in 0..<8 {
+            let client = try lifeguard.connect()
+            pids.insert(try client.value("SELECT pg_backend_pid()") ?? "")
+        }
+        #expect(pids.count == 1, "\(pids.count) backends for clients that never overlapped")
+    }
+
     /// A transaction keeps its server while the server's other clients, on other threads, wait.
     @Test func aTransactionKeepsItsServerWhileClientsOnOtherThreadsWait() throws {
         let lifeguard = try LifeguardProcess(settings: "threads = 2\ndefault_pool_size = 1")

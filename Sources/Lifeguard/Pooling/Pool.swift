@@ -50,6 +50,7 @@ final class Pool {
         self.timeouts = Timeouts(settings: settings, database: database, user: user)
         self.serverLifetime = database.serverLifetime ?? settings.serverLifetime
         self.targets = ServerAddress.targets(database: database, settings: settings)
+        self.idleAcrossThreads = shard.group.shards.count > 1 ? shard.shared.withFacts(of: key) { $0.idleServers } : nil
     }
 
     /// The host for a new server connection: the next one in turn (`load_balance_hosts = round-robin`), or
@@ -164,7 +165,9 @@ final class Pool {
     /// `client` has a request and no server: give it an idle one or queue it.
     func requestServer(for client: ClientSession) {
         if state.serverCount == 0 { syncLoginFailure() }
-        switch state.clientWantsServer(client, now: Self.now, paused: shard.isPaused(key.database)) {
+        let action = state.clientWantsServer(client, now: Self.now, paused: shard.isPaused(key.database))
+        publishIdleCount()
+        switch action {
         case .lend(let server): lend(server, to: client)
         case .fail(let error): client.closeWithError(error, reason: error.message)
         case .wait: launchIfNeeded()
@@ -198,6 +201,7 @@ final class Pool {
     /// Closes one idle server, if this pool has any; returns whether it did.
     func closeOneIdleServer(reason: String) -> Bool {
         guard let server = state.evictOneIdleServer() else { return false }
+        publishIdleCount()
         uncountShared()
         server.close(reason: reason)
         return true
@@ -284,7 +288,9 @@ final class Pool {
             }
             return
         }
-        switch state.serverFreed(server, conditions, now: Self.now) {
+        let action = state.serverFreed(server, conditions, now: Self.now)
+        publishIdleCount()
+        switch action {
         case .park:
             server.parkUntilCancelsFinish()
         case .close(let reason):
@@ -313,6 +319,7 @@ final class Pool {
     /// A server connection closed, for whatever reason.
     func serverClosed(_ server: ServerConnection, duringLogin: Bool) {
         if state.serverClosed(server, duringLogin: duringLogin) { uncountShared() }
+        publishIdleCount()
         shard.unregister(server)
         launchIfNeeded()
         if !shard.control.pendingReplies.isEmpty {
@@ -321,6 +328,25 @@ final class Pool {
     }
 
     // MARK: Servers moving between threads
+
+    /// The pool's idle servers on all threads (nil with one thread), and this part's share last added to it.
+    private let idleAcrossThreads: RelaxedCounter?
+    private var publishedIdle = 0
+
+    /// Brings this part's share of the idle count up to date; called after whatever changes the idle list.
+    private func publishIdleCount() {
+        guard let idleAcrossThreads, state.idleServers.count != publishedIdle else { return }
+        idleAcrossThreads.add(state.idleServers.count - publishedIdle)
+        publishedIdle = state.idleServers.count
+    }
+
+    /// Another thread has an idle server of this pool: better to take it than to open a new one, as a
+    /// single-threaded pooler would reuse it. Not once a request for it has gone unanswered for 100 ms.
+    private var anotherThreadHasAnIdleServer: Bool {
+        guard let idleAcrossThreads, idleAcrossThreads.current > publishedIdle else { return false }
+        guard let askedForServerAt else { return true }
+        return NIODeadline.now() - askedForServerAt < .milliseconds(100)
+    }
 
     /// Other threads' parts of this pool that asked for a server, with how many servers each held then;
     /// served in the order they asked.
@@ -355,6 +381,7 @@ final class Pool {
     /// limits; only the parts' own counts change.
     private func move(_ server: ServerConnection, to requester: PoolShard) {
         state.serverMovedOut(server)
+        publishIdleCount()
         server.moveOut()
         let key = self.key
         requester.loop.executeBetweenEvents { requester.adoptMovedServer(server, for: key) }
@@ -393,7 +420,9 @@ final class Pool {
     // MARK: Console control
 
     func closeIdleServers(reason: String) {
-        for server in state.takeAllIdleServers() { server.close(reason: reason) }
+        let servers = state.takeAllIdleServers()
+        publishIdleCount()
+        for server in servers { server.close(reason: reason) }
     }
 
     /// RECONNECT: idle servers close now, busy ones when released (`closeNeeded`).
@@ -403,7 +432,9 @@ final class Pool {
 
     /// RESUME: serve the clients that queued during the pause.
     func resumeAfterPause() {
-        for (server, client) in state.resume() { lend(server, to: client) }
+        let pairs = state.resume()
+        publishIdleCount()
+        for (server, client) in pairs { lend(server, to: client) }
         launchIfNeeded()
     }
 
@@ -430,6 +461,10 @@ final class Pool {
 
     /// Opens one more server connection when clients need one and the limits allow it.
     private func launchIfNeeded() {
+        if !state.waitingClients.isEmpty, anotherThreadHasAnIdleServer {
+            askOtherThreadsForAServer()
+            return
+        }
         // Decided under the shared lock against the whole process's counts: no other shard can take the
         // same last slot meanwhile.
         let paused = shard.isPaused(key.database)

@@ -1,3 +1,4 @@
+import CLinuxShims
 import LifeguardCore
 import NIOConcurrencyHelpers
 import NIOCore
@@ -82,7 +83,7 @@ final class SharedState: @unchecked Sendable {
         lock.withLock {
             let decision = decide(
                 counts.serversPerPool[key, default: 0], counts.serversPerDatabase[key.database, default: 0],
-                counts.serversPerUser[key.user, default: 0], poolFacts[key] ?? PoolFacts())
+                counts.serversPerUser[key.user, default: 0], poolFacts[key, default: PoolFacts()])
             if decision == .launch || decision == .launchFromReserve {
                 counts.serversPerPool[key, default: 0] += 1
                 counts.serversPerDatabase[key.database, default: 0] += 1
@@ -118,6 +119,8 @@ final class SharedState: @unchecked Sendable {
         var lastLoginFailure: (error: PoolerError, at: Int64)?
         /// Which host of the database's list the next server connection goes to.
         var targetIndex = 0
+        /// Idle servers of the pool on all threads, kept by each thread's part without the lock.
+        let idleServers = RelaxedCounter()
     }
 
     private var poolFacts: [PoolKey: PoolFacts] = [:]
@@ -154,6 +157,17 @@ final class SharedState: @unchecked Sendable {
     func cancelTarget(for key: CancelKey) -> CancelTarget? {
         lock.withLock { cancelTargets[key] }
     }
+}
+
+/// A count that threads add to and read without a lock; a read may be a moment old.
+final class RelaxedCounter: @unchecked Sendable {
+    private let value = UnsafeMutablePointer<Int64>.allocate(capacity: 1)
+
+    init() { value.initialize(to: 0) }
+    deinit { value.deallocate() }
+
+    func add(_ delta: Int) { lifeguard_atomic_add(value, Int64(delta)) }
+    var current: Int { Int(lifeguard_atomic_load(value)) }
 }
 
 /// Connection counts behind the limits that span pools and shards.

@@ -165,10 +165,10 @@ final class Pool {
     /// `client` has a request and no server: give it an idle one or queue it.
     func requestServer(for client: ClientSession) {
         if state.serverCount == 0 { syncLoginFailure() }
-        let action = state.clientWantsServer(client, now: Self.now, paused: shard.isPaused(key.database))
-        publishIdleCount()
-        switch action {
-        case .lend(let server): lend(server, to: client)
+        switch state.clientWantsServer(client, now: Self.now, paused: shard.isPaused(key.database)) {
+        case .lend(let server):
+            publishIdleCount()
+            lend(server, to: client)
         case .fail(let error): client.closeWithError(error, reason: error.message)
         case .wait: launchIfNeeded()
         }
@@ -288,9 +288,7 @@ final class Pool {
             }
             return
         }
-        let action = state.serverFreed(server, conditions, now: Self.now)
-        publishIdleCount()
-        switch action {
+        switch state.serverFreed(server, conditions, now: Self.now) {
         case .park:
             server.parkUntilCancelsFinish()
         case .close(let reason):
@@ -299,6 +297,7 @@ final class Pool {
             stats.waitMicroseconds += Int(waited / 1000)
             if wasIdle { lend(server, to: client) } else { server.assign(to: client) }
         case .idle:
+            publishIdleCount()
             server.becomeIdle()
         }
     }
@@ -334,6 +333,7 @@ final class Pool {
     private var publishedIdle = 0
 
     /// Brings this part's share of the idle count up to date; called after whatever changes the idle list.
+    @inline(__always)
     private func publishIdleCount() {
         guard let idleAcrossThreads, state.idleServers.count != publishedIdle else { return }
         idleAcrossThreads.add(state.idleServers.count - publishedIdle)

@@ -367,6 +367,13 @@ final class Pool {
         }
     }
 
+    /// The pool is full across threads: clients waiting here (or for the welcome), with no login of this
+    /// part's own under way, ask the other threads.
+    private func askOtherThreadsForAServerIfWaiting(paused: Bool) {
+        let demand = !state.waitingClients.isEmpty || !state.clientsAwaitingWelcome.isEmpty
+        if demand, state.serversLoggingIn == 0, !paused { askOtherThreadsForAServer() }
+    }
+
     /// Another thread's part asked for a server: the idle one that waited longest goes now, or the next
     /// one freed here goes, if this thread needs it less (see `serverAvailable`).
     func serverRequested(by requester: PoolShard, holding servers: Int) {
@@ -465,8 +472,16 @@ final class Pool {
             askOtherThreadsForAServer()
             return
         }
-        // Decided under the shared lock against the whole process's counts: no other shard can take the
-        // same last slot meanwhile.
+        // This part's own servers are a lower bound of the pool's: when they alone rule a launch out (a client
+        // queuing on a busy pool, as every transaction may under load), no lock is taken.
+        let ownCapacity = state.capacity
+        let fullHere = ownCapacity.size > 0 && state.serverCount >= ownCapacity.size + ownCapacity.reserveSize
+        if state.serversLoggingIn > 0 || fullHere {
+            if fullHere { askOtherThreadsForAServerIfWaiting(paused: shard.isPaused(key.database)) }
+            return
+        }
+        // Otherwise decided under the shared lock against the whole process's counts: no other shard can
+        // take the same last slot meanwhile.
         let paused = shard.isPaused(key.database)
         var full = false
         let decision = shard.shared.launchServer(for: key) { ofPool, ofDatabase, ofUser, facts in
@@ -479,8 +494,7 @@ final class Pool {
         }
         switch decision {
         case .wait:
-            let demand = !state.waitingClients.isEmpty || !state.clientsAwaitingWelcome.isEmpty
-            if demand, full, state.serversLoggingIn == 0, !paused { askOtherThreadsForAServer() }
+            if full { askOtherThreadsForAServerIfWaiting(paused: paused) }
             return
         case .evictForDatabaseLimit:
             // The slot is taken at once: waiting for the close would let it go unused when this pool's

@@ -199,6 +199,60 @@ extension IntegrationTests {
         _ = held
     }
 
+    /// PgBouncer counts the client limits by the database asked for and the user logged in as (not a
+    /// database's forced user), console logins included; admin users are counted but never refused.
+    @Test func clientLimitsCountLoginUsersAndTheConsole() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "max_user_client_connections = 2\nmax_db_client_connections = 3\nadmin_users = lg_md5\nstats_users = lg_scram",
+            databases: "lgtest = {PG} user=lg_trust\nlgbench = {PG}")
+        let held = try (0..<2).map { _ in try lifeguard.connect(user: "lg_scram", password: "scrampass") }
+        #expect(lifeguard.loginFailure(user: "lg_scram", password: "scrampass")
+            .contains("client connections exceeded (max_user_client_connections)"), "the forced user must not be counted instead")
+        #expect(lifeguard.loginFailure(user: "lg_scram", password: "scrampass", database: "pgbouncer")
+            .contains("client connections exceeded (max_user_client_connections)"), "a stats user's console login counts")
+        let admins = try (0..<4).map { _ in try lifeguard.connect(database: "pgbouncer") }
+        let users = try admins[0].records("SHOW USERS")
+        let scram = try #require(users.first { $0["name"] == .some("lg_scram") })
+        #expect(scram["max_user_client_connections"] == .some("2"))
+        #expect(scram["current_client_connections"] == .some("2"))
+        let md5 = try #require(users.first { $0["name"] == .some("lg_md5") })
+        #expect(md5["current_client_connections"] == .some("4"), "admins pass the limit of 2, and are counted")
+        let databases = try admins[0].records("SHOW DATABASES")
+        let lgtest = try #require(databases.first { $0["name"] == .some("lgtest") })
+        #expect(lgtest["max_client_connections"] == .some("3"))
+        #expect(lgtest["current_client_connections"] == .some("2"))
+        let console = try #require(databases.first { $0["name"] == .some("pgbouncer") })
+        #expect(console["current_client_connections"] == .some("4"))
+        _ = held
+    }
+
+    @Test func showUsersGivesTheReservePoolSize() throws {
+        let lifeguard = try LifeguardProcess(settings: "admin_users = lg_md5\n[users]\nlg_scram = pool_size=3 reserve_pool_size=1")
+        let users = try lifeguard.connect(database: "pgbouncer").records("SHOW USERS")
+        let scram = try #require(users.first { $0["name"] == .some("lg_scram") })
+        #expect(scram["pool_size"] == .some("        3"))
+        #expect(scram["reserve_pool_size"] == .some("        1"))
+        #expect(users.first { $0["name"] == .some("lg_md5") }?["reserve_pool_size"] == .some(""))
+    }
+
+    /// `server_lifetime = 0` uses each server once: the server opened for a client serves it (it was closed
+    /// at once and reopened in a loop), and an idle one is closed by the sweep.
+    @Test func aServerLifetimeOfZeroUsesEachServerOnce() throws {
+        let lifeguard = try LifeguardProcess(settings: "server_lifetime = 0\npool_mode = session\nadmin_users = lg_md5")
+        let console = try lifeguard.connect(database: "pgbouncer")
+        for round in 0..<2 {
+            let client = try lifeguard.connect()
+            #expect(try client.value("SELECT 1") == "1")
+            let servers = try console.records("SHOW SERVERS")
+            #expect(servers.count == 1)
+            let clients = try console.records("SHOW CLIENTS").compactMap { Int(($0["id"] ?? nil) ?? "") }
+            // Ids are handed out in order: this client, then its one server.
+            #expect(servers.first?["id"] == .some("\(clients.max()! + 1)"), "round \(round)")
+        }
+        #expect(waitUntil(3) { (try? console.records("SHOW SERVERS"))?.isEmpty == true })
+        #expect(lifeguard.log.contains("server lifetime over"))
+    }
+
     @Test func loginNotifyMessageIsSentAfterLogin() throws {
         let lifeguard = try LifeguardProcess(settings: "auth_type = trust\nlogin_notify_message = 'welcome to the pool'")
         let socket = try RawSocket(port: lifeguard.port)

@@ -73,6 +73,24 @@ extension IntegrationTests {
         try client.query("DROP TABLE copy_large")
     }
 
+    /// libpq's pipeline mode sends a Sync right after the COPY's Execute, which the server ignores once the
+    /// COPY has begun: the server must still go back to the pool afterwards (it was closed as "client
+    /// disconnected with query in progress", waiting for a ReadyForQuery that never comes).
+    @Test(arguments: ["transaction", "statement"])
+    func pipelinedCopyFromStdinReturnsTheServerToThePool(mode: String) throws {
+        let lifeguard = try LifeguardProcess(settings: "pool_mode = \(mode)\ndefault_pool_size = 1")
+        do {
+            let client = try lifeguard.connect()
+            try client.query("CREATE TEMP TABLE copy_pipelined (line text)")
+            #expect(try client.pipelinedCopyIn("COPY copy_pipelined FROM STDIN", lines: ["a", "b"]) == "COPY 2")
+            #expect(try client.value("SELECT 1") == "1")
+        }
+        // The one server serves the next client at once, and nothing was closed mid-query.
+        #expect(try lifeguard.connect().value("SELECT 2") == "2")
+        #expect(waitUntil { lifeguard.log.contains("closing because: client close request") })
+        #expect(!lifeguard.log.contains("query in progress"))
+    }
+
     /// COPY errors before and after the data is done, in transaction and session mode: the client keeps a
     /// working connection and the server goes back to the pool clean.
     @Test(arguments: ["transaction", "session"])

@@ -197,12 +197,37 @@ extension IntegrationTests.ServerFailureTests {
         #expect(waitUntil { (try? lifeguard.connect(user: "lg_clear", password: "clearpass").value("SELECT 1")) == "1" })
     }
 
-    @Test func unreachableServerFailsClientsInsteadOfHanging() throws {
+    /// As with PgBouncer, a refused connect does not fail the clients already waiting: they wait for the
+    /// retry (here until client_login_timeout), and clients arriving during server_login_retry get the
+    /// cached error at once.
+    @Test func unreachableServerKeepsWaitingClientsAndFailsNewOnesAtOnce() throws {
         // Nothing listens on this port: connection refused.
-        let lifeguard = try LifeguardProcess(settings: "auth_type = trust", databases: "lgtest = host=127.0.0.1 port=\(freePort())")
+        let lifeguard = try LifeguardProcess(
+            settings: "auth_type = trust\nclient_login_timeout = 1\nserver_login_retry = 10",
+            databases: "lgtest = host=127.0.0.1 port=\(freePort())")
         let start = Date()
-        #expect(lifeguard.loginFailure(user: "lg_trust", password: nil).contains("server connection failed"))
+        #expect(lifeguard.loginFailure(user: "lg_trust", password: nil).contains("client_login_timeout"))
         #expect(Date().timeIntervalSince(start) < 5)
+        #expect(lifeguard.log.contains("closing because: connect failed (connect: Connection refused"))
+        #expect(lifeguard.loginFailure(user: "lg_trust", password: nil)
+            .contains("server login has been failing, cached error: connect failed (server_login_retry)"))
+    }
+
+    /// PostgreSQL down when a client comes (PgBouncer's test_server_login_retry): the client waits through
+    /// the failed connects and is served once the server is back, after server_login_retry.
+    @Test func aClientWaitsForAServerThatComesBack() throws {
+        let port = freePort()
+        let lifeguard = try LifeguardProcess(
+            settings: "server_login_retry = 0.5", databases: "lgtest = host=127.0.0.1 port=\(port)")
+        let waiting = Background { try? lifeguard.connect().value("SELECT 'served'") }
+        #expect(waitUntil { lifeguard.log.contains("closing because: connect failed") })
+        #expect(!waiting.finished(within: 0.3), "the waiting client was failed")
+        // The server comes back on the same port (a relay in front of PostgreSQL).
+        let relay = try FatalAfterMarkerRelay(
+            targetPort: TestEnvironment.postgresPort!, marker: "not in any reply", listenPort: port)
+        #expect(waiting.finished(within: 10))
+        #expect(waiting.result == "served")
+        _ = relay
     }
 }
 
@@ -215,8 +240,11 @@ extension IntegrationTests.ServerFailureTests {
 
     @Test func unknownHostNameFailsClearly() throws {
         let lifeguard = try LifeguardProcess(
-            settings: "auth_type = trust", databases: "lgtest = host=no-such-host.invalid port=5432")
-        #expect(lifeguard.loginFailure(user: "lg_trust", password: nil).contains("could not resolve host no-such-host.invalid"))
+            settings: "auth_type = trust\nclient_login_timeout = 1",
+            databases: "lgtest = host=no-such-host.invalid port=5432")
+        #expect(lifeguard.loginFailure(user: "lg_trust", password: nil).contains("client_login_timeout"))
+        #expect(lifeguard.loginFailure(user: "lg_trust", password: nil)
+            .contains("cached error: could not resolve host no-such-host.invalid"))
     }
 
     @Test func hostListWithLoadBalancingDisabledMovesOnFromAFailedHost() throws {
@@ -224,9 +252,8 @@ extension IntegrationTests.ServerFailureTests {
         let lifeguard = try LifeguardProcess(
             settings: "auth_type = trust\nserver_login_retry = 0.2",
             databases: "lgtest = host=/nonexistent-lifeguard-dir,127.0.0.1 port=\(TestEnvironment.postgresPort!) load_balance_hosts=disable")
-        _ = lifeguard.loginFailure(user: "lg_trust", password: nil)
-        usleep(300_000)
-        for _ in 0..<3 {
+        // The first client waits through the failed host and is served by the second after server_login_retry.
+        for _ in 0..<4 {
             let client = try lifeguard.connect(user: "lg_trust", password: nil)
             #expect(try client.value("SELECT inet_server_port()") == "\(TestEnvironment.postgresPort!)")
         }
@@ -256,10 +283,11 @@ extension IntegrationTests.ServerFailureTests {
         defer { _ = system("scripts/blackhole-host.sh destroy \(name)") }
         try #require(system("scripts/blackhole-host.sh create \(name) 10.213.0") == 0, "no network namespace")
         let lifeguard = try LifeguardProcess(
-            settings: "auth_type = trust\nserver_connect_timeout = 0.5",
+            settings: "auth_type = trust\nserver_connect_timeout = 0.5\nclient_login_timeout = 2",
             databases: "lgtest = host=10.213.0.2 port=5432")
         let start = Date()
-        #expect(lifeguard.loginFailure(user: "lg_trust", password: nil).contains("server connect timeout"))
+        #expect(lifeguard.loginFailure(user: "lg_trust", password: nil).contains("client_login_timeout"))
+        #expect(lifeguard.log.contains("closing because: connect timeout"))
         #expect(Date().timeIntervalSince(start) < 5)
     }
 }

@@ -120,7 +120,8 @@ import Testing
         let querying = Client()
         _ = state.clientWantsServer(querying, now: 0, paused: false)
         state.serverLaunched()
-        let failed = state.serverLoginFailed(PoolerError("password authentication failed"), now: 1)
+        let failed = state.serverLoginFailed(
+            PoolerError("password authentication failed"), failsWaitingClients: true, now: 1)
         #expect(failed.map(ObjectIdentifier.init) == [greeting, querying].map(ObjectIdentifier.init))
         let wasCounted = state.serverClosed(Server(), duringLogin: true)
         #expect(wasCounted, "the failed server was counted")
@@ -137,12 +138,30 @@ import Testing
         #expect(launch(state, now: 16 * Self.second) == .launch)
     }
 
+    /// A refused connect (or a server starting up or shutting down) keeps the waiting clients for the retry,
+    /// as PgBouncer does; only clients arriving during `server_login_retry` get the cached error.
+    @Test func aFailedConnectKeepsTheWaitingClientsForTheRetry() {
+        var state = makeState()
+        guard case .wait = state.clientNeedsWelcome(Client(), now: 0) else { return fail("greeted before a login") }
+        state.serverLaunched()
+        let failed = state.serverLoginFailed(PoolerError("connect failed"), failsWaitingClients: false, now: 1)
+        #expect(failed.isEmpty)
+        _ = state.serverClosed(Server(), duringLogin: true)
+        #expect(state.clientsAwaitingWelcome.count == 1)
+        guard case .fail(let error) = state.clientNeedsWelcome(Client(), now: 2) else {
+            return fail("a client arriving during server_login_retry waited")
+        }
+        #expect(error.message == "server login has been failing, cached error: connect failed (server_login_retry)")
+        #expect(launch(state, now: 2) == .wait)
+        #expect(launch(state, now: 16 * Self.second) == .launch, "retried for the client still waiting")
+    }
+
     @Test func aFailedLoginWhileAnotherServerLivesFailsNobody() {
         var state = makeState()
         _ = idleServer(in: &state)
         state.serverLaunched()
         _ = state.clientNeedsWelcome(Client(), now: 0)
-        let failed = state.serverLoginFailed(PoolerError("boom"), now: 0)
+        let failed = state.serverLoginFailed(PoolerError("boom"), failsWaitingClients: true, now: 0)
         #expect(failed.isEmpty)
     }
 

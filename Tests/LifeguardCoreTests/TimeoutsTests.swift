@@ -36,6 +36,14 @@ import Testing
         #expect(Timeouts.ClientExpiry.login.message == "client_login_timeout")
     }
 
+    @Test func aClientWaitingForTheFirstServerLoginTimesOutAsServerDown() {
+        let rules = timeouts()
+        let waiting = clocks { $0.awaitingWelcomeSince = 0 }
+        #expect(rules.expired(waiting, now: 60 * second - 1) == nil)
+        #expect(rules.expired(waiting, now: 60 * second) == .loginServerDown)
+        #expect(Timeouts.ClientExpiry.loginServerDown.message == "client_login_timeout (server down)")
+    }
+
     @Test func disabledTimeoutsNeverFire() {
         let rules = timeouts()
         let idle = clocks { $0.idleSince = 0; $0.queryStartedAt = 0; $0.transactionStartedAt = 0 }
@@ -73,16 +81,25 @@ import Testing
 
     @Test func serverConnectAndIdleTimeouts() {
         let rules = timeouts { $0.serverIdleTimeout = 10; $0.serverConnectTimeout = 2 }
-        #expect(rules.expiredServer(loggingInSince: 0, idleSince: nil, keepForMinimum: false, now: 2 * second) == .connect)
-        #expect(rules.expiredServer(loggingInSince: 0, idleSince: nil, keepForMinimum: false, now: second) == nil)
-        #expect(rules.expiredServer(loggingInSince: nil, idleSince: 0, keepForMinimum: false, now: 10 * second) == .idle)
+        #expect(rules.expiredServer(loggingInSince: 0, idleSince: nil, keepForMinimum: false, lifetimeOver: false, now: 2 * second) == .connect)
+        #expect(rules.expiredServer(loggingInSince: 0, idleSince: nil, keepForMinimum: false, lifetimeOver: false, now: second) == nil)
+        #expect(rules.expiredServer(loggingInSince: nil, idleSince: 0, keepForMinimum: false, lifetimeOver: false, now: 10 * second) == .idle)
         // min_pool_size keeps idle servers open.
-        #expect(rules.expiredServer(loggingInSince: nil, idleSince: 0, keepForMinimum: true, now: 100 * second) == nil)
+        #expect(rules.expiredServer(loggingInSince: nil, idleSince: 0, keepForMinimum: true, lifetimeOver: false, now: 100 * second) == nil)
     }
 
     @Test func serverLifetime() {
         #expect(!Timeouts.lifetimeOver(connectedSeconds: 100, nowSeconds: 3699, lifetimeSeconds: 3600))
         #expect(Timeouts.lifetimeOver(connectedSeconds: 100, nowSeconds: 3700, lifetimeSeconds: 3600))
         #expect(Timeouts.lifetimeOver(connectedSeconds: 100, nowSeconds: 100, lifetimeSeconds: 0), "0 means use once")
+    }
+
+    @Test func anIdleServerPastItsLifetimeIsClosedAndABusyOneIsNot() {
+        let rules = timeouts { $0.serverIdleTimeout = 10 }
+        #expect(rules.expiredServer(loggingInSince: nil, idleSince: 0, keepForMinimum: false, lifetimeOver: true, now: second) == .lifetime)
+        // Idle timeout first, as PgBouncer's janitor checks it first.
+        #expect(rules.expiredServer(loggingInSince: nil, idleSince: 0, keepForMinimum: false, lifetimeOver: true, now: 10 * second) == .idle)
+        // A server with a client (not idle) keeps going until the client is done with it.
+        #expect(rules.expiredServer(loggingInSince: nil, idleSince: nil, keepForMinimum: false, lifetimeOver: true, now: second) == nil)
     }
 }

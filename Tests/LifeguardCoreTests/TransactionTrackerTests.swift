@@ -199,6 +199,41 @@ private let c = UInt8(ascii: "c")
         #expect(tracker.serverReady(.idle) == .release)
     }
 
+    /// libpq's pipeline COPY: Execute and Sync, then (after CopyInResponse) the data, CopyDone, libpq's own
+    /// Sync and the pipeline's Sync. The server ignores the first Sync and answers the other two.
+    @Test(arguments: [PoolMode.transaction, .statement])
+    func aSyncSentBeforeCopyInBeganIsNeverAnswered(mode: PoolMode) {
+        var tracker = TransactionTracker(poolMode: mode)
+        for id in [P, B, D, E, S] { tracker.clientSent(id) }
+        tracker.serverStartedCopyIn()
+        #expect(!tracker.isIdle, "the COPY is under way")
+        for id in [d, c, S, S] { tracker.clientSent(id) }
+        #expect(tracker.serverReady(.idle) == .keep)
+        #expect(tracker.serverReady(.idle) == .release)
+        #expect(tracker.isIdle)
+    }
+
+    @Test func syncsDuringCopyDataAreNotCounted() {
+        var tracker = TransactionTracker(poolMode: .transaction)
+        for id in [P, B, E, UInt8(ascii: "H")] { tracker.clientSent(id) }
+        tracker.serverStartedCopyIn()
+        for id in [d, S, d, c] { tracker.clientSent(id) }
+        #expect(!tracker.isIdle, "the extended-protocol transaction stays open until a Sync after the data")
+        tracker.clientSent(S)
+        #expect(tracker.serverReady(.idle) == .release)
+    }
+
+    @Test func aSimpleQueryCopyKeepsItsOneReadyForQuery() {
+        var tracker = TransactionTracker(poolMode: .transaction)
+        for id in [E, S] { tracker.clientSent(id) }
+        #expect(tracker.serverReady(.idle) == .release)
+        tracker.clientSent(Q)
+        tracker.serverStartedCopyIn()
+        for id in [d, c] { tracker.clientSent(id) }
+        #expect(tracker.outstandingRequests == 1, "an earlier batch's Sync is not taken back")
+        #expect(tracker.serverReady(.idle) == .release)
+    }
+
     @Test func equatable() {
         var a = TransactionTracker(poolMode: .transaction)
         let b = TransactionTracker(poolMode: .transaction)

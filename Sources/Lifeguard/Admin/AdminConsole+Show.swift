@@ -121,7 +121,8 @@ extension AdminConsole {
             let disabled = control.disabledDatabases.contains(name) ? "1" : "0"
             if name == AdminAccess.databaseName {
                 table.append([name, nil, "\(settings.listenPort)", name, name, "2", "0", "0", lifetime, "statement",
-                              nil, "0", "0", "0", "\(group.adminSessions.count)", paused, disabled])
+                              nil, "0", "0", "\(settings.maxDBClientConnections)",
+                              "\(shard.shared.clientCount(ofDatabase: name))", paused, disabled])
                 continue
             }
             guard let database = shard.configuration.database(named: name) else { continue }
@@ -131,8 +132,9 @@ extension AdminConsole {
                 "\(database.poolSize ?? settings.defaultPoolSize)", "\(database.minPoolSize ?? settings.minPoolSize)",
                 "\(database.reservePoolSize ?? settings.reservePoolSize)", lifetime, database.poolMode?.rawValue, nil,
                 "\(database.maxDBConnections ?? settings.maxDBConnections)",
-                "\(pools.reduce(0) { $0 + $1.serverCount })", "0", "\(pools.reduce(0) { $0 + $1.clientCount })",
-                paused, disabled,
+                "\(pools.reduce(0) { $0 + $1.serverCount })",
+                "\(database.maxDBClientConnections ?? settings.maxDBClientConnections)",
+                "\(shard.shared.clientCount(ofDatabase: name))", paused, disabled,
             ])
         }
         return table
@@ -185,14 +187,16 @@ extension AdminConsole {
         var names = Set(shard.configuration.users.keys).union(shard.userNames)
         for pool in group.pools { names.insert(pool.key.user) }
         names.insert(AdminAccess.databaseName)
+        let settings = shard.settings
         for name in names.sorted() {
             let definition = shard.configuration.users[name]
-            let pools = group.pools.filter { $0.key.user == name }
-            let poolSize = definition?.poolSize.map { Self.padded($0) } ?? ""
             table.append([
-                name, poolSize, "", definition?.poolMode?.rawValue,
-                "\(definition?.maxUserConnections ?? shard.settings.maxUserConnections)",
-                "\(shard.shared.serverCount(ofUser: name))", "0", "\(pools.reduce(0) { $0 + $1.clientCount })",
+                name, definition?.poolSize.map { Self.padded($0) } ?? "",
+                definition?.reservePoolSize.map { Self.padded($0) } ?? "", definition?.poolMode?.rawValue,
+                "\(definition?.maxUserConnections ?? settings.maxUserConnections)",
+                "\(shard.shared.serverCount(ofUser: name))",
+                "\(definition?.maxUserClientConnections ?? settings.maxUserClientConnections)",
+                "\(shard.shared.clientCount(ofUser: name))",
             ])
         }
         return table
@@ -286,9 +290,9 @@ extension AdminConsole {
         ("bind_count", \PoolStatistics.binds), ("client_login_count", \PoolStatistics.clientLogins),
     ]
 
-    /// Databases that have pools, with their pools; the console's own row has no pools and counts nothing.
+    /// Databases that have pools, with their pools; the console's row counts its logins and commands.
     private var statsDatabases: [(name: String, pools: [PoolSummary])] {
-        var byDatabase: [String: [PoolSummary]] = [AdminAccess.databaseName: []]
+        var byDatabase: [String: [PoolSummary]] = [AdminAccess.databaseName: [group.console]]
         for pool in group.pools { byDatabase[pool.key.database, default: []].append(pool) }
         return byDatabase.keys.sorted().map { ($0, byDatabase[$0]!) }
     }
@@ -344,7 +348,7 @@ extension AdminConsole {
 
     private func totals() -> ResultSet {
         var table = ResultSet(names: ["name", "value"], types: "sN")
-        let pools = group.pools
+        let pools = group.pools + [group.console]
         let totals = pools.reduce(PoolStatistics()) { $0 + $1.stats }
         let averages = group.averages(of: pools)
         let names = [

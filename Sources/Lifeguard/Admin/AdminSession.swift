@@ -21,6 +21,8 @@ final class AdminSession: ConnectionDelegate {
     private(set) var requestTime: Int
     private let connectedAt = NIODeadline.now()
     private let peer: String
+    /// This session's place in the per-database and per-user client counts, given back at close.
+    private let clientLogin: SharedState.ClientLogin?
     private var scanner: FrameScanner
     private let connection: Connection
     private var closeReason: String?
@@ -33,8 +35,9 @@ final class AdminSession: ConnectionDelegate {
 
     init(
         connection: Connection, shard: PoolShard, role: AdminRole, user: String, id: Int, connectTime: Int,
-        peer: String
+        peer: String, clientLogin: SharedState.ClientLogin?
     ) {
+        self.clientLogin = clientLogin
         self.connection = connection
         self.shard = shard
         self.role = role
@@ -58,6 +61,7 @@ final class AdminSession: ConnectionDelegate {
     func start() {
         connection.delegate = self
         cancelKey = shard.register(self)
+        shard.consoleStatistics.clientLogins += 1
         var buffer = ByteBufferAllocator().buffer(capacity: 256)
         buffer.writeAuthenticationOK()
         for (name, value) in [
@@ -138,6 +142,7 @@ final class AdminSession: ConnectionDelegate {
     func connectionClosed(_ connection: Connection, error: SocketError?) {
         if closeReason == nil, let error { closeReason = "client socket error: \(error)" }
         shard.unregister(self, cancelKey: cancelKey)
+        if let clientLogin { shard.shared.clientLoggedOut(clientLogin) }
         if pendingReply != nil { shard.group.acrossShards(from: shard) { shard.group.dropPendingReplies(of: self) } }
         if shard.settings.logDisconnections {
             let age = (NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000
@@ -154,6 +159,9 @@ final class AdminSession: ConnectionDelegate {
             var body = body ?? ByteBuffer()
             let sql = body.readNullTerminatedString() ?? ""
             var reply = ByteBuffer()
+            // PgBouncer counts each console command as a transaction and a query of the console's pool.
+            shard.consoleStatistics.transactions += 1
+            shard.consoleStatistics.queries += 1
             // With the other loops parked, as a single-threaded pooler would be busy with the command.
             let outcome = shard.group.acrossShards(from: shard) {
                 let outcome = AdminConsole(shard: shard, session: self).execute(sql, into: &reply)

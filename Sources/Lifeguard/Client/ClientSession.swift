@@ -84,6 +84,8 @@ final class ClientSession: ConnectionDelegate {
     private static let noParameters = ParameterSet()
     /// Console rights decided at startup for a login to the `pgbouncer` database.
     private var adminRole: AdminRole?
+    /// The login counted against the per-database and per-user client limits, released at close.
+    private var clientLogin: SharedState.ClientLogin?
     /// Set once a console login handed the connection to an AdminSession; this session then leaves.
     private var adminSuccessor: AdminSession?
     /// The peer's user id, for Unix-socket clients (the daemon's own user may enter the console as `pgbouncer`).
@@ -197,10 +199,11 @@ final class ClientSession: ConnectionDelegate {
         }
         if let pool {
             pool.removeWaiting(self)
-            if wasLoggedIn {
-                pool.clientLoggedOut()
-                shard.shared.clientLoggedOut(of: pool.key)
-            }
+            if wasLoggedIn { pool.clientLoggedOut() }
+        }
+        if let clientLogin {
+            shard.shared.clientLoggedOut(clientLogin)
+            self.clientLogin = nil
         }
         shard.unregister(self)
         if let cancelKey { shard.unregisterCancelKey(cancelKey) }
@@ -276,7 +279,9 @@ final class ClientSession: ConnectionDelegate {
             } else if server == nil, !machine.isQueued, !hasUnsentTraffic, queryStart == nil {
                 clocks.idleSince = lastReady.map { Int64($0.uptimeNanoseconds) }
             }
-        case .awaitingWelcome, .closed:
+        case .awaitingWelcome:
+            clocks.awaitingWelcomeSince = Int64(connectedAt.uptimeNanoseconds)
+        case .closed:
             break
         }
         return clocks
@@ -330,7 +335,7 @@ final class ClientSession: ConnectionDelegate {
                     // The console is exempt from max_client_conn; its rights are settled before any password.
                     if startup.user == AdminAccess.databaseName, peerUID == getuid() {
                         if shard.settings.logConnections { logger.info("\(logPrefix) pgbouncer access from unix socket") }
-                        handOverToAdmin(role: .admin, user: startup.user)
+                        try handOverToAdmin(role: .admin, user: startup.user)
                         completeAdminHandover(leftover: startupBuffer)
                         return
                     }
@@ -507,7 +512,7 @@ final class ClientSession: ConnectionDelegate {
         self.authentication = nil
         let startup = authentication.startup
         if let adminRole {
-            handOverToAdmin(role: adminRole, user: startup.user)
+            try handOverToAdmin(role: adminRole, user: startup.user)
             return
         }
         if shard.control.disabledDatabases.contains(startup.database) {
@@ -517,7 +522,7 @@ final class ClientSession: ConnectionDelegate {
             throw PoolerError.noSuchDatabase(startup.database)
         }
         let pool = shard.pool(for: database, clientDatabase: startup.database, clientUser: startup.user)
-        try checkClientLimits(database: database, pool: pool, user: startup.user)
+        try countClientLogin(database: startup.database, user: startup.user)
         if database.user == nil, let keys = authentication.scramKeys {
             pool.scramPassThroughKeys = keys
         }
@@ -545,28 +550,33 @@ final class ClientSession: ConnectionDelegate {
     }
 
     /// max_db_client_connections and max_user_client_connections (per-database/per-user value, else global),
-    /// counted across all shards; the login is counted when it passes.
-    private func checkClientLimits(database: DatabaseDefinition, pool: Pool, user: String) throws {
-        let settings = shard.settings
-        let databaseLimit = database.maxDBClientConnections ?? settings.maxDBClientConnections
-        let userLimit = shard.configuration.users[user]?.maxUserClientConnections ?? settings.maxUserClientConnections
-        switch shard.shared.clientLoggingIn(to: pool.key, databaseLimit: databaseLimit, userLimit: userLimit) {
-        case .database: throw PoolerError("client connections exceeded (max_db_client_connections)")
-        case .user: throw PoolerError("client connections exceeded (max_user_client_connections)")
-        case nil: break
+    /// counted across all shards by the database asked for and the login user; the login is counted when it
+    /// passes. Admin users on the console are counted but never refused, so they can always get in to fix
+    /// things.
+    private func countClientLogin(database: String, user: String, exempt: Bool = false) throws {
+        let login = SharedState.ClientLogin(database: database, user: user)
+        let databaseLimit = exempt ? 0 : shard.database(named: database)?.maxDBClientConnections
+            ?? shard.settings.maxDBClientConnections
+        let userLimit = exempt ? 0 : shard.configuration.users[user]?.maxUserClientConnections
+            ?? shard.settings.maxUserClientConnections
+        if let limit = shard.shared.clientLoggingIn(login, databaseLimit: databaseLimit, userLimit: userLimit) {
+            throw limit.error
         }
+        clientLogin = login
     }
 
     // MARK: Admin console
 
     /// Makes an AdminSession for this connection; `completeAdminHandover` then hands it over.
-    private func handOverToAdmin(role: AdminRole, user: String) {
+    private func handOverToAdmin(role: AdminRole, user: String) throws {
+        try countClientLogin(database: AdminAccess.databaseName, user: user, exempt: role == .admin)
         machine.close()
         // The console does not count against max_client_conn: it leaves the client registry.
         shard.unregister(self)
         adminSuccessor = AdminSession(
             connection: connection, shard: shard, role: role, user: user, id: id, connectTime: connectTime,
-            peer: peerDescription)
+            peer: peerDescription, clientLogin: clientLogin)
+        clientLogin = nil
     }
 
     /// Gives the connection to the console session, with the bytes that arrived with the login.
@@ -926,6 +936,11 @@ final class ClientSession: ConnectionDelegate {
             return .keep
         }
         return decision
+    }
+
+    /// CopyInResponse from the linked server.
+    func serverStartedCopyIn() {
+        tracker.serverStartedCopyIn()
     }
 
     func serverReleased() {

@@ -250,12 +250,12 @@ final class Pool {
         state.syncLoginFailure(shard.shared.withFacts(of: key) { $0.lastLoginFailure })
     }
 
-    /// A server login failed with `error`. When no server of this pool is left to serve them, the clients
-    /// waiting on it get that error (with the server's SQLSTATE), as PgBouncer does.
-    func serverLoginFailed(_ error: PoolerError) {
+    /// A server login failed with `error`, which new clients get at once for `server_login_retry`. The
+    /// clients already waiting get it too only when the server refused the login (see PoolState).
+    func serverLoginFailed(_ error: PoolerError, failsWaitingClients: Bool) {
         let now = Self.now
         shard.shared.withFacts(of: key) { $0.lastLoginFailure = (error, now) }
-        for client in state.serverLoginFailed(error, now: now) {
+        for client in state.serverLoginFailed(error, failsWaitingClients: failsWaitingClients, now: now) {
             client.closeWithError(error, reason: error.message)
         }
     }
@@ -269,7 +269,7 @@ final class Pool {
         conditions.paused = shard.isPaused(key.database)
         conditions.closeNeeded = server.closeNeeded
         conditions.statementCacheUntrusted = server.statementCacheUntrusted
-        conditions.lifetimeOver = Timeouts.lifetimeOver(
+        conditions.lifetimeOver = server.hasServedAClient && Timeouts.lifetimeOver(
             connectedSeconds: server.connectTime, nowSeconds: shard.clockSeconds, lifetimeSeconds: serverLifetime)
         if let request = serverRequests.first, conditions.allowReuse, server.canMove,
             state.waitingClients.isEmpty || state.serverCount > request.servers + 1

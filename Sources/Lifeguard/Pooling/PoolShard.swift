@@ -41,6 +41,8 @@ final class PoolShard {
     private(set) var clientSessions: [ObjectIdentifier: ClientSession] = [:]
     private(set) var serverConnections: [ObjectIdentifier: ServerConnection] = [:]
     private(set) var adminSessions: [ObjectIdentifier: AdminSession] = [:]
+    /// This shard's console logins and commands (ShardGroup.console adds them up).
+    var consoleStatistics = PoolStatistics()
     let resolver: HostResolver
     /// Clients' named prepared statements, shared by definition across all clients and servers (the group's).
     let preparedStatements: PreparedStatementRegistry
@@ -147,12 +149,16 @@ final class PoolShard {
         for server in Array(serverConnections.values) {
             let clocks = server.timeoutClocks
             let keep = server.pool.serverCount <= server.pool.capacity.minSize
+            let lifetimeOver = Timeouts.lifetimeOver(
+                connectedSeconds: server.connectTime, nowSeconds: clockSeconds,
+                lifetimeSeconds: server.pool.serverLifetime)
             switch timeouts.expiredServer(
                 loggingInSince: clocks.loggingInSince, idleSince: clocks.idleSince, keepForMinimum: keep,
-                now: nowNanoseconds)
+                lifetimeOver: lifetimeOver, now: nowNanoseconds)
             {
             case .connect: server.loginTimedOut()
             case .idle: server.close(reason: Timeouts.ServerExpiry.idle.reason)
+            case .lifetime: server.close(reason: Timeouts.ServerExpiry.lifetime.reason)
             case nil: break
             }
             if settings.serverFastClose, server.closeNeeded, server.pool.mode == .session,

@@ -120,6 +120,14 @@ final class ShardGroup {
         return byKey.keys.sorted { ($0.database, $0.user) < ($1.database, $1.user) }.map { byKey[$0]! }
     }
 
+    /// The console as SHOW STATS and SHOW TOTALS count it: a pool of its own.
+    var console: PoolSummary {
+        var summary = PoolSummary(
+            key: PoolKey(database: AdminAccess.databaseName, user: AdminAccess.databaseName), mode: .statement)
+        for shard in shards { summary.add(shard.consoleStatistics) }
+        return summary
+    }
+
     func pools(of database: String?) -> [PoolSummary] {
         pools.filter { database == nil || $0.key.database == database }
     }
@@ -224,7 +232,7 @@ extension ShardGroup {
         control.olderStats = control.newerStats
         control.olderStamp = control.newerStamp
         control.newerStamp = .now()
-        let pools = self.pools
+        let pools = self.pools + [console]
         control.newerStats = Dictionary(uniqueKeysWithValues: pools.map { ($0.key, $0.stats) })
         guard first.settings.logStats else { return }
         let average = averages(of: pools)
@@ -261,5 +269,9 @@ struct PoolSummary {
         clientCount += pool.clientCount
         longestWaitMicroseconds = max(longestWaitMicroseconds, pool.longestWaitMicroseconds)
         stats = stats + pool.stats
+    }
+
+    mutating func add(_ statistics: PoolStatistics) {
+        stats = stats + statistics
     }
 }

@@ -45,16 +45,23 @@ final class SharedState: @unchecked Sendable {
     /// Client connections open in the whole process.
     var clientCount: Int { lock.withLock { counts.clients } }
 
-    /// Counts a login to `key` unless it would pass a per-database or per-user client limit (0: none);
-    /// returns which limit stopped it.
-    func clientLoggingIn(to key: PoolKey, databaseLimit: Int, userLimit: Int) -> ClientLimit? {
+    /// A login as PgBouncer's per-database and per-user client limits count it: the database the client
+    /// asked for and the user it logged in as (not a database's forced user).
+    struct ClientLogin: Hashable {
+        let database: String
+        let user: String
+    }
+
+    /// Counts `login` unless it would pass a per-database or per-user client limit (0: none); returns which
+    /// limit stopped it.
+    func clientLoggingIn(_ login: ClientLogin, databaseLimit: Int, userLimit: Int) -> ClientLimit? {
         lock.withLock {
-            if databaseLimit > 0, counts.loginsPerDatabase[key.database, default: 0] >= databaseLimit {
+            if databaseLimit > 0, counts.loginsPerDatabase[login.database, default: 0] >= databaseLimit {
                 return .database
             }
-            if userLimit > 0, counts.loginsPerUser[key.user, default: 0] >= userLimit { return .user }
-            counts.loginsPerDatabase[key.database, default: 0] += 1
-            counts.loginsPerUser[key.user, default: 0] += 1
+            if userLimit > 0, counts.loginsPerUser[login.user, default: 0] >= userLimit { return .user }
+            counts.loginsPerDatabase[login.database, default: 0] += 1
+            counts.loginsPerUser[login.user, default: 0] += 1
             return nil
         }
     }
@@ -62,13 +69,30 @@ final class SharedState: @unchecked Sendable {
     enum ClientLimit {
         case database
         case user
+
+        var error: PoolerError {
+            switch self {
+            case .database: PoolerError("client connections exceeded (max_db_client_connections)")
+            case .user: PoolerError("client connections exceeded (max_user_client_connections)")
+            }
+        }
     }
 
-    func clientLoggedOut(of key: PoolKey) {
+    func clientLoggedOut(_ login: ClientLogin) {
         lock.withLock {
-            counts.loginsPerDatabase[key.database, default: 1] -= 1
-            counts.loginsPerUser[key.user, default: 1] -= 1
+            counts.loginsPerDatabase[login.database, default: 1] -= 1
+            counts.loginsPerUser[login.user, default: 1] -= 1
         }
+    }
+
+    /// Logged-in clients (console sessions included) of a database, for SHOW DATABASES.
+    func clientCount(ofDatabase database: String) -> Int {
+        lock.withLock { counts.loginsPerDatabase[database, default: 0] }
+    }
+
+    /// Logged-in clients (console sessions included) of a login user, for SHOW USERS.
+    func clientCount(ofUser user: String) -> Int {
+        lock.withLock { counts.loginsPerUser[user, default: 0] }
     }
 
     // MARK: Servers

@@ -64,6 +64,10 @@ final class ServerConnection: ConnectionDelegate {
         id == BackendID.parseComplete ? parseComplete : closeComplete
     }
 
+    /// False until the first client gets the server: `server_lifetime` (0: use each server once) is
+    /// checked when a client is done with it, never on its way to the first client.
+    private(set) var hasServedAClient = false
+
     private init(pool: Pool) {
         self.pool = pool
         self.address = pool.nextServerAddress()
@@ -86,7 +90,7 @@ final class ServerConnection: ConnectionDelegate {
         server.address.resolve(with: pool.shard.resolver) { result in
             switch result {
             case .success(let addresses): server.connect(to: addresses[...])
-            case .failure(let error): server.connectFailed(error)
+            case .failure(let error): server.connectFailed(error, cachedAs: "\(error)")
             }
         }
     }
@@ -107,7 +111,7 @@ final class ServerConnection: ConnectionDelegate {
     /// A connect failed, at once or later: the next address, or the pool hears that none worked.
     private func tryNextAddress(after error: Error) {
         if remainingAddresses.isEmpty {
-            connectFailed(error)
+            connectFailed(error, cachedAs: "connect failed")
         } else {
             connect(to: remainingAddresses)
         }
@@ -143,12 +147,13 @@ final class ServerConnection: ConnectionDelegate {
         tryNextAddress(after: error)
     }
 
-    private func connectFailed(_ error: Error) {
+    /// No connection: the pool keeps `reason` (PgBouncer's words: "connect failed") as the error new clients
+    /// get during `server_login_retry`; the log line gives the cause too.
+    private func connectFailed(_ error: Error, cachedAs reason: String) {
         guard machine.connectFailed() else { return }
         pool.serverAddressFailed(address)
-        let message = "server connection failed: \(error)"
-        logger.warning("\(logPrefix) closing because: \(message) (age=\(ageSeconds)s)")
-        pool.serverLoginFailed(PoolerError(message))
+        logger.warning("\(logPrefix) closing because: \(reason) (\(error)) (age=\(ageSeconds)s)")
+        pool.serverLoginFailed(PoolerError(reason), failsWaitingClients: false)
         pool.serverClosed(self, duringLogin: true)
     }
 
@@ -183,7 +188,9 @@ final class ServerConnection: ConnectionDelegate {
         }
         switch machine.closed() {
         case .duringLogin:
-            if closeReason == nil { pool.serverLoginFailed(PoolerError("server conn crashed?")) }
+            if closeReason == nil {
+                pool.serverLoginFailed(PoolerError("server conn crashed?"), failsWaitingClients: false)
+            }
             pool.serverClosed(self, duringLogin: true)
         case .whileLinked(let client):
             client.serverClosed(reason: reason)
@@ -300,6 +307,9 @@ final class ServerConnection: ConnectionDelegate {
                     parameters.update(name: name, value: value)
                     client.parameters.update(name: name, value: value)
                 }
+                return true
+            case BackendID.copyInResponse:
+                client.serverStartedCopyIn()
                 return true
             default:
                 return true
@@ -535,7 +545,8 @@ final class ServerConnection: ConnectionDelegate {
         switch machine.serverError(error) {
         case .loginFailed:
             logger.warning("\(logPrefix) server login failed: \(error.message) (SQLSTATE \(error.sqlState))")
-            pool.serverLoginFailed(error)
+            // 57P03: the server is starting up or shutting down; clients wait for the retry.
+            pool.serverLoginFailed(error, failsWaitingClients: error.sqlState != "57P03")
             closeReason = "server login failed: \(error.message)"
             connection?.close()
             pool.serverClosed(self, duringLogin: true)
@@ -610,7 +621,7 @@ final class ServerConnection: ConnectionDelegate {
     /// Lifeguard itself cannot log in: tell the waiting clients and close.
     private func failLogin(_ message: String) -> Bool {
         logger.warning("\(logPrefix) \(message)")
-        pool.serverLoginFailed(PoolerError(message))
+        pool.serverLoginFailed(PoolerError(message), failsWaitingClients: true)
         close(reason: message)
         return true
     }
@@ -619,6 +630,7 @@ final class ServerConnection: ConnectionDelegate {
 
     /// Lends this server to `client`; if the client's tracked parameters differ, they are set first.
     func assign(to client: ClientSession) {
+        hasServedAClient = true
         if let statements = client.parameters.setStatements(toMatch: parameters) {
             // Taken as done (a failing SET closes the server): parameters PostgreSQL does not report would
             // otherwise never be known, and the reported ones are confirmed by their ParameterStatus.
@@ -696,7 +708,7 @@ final class ServerConnection: ConnectionDelegate {
     /// server_connect_timeout: the login did not finish in time.
     func loginTimedOut() {
         logger.warning("\(logPrefix) closing because: connect timeout")
-        pool.serverLoginFailed(PoolerError("server connect timeout"))
+        pool.serverLoginFailed(PoolerError("connect timeout"), failsWaitingClients: false)
         close(reason: "connect timeout")
     }
 
@@ -754,7 +766,7 @@ final class ServerConnection: ConnectionDelegate {
             connection.close()
         } else if case .connecting = machine.state {
             // Still resolving its host name: nothing to close but the bookkeeping.
-            connectFailed(PoolerError(reason))
+            connectFailed(PoolerError(reason), cachedAs: reason)
         }
     }
 

@@ -254,12 +254,15 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
         return clientsAwaitingWelcome
     }
 
-    /// A server login failed. When no other server of the pool is left to serve them, every client waiting
-    /// on the pool is returned, to fail with this error (and the server's SQLSTATE), as PgBouncer does.
-    /// The failed server's close is reported separately.
-    public mutating func serverLoginFailed(_ error: PoolerError, now: Int64) -> [Client] {
+    /// A server login failed. As PgBouncer does, only a refusal by the server (`failsWaitingClients`: an
+    /// error other than "cannot connect now", 57P03) fails the clients waiting on the pool, and only when no
+    /// other server of it is left to serve them: they are returned, to fail with this error and its SQLSTATE.
+    /// A failed connect, a timeout or a server that is starting up or shutting down leaves them waiting for
+    /// the retry after `server_login_retry` (or their own timeouts). The failed server's close is reported
+    /// separately.
+    public mutating func serverLoginFailed(_ error: PoolerError, failsWaitingClients: Bool, now: Int64) -> [Client] {
         lastLoginFailure = (error, now)
-        guard serverCount - 1 == 0 else { return [] }
+        guard failsWaitingClients, serverCount - 1 == 0 else { return [] }
         let waiting = clientsAwaitingWelcome + waitingClients.map(\.client)
         clientsAwaitingWelcome = []
         waitingClients = []

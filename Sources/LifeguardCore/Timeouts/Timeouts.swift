@@ -31,6 +31,8 @@ public struct Timeouts: Sendable, Equatable {
     /// Why a client is disconnected; the message is PgBouncer's.
     public enum ClientExpiry: String, Sendable, Equatable {
         case login = "client_login_timeout"
+        /// Logged in, but the pool has never reached its server to learn the welcome.
+        case loginServerDown = "client_login_timeout (server down)"
         case idle = "client_idle_timeout"
         case queryWait = "query_wait_timeout"
         case query = "query timeout"
@@ -44,6 +46,8 @@ public struct Timeouts: Sendable, Equatable {
     public struct ClientClocks: Sendable, Equatable {
         /// Still logging in, since this time.
         public var loginStartedAt: Int64?
+        /// Connected at this time and waiting for the pool's first server login (its welcome).
+        public var awaitingWelcomeSince: Int64?
         /// Logged in, with no server and no request, since this time.
         public var idleSince: Int64?
         /// Queued for a server since this time.
@@ -62,6 +66,7 @@ public struct Timeouts: Sendable, Equatable {
             return now - since >= limit
         }
         if over(clocks.loginStartedAt, clientLogin) { return .login }
+        if over(clocks.awaitingWelcomeSince, clientLogin) { return .loginServerDown }
         if over(clocks.waitingSince, queryWait) { return .queryWait }
         if over(clocks.idleInTransactionSince, idleTransaction) { return .idleTransaction }
         if over(clocks.queryStartedAt, query), clocks.idleInTransactionSince == nil { return .query }
@@ -81,17 +86,21 @@ public struct Timeouts: Sendable, Equatable {
     public enum ServerExpiry: String, Sendable, Equatable {
         case connect = "connect timeout"
         case idle = "server idle timeout"
+        case lifetime = "server lifetime over"
 
         public var reason: String { rawValue }
     }
 
     /// `loggingInSince` is set while connecting or logging in; `idleSince` while in the pool unused.
-    /// `keepForMinimum` is true when closing would take the pool below min_pool_size.
-    public func expiredServer(loggingInSince: Int64?, idleSince: Int64?, keepForMinimum: Bool, now: Int64)
-        -> ServerExpiry?
-    {
+    /// `keepForMinimum` is true when closing would take the pool below min_pool_size; `lifetimeOver` when the
+    /// server has been connected for `server_lifetime` (an idle one is closed then, as PgBouncer's janitor does).
+    public func expiredServer(
+        loggingInSince: Int64?, idleSince: Int64?, keepForMinimum: Bool, lifetimeOver: Bool, now: Int64
+    ) -> ServerExpiry? {
         if serverConnect > 0, let loggingInSince, now - loggingInSince >= serverConnect { return .connect }
-        if serverIdle > 0, !keepForMinimum, let idleSince, now - idleSince >= serverIdle { return .idle }
+        guard let idleSince else { return nil }
+        if serverIdle > 0, !keepForMinimum, now - idleSince >= serverIdle { return .idle }
+        if lifetimeOver { return .lifetime }
         return nil
     }
 

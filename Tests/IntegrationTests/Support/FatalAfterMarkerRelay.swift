@@ -8,8 +8,9 @@ final class FatalAfterMarkerRelay: @unchecked Sendable {
     let port: Int
     private let listener: Int32
 
-    init(targetPort: Int, marker: String) throws {
-        (listener, port) = try loopbackListener(backlog: 64)
+    /// `listenPort` 0: any free port.
+    init(targetPort: Int, marker: String, listenPort: Int = 0) throws {
+        (listener, port) = try loopbackListener(backlog: 64, port: listenPort)
         let listener = self.listener
         let marker = Array(marker.utf8)
         Thread.detachNewThread {

@@ -126,6 +126,36 @@ final class PGConnection: @unchecked Sendable {
         }
     }
 
+    /// COPY ... FROM STDIN as libpq's pipeline mode sends it: Execute and Sync before the COPY begins, then
+    /// the data, CopyDone with libpq's own Sync, and the pipeline's Sync. Returns the command tag.
+    func pipelinedCopyIn(_ sql: String, lines: [String]) throws -> String {
+        guard PQenterPipelineMode(handle) == 1, PQsendQueryParams(handle, sql, 0, nil, nil, nil, nil, 0) == 1,
+            PQpipelineSync(handle) == 1
+        else { throw lastFailure() }
+        func nextStatus() throws -> ExecStatusType? {
+            guard let result = PQgetResult(handle) else { return nil }
+            defer { PQclear(result) }
+            let status = PQresultStatus(result)
+            if status == PGRES_FATAL_ERROR { throw failure(of: result) }
+            return status
+        }
+        guard try nextStatus() == PGRES_COPY_IN else { throw Failure(message: "COPY did not start") }
+        for line in lines {
+            let bytes = Array((line + "\n").utf8)
+            guard PQputCopyData(handle, bytes.map { CChar(bitPattern: $0) }, Int32(bytes.count)) == 1 else {
+                throw lastFailure()
+            }
+        }
+        guard PQputCopyEnd(handle, nil) == 1, PQpipelineSync(handle) == 1 else { throw lastFailure() }
+        guard let done = PQgetResult(handle) else { throw lastFailure() }
+        let tag = String(cString: PQcmdStatus(done))
+        PQclear(done)
+        guard try nextStatus() == nil, try nextStatus() == PGRES_PIPELINE_SYNC, try nextStatus() == PGRES_PIPELINE_SYNC,
+            PQexitPipelineMode(handle) == 1
+        else { throw Failure(message: "unexpected results after the COPY") }
+        return tag
+    }
+
     /// COPY ... TO STDOUT; returns the lines.
     func copyOut(_ sql: String) throws -> [String] {
         guard let start = PQexec(handle, sql) else { throw lastFailure() }

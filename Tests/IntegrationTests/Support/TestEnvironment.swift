@@ -53,10 +53,13 @@ func freePort() -> Int {
 }
 
 /// A listening TCP socket on a free loopback port, for the stand-in servers of the tests.
-func loopbackListener(backlog: Int32) throws -> (descriptor: Int32, port: Int) {
+func loopbackListener(backlog: Int32, port: Int = 0) throws -> (descriptor: Int32, port: Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var reuse: Int32 = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, socklen_t(MemoryLayout<Int32>.size))
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = UInt16(port).bigEndian
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let bound = withUnsafeMutablePointer(to: &address) {

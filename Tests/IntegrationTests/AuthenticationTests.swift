@@ -89,7 +89,8 @@ extension IntegrationTests {
         let lifeguard = try LifeguardProcess(settings: "auth_type = trust", userList: "\"lg_md5\" \"not-the-password\"")
         // The pool has no server yet, so the client waits for the first server login and gets its error.
         #expect(lifeguard.loginFailure(password: nil).contains("FATAL:  password authentication failed for user \"lg_md5\""))
-        #expect(lifeguard.log.contains("server login failed: password authentication failed for user \"lg_md5\" (SQLSTATE 28P01)"))
+        #expect(lifeguard.log.contains("server login failed: FATAL password authentication failed for user \"lg_md5\" (SQLSTATE 28P01)"))
+        #expect(lifeguard.log.contains("closing because: password authentication failed for user \"lg_md5\""))
     }
 
     @Test func unknownDatabaseIsReportedAfterAuthentication() throws {

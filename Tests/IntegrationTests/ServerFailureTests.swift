@@ -259,18 +259,24 @@ extension IntegrationTests.ServerFailureTests {
         }
     }
 
+    /// Forced-user pools too (PgBouncer's test_pool_idle_timeout); only min_pool_size keeps a pool.
     @Test func poolIdleTimeoutFreesAnUnusedPool() throws {
-        let lifeguard = try LifeguardProcess(settings: "pool_idle_timeout = 0.5\nadmin_users = lg_md5")
-        do {
-            let client = try lifeguard.connect()
+        let lifeguard = try LifeguardProcess(
+            settings: "pool_idle_timeout = 0.5\nadmin_users = lg_md5",
+            databases: "lgtest = {PG}\nlgforced = {PG} dbname=lgtest user=lg_trust\nlgkept = {PG} dbname=lgtest user=lg_trust min_pool_size=1")
+        for database in ["lgtest", "lgforced", "lgkept"] {
+            let client = try lifeguard.connect(database: database)
             _ = try client.value("SELECT 1")
         }
         let console = try lifeguard.connect(database: "pgbouncer")
         let freed = waitUntil(5) {
-            ((try? console.query("SHOW POOLS")) ?? []).allSatisfy { $0[0] != "lgtest" }
+            let pools = ((try? console.query("SHOW POOLS")) ?? []).map { $0[0] }
+            return !pools.contains("lgtest") && !pools.contains("lgforced")
         }
         #expect(freed)
         #expect(lifeguard.log.contains("pool_idle_timeout"))
+        #expect(lifeguard.log.contains("cleaning up idle pool lgforced/lg_trust"))
+        #expect(try console.query("SHOW POOLS").contains { $0[0] == "lgkept" }, "min_pool_size keeps its pool")
         #expect(try lifeguard.connect().value("SELECT 2") == "2", "the pool comes back on demand")
     }
 }

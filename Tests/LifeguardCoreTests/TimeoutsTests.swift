@@ -44,6 +44,14 @@ import Testing
         #expect(Timeouts.ClientExpiry.loginServerDown.message == "client_login_timeout (server down)")
     }
 
+    @Test func aClientWaitingForTheFirstServerLoginHasTheQueueTimeouts() {
+        let waiting = clocks { $0.awaitingWelcomeSince = 0 }
+        let rules = timeouts { $0.queryTimeout = 3; $0.queryWaitTimeout = 5 }
+        #expect(rules.expired(waiting, now: 3 * second) == .queryWhileWaiting)
+        #expect(Timeouts.ClientExpiry.queryWhileWaiting.message == "query_timeout")
+        #expect(timeouts { $0.queryWaitTimeout = 5 }.expired(waiting, now: 5 * second) == .queryWait)
+    }
+
     @Test func disabledTimeoutsNeverFire() {
         let rules = timeouts()
         let idle = clocks { $0.idleSince = 0; $0.queryStartedAt = 0; $0.transactionStartedAt = 0 }

@@ -114,13 +114,13 @@ final class PoolShard {
     }
 
     /// `autodb_idle_timeout` (pools of databases made from the `*` entry) and `pool_idle_timeout` (any
-    /// other pool without a forced user): a pool without clients for that long closes its idle servers and
-    /// goes away; its statistics go with it, as in PgBouncer.
+    /// other pool that `min_pool_size` does not keep): a pool without clients for that long closes its idle
+    /// servers and goes away; its statistics go with it, as in PgBouncer.
     private func freeUnusedPools(now: NIODeadline) {
         for (key, pool) in pools {
             let madeFromFallback = configuration.databases[key.database] == nil
             let timeout = madeFromFallback ? settings.autodbIdleTimeout : settings.poolIdleTimeout
-            guard timeout > 0, pool.database.user == nil || madeFromFallback, pool.hasNoClients else {
+            guard timeout > 0, pool.capacity.minSize == 0 || madeFromFallback, pool.hasNoClients else {
                 pool.unusedSince = nil
                 continue
             }
@@ -128,7 +128,9 @@ final class PoolShard {
             pool.unusedSince = since
             guard now - since >= .nanoseconds(Int64(timeout * 1e9)) else { continue }
             pool.closeIdleServers(reason: madeFromFallback ? "autodb_idle_timeout" : "pool_idle_timeout")
-            if pool.serverCount == 0 { pools[key] = nil }
+            guard pool.serverCount == 0 else { continue }
+            if !madeFromFallback { logger.info("cleaning up idle pool \(key)") }
+            pools[key] = nil
         }
     }
 

@@ -513,7 +513,7 @@ final class ServerConnection: ConnectionDelegate {
         case BackendID.errorResponse:
             let fields = BackendMessage.errorFields(body)
             let error = PoolerError(fields[UInt8(ascii: "M")] ?? "server error", sqlState: fields[UInt8(ascii: "C")] ?? "08P01")
-            return handleServerError(error)
+            return handleServerError(error, severity: fields[UInt8(ascii: "V")] ?? fields[UInt8(ascii: "S")] ?? "ERROR")
         case BackendID.noticeResponse, BackendID.notification:
             return false
         case BackendID.parameterStatus:
@@ -541,13 +541,14 @@ final class ServerConnection: ConnectionDelegate {
         }
     }
 
-    private func handleServerError(_ error: PoolerError) -> Bool {
+    private func handleServerError(_ error: PoolerError, severity: String) -> Bool {
         switch machine.serverError(error) {
         case .loginFailed:
-            logger.warning("\(logPrefix) server login failed: \(error.message) (SQLSTATE \(error.sqlState))")
+            // PgBouncer's words, which log watchers match.
+            logger.warning("\(logPrefix) server login failed: \(severity) \(error.message) (SQLSTATE \(error.sqlState))")
             // 57P03: the server is starting up or shutting down; clients wait for the retry.
             pool.serverLoginFailed(error, failsWaitingClients: error.sqlState != "57P03")
-            closeReason = "server login failed: \(error.message)"
+            closeReason = error.message
             connection?.close()
             pool.serverClosed(self, duringLogin: true)
             return true

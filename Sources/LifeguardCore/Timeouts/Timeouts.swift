@@ -35,6 +35,8 @@ public struct Timeouts: Sendable, Equatable {
         case loginServerDown = "client_login_timeout (server down)"
         case idle = "client_idle_timeout"
         case queryWait = "query_wait_timeout"
+        /// `query_timeout` for a client that never got a server (PgBouncer's wording for waiting clients).
+        case queryWhileWaiting = "query_timeout"
         case query = "query timeout"
         case idleTransaction = "idle transaction timeout"
         case transaction = "transaction timeout"
@@ -67,6 +69,9 @@ public struct Timeouts: Sendable, Equatable {
         }
         if over(clocks.loginStartedAt, clientLogin) { return .login }
         if over(clocks.awaitingWelcomeSince, clientLogin) { return .loginServerDown }
+        // A client waiting for the first server login waits on the pool like a queued one.
+        if over(clocks.awaitingWelcomeSince, query) { return .queryWhileWaiting }
+        if over(clocks.awaitingWelcomeSince, queryWait) { return .queryWait }
         if over(clocks.waitingSince, queryWait) { return .queryWait }
         if over(clocks.idleInTransactionSince, idleTransaction) { return .idleTransaction }
         if over(clocks.queryStartedAt, query), clocks.idleInTransactionSince == nil { return .query }

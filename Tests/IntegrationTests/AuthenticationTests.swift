@@ -18,6 +18,69 @@ extension IntegrationTests {
         }
     }
 
+    /// auth_user/auth_query: a user missing from auth_file logs in with the password PostgreSQL holds for it,
+    /// looked up by auth_user (the superuser here, trusted over TCP by the test cluster).
+    @Test func authQueryLogsInUsersMissingFromTheUserList() throws {
+        let lifeguard = try LifeguardProcess(settings: "auth_user = postgres", userList: "\"postgres\" \"\"")
+        #expect(try lifeguard.connect(user: "lg_md5", password: "md5pass").value("SELECT current_user") == "lg_md5")
+        // A SCRAM secret: the client is asked for SCRAM, and the server login passes its keys through.
+        #expect(try lifeguard.connect(user: "lg_scram", password: "scrampass").value("SELECT current_user") == "lg_scram")
+        #expect(lifeguard.loginFailure(user: "lg_md5", password: "wrong").contains("password authentication failed"))
+        #expect(lifeguard.loginFailure(user: "lg_nobody", password: "x").contains("no such user"))
+        // lg_trust has no password (NULL), so it cannot log in with one.
+        #expect(lifeguard.loginFailure(user: "lg_trust", password: "x").contains("password authentication failed"))
+        // The user name is a parameter of the query, never part of its text.
+        #expect(lifeguard.loginFailure(user: "lg_md5'--", password: "md5pass").contains("no such user"))
+    }
+
+    /// Each lookup opens a connection to PostgreSQL: at most the auth pool's size run at once (per thread),
+    /// so a flood of logins cannot open unbounded connections.
+    @Test func authQueryLookupsAreBoundedByTheAuthPoolSize() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: """
+                auth_user = postgres
+                default_pool_size = 1
+                auth_query = SELECT usename, passwd FROM pg_shadow, pg_sleep(0.3) WHERE usename = $1
+                """,
+            userList: "\"postgres\" \"\"")
+        let logins = (0..<4).map { _ in
+            Background { try? lifeguard.connect(user: "lg_md5", password: "md5pass").value("SELECT 'in'") }
+        }
+        let direct = try TestEnvironment.direct()
+        var most = 0
+        let deadline = Date().addingTimeInterval(10)
+        while logins.contains(where: { !$0.finished(within: 0) }), Date() < deadline {
+            let running = try direct.value("""
+                SELECT count(*) FROM pg_stat_activity
+                WHERE query LIKE '%pg_sleep(0.3)%' AND state = 'active' AND pid <> pg_backend_pid()
+                """)
+            most = max(most, Int(running ?? "") ?? 0)
+            usleep(30_000)
+        }
+        #expect(logins.allSatisfy { $0.finished(within: 5) && $0.result == "in" })
+        #expect(most >= 1, "no lookup was seen running")
+        #expect(most <= Int(TestEnvironment.threads) ?? 1)
+    }
+
+    @Test func authQueryNeedsAConfiguredEnabledAuthDatabaseAndAWorkingQuery() throws {
+        let unconfigured = try LifeguardProcess(
+            settings: "auth_user = postgres\nauth_dbname = lg_nowhere", userList: "\"postgres\" \"\"")
+        #expect(unconfigured.loginFailure().contains("bouncer config error"))
+        #expect(unconfigured.log.contains("authentication database \"lg_nowhere\" is not configured"))
+
+        let disabled = try LifeguardProcess(
+            settings: "auth_user = postgres\nauth_dbname = lgbench\nadmin_users = lg_admin",
+            userList: "\"postgres\" \"\"\n\"lg_admin\" \"adminpass\"")
+        try disabled.connect(user: "lg_admin", password: "adminpass", database: "pgbouncer").query("DISABLE lgbench")
+        #expect(disabled.loginFailure().contains("authentication database \"lgbench\" is disabled"))
+
+        let broken = try LifeguardProcess(
+            settings: "auth_user = postgres\nauth_query = SELECT usename, passwd FROM lg_no_such_table WHERE usename = $1",
+            userList: "\"postgres\" \"\"")
+        #expect(broken.loginFailure().contains("bouncer config error"))
+        #expect(broken.log.contains("relation \"lg_no_such_table\" does not exist"))
+    }
+
     @Test func wrongPasswordGetsPgBouncersMessage() throws {
         let lifeguard = try LifeguardProcess()
         #expect(lifeguard.loginFailure(password: "nope").contains("password authentication failed"))

@@ -415,16 +415,16 @@ import Testing
         #expect(config.databases["mixed"] == nil)
     }
 
-    @Test func unimplementedDatabaseParametersWarn() throws {
+    @Test func perDatabaseOverridesAreParsed() throws {
         let config = try parse("""
             [databases]
             a = auth_user=x auth_query='SELECT 1' auth_dbname=d max_db_client_connections=3 query_wait_timeout=-1 server_lifetime=10 load_balance_hosts=disable
             """)
-        // auth_user, auth_query and auth_dbname are not implemented yet.
-        #expect(config.warnings.count == 3)
-        #expect(config.warnings.first
-            == "lifeguard.ini:2: database \"a\": parameter \"auth_user\" is accepted but not implemented yet; ignored")
+        #expect(config.warnings.isEmpty)
         var expected = DatabaseDefinition(name: "a")
+        expected.authUser = "x"
+        expected.authQuery = "SELECT 1"
+        expected.authDbname = "d"
         expected.maxDBClientConnections = 3
         expected.serverLifetime = 10
         expected.loadBalanceHosts = false

@@ -418,10 +418,79 @@ final class ClientSession: ConnectionDelegate {
     // MARK: Authentication
 
     private func beginAuthentication(_ startup: ClientStartup) throws {
+        let secret = shard.secret(for: startup.user)
+        if secret == nil, let lookup = try authQueryLookup(for: startup) {
+            // Reads wait for the answer; the client sends nothing before its authentication request anyway.
+            connection.readsHeld = true
+            lookup.pool.runAuthLookup(lookup)
+            return
+        }
+        try continueAuthentication(startup, secret: secret)
+    }
+
+    /// For a user missing from auth_file, when the database (or `[pgbouncer]`) names an `auth_user`: the
+    /// lookup of the user's password with `auth_query` in the auth database (`auth_dbname`, else the
+    /// database asked for), which then goes on with the login.
+    private func authQueryLookup(for startup: ClientStartup) throws -> AuthQueryLookup? {
+        let settings = shard.settings
+        let isConsole = startup.database == AdminAccess.databaseName
+        let database = isConsole ? nil : shard.database(named: startup.database)
+        guard let authUser = database?.authUser ?? settings.authUser else { return nil }
+        // An unknown database fails after the (mock) password exchange, as without auth_query.
+        guard let authDatabaseName = database?.authDbname ?? settings.authDbname
+            ?? (database != nil || isConsole ? startup.database : nil)
+        else { return nil }
+        if authDatabaseName == AdminAccess.databaseName {
+            logger.warning("\(logPrefix) cannot use the reserved \"\(authDatabaseName)\" database as an auth_dbname")
+            throw PoolerError("bouncer config error")
+        }
+        if shard.control.disabledDatabases.contains(authDatabaseName) {
+            throw PoolerError("authentication database \"\(authDatabaseName)\" is disabled")
+        }
+        guard let authDatabase = shard.database(named: authDatabaseName) else {
+            logger.warning("\(logPrefix) authentication database \"\(authDatabaseName)\" is not configured")
+            throw PoolerError("bouncer config error")
+        }
+        let authPool = shard.pool(for: authDatabase, clientDatabase: authDatabaseName, clientUser: authUser)
+        let query = database?.authQuery ?? settings.authQuery
+        return AuthQueryLookup(pool: authPool, query: query, user: startup.user) { [self] outcome in
+            guard machine.phase == .startup, connection.isOpen else { return }
+            handlingErrors {
+                switch outcome {
+                case .found(let secret):
+                    authQuerySecret = secret
+                    try continueAuthentication(startup, secret: secret, userExists: true)
+                case .passwordIsNull:
+                    // No password to check: `trust` lets the user in, every other method refuses it like a
+                    // wrong password.
+                    try continueAuthentication(startup, secret: nil, userExists: shard.settings.authType == .trust)
+                case .noSuchUser:
+                    throw PoolerError("no such user", sqlState: "28P01")
+                case .loginFailed(let error):
+                    // The auth database refused auth_user: the client gets the server's own error.
+                    throw error
+                case .queryFailed(let error):
+                    logger.warning("\(logPrefix) auth query failed: \(error.message)")
+                    throw PoolerError("bouncer config error")
+                }
+            }
+            flushPendingWrites()
+            resumeReads()
+        }
+    }
+
+    /// The password auth_query found, which this client's pool logs in to the server with.
+    private var authQuerySecret: PasswordSecret?
+
+    /// `userExists`: auth_query found the user, so a missing password does not make it unknown.
+    private func continueAuthentication(
+        _ startup: ClientStartup, secret: PasswordSecret?, userExists: Bool = false
+    ) throws {
+        let settings = shard.settings
         var authentication = ClientAuthentication(
-            startup: startup, authType: shard.settings.authType, secret: shard.secret(for: startup.user),
-            requireUserListEntry: shard.settings.authFile != nil, mockKey: shard.mockAuthenticationKey,
-            derivations: shard.plainPasswords, random: shard.randomBytes)
+            startup: startup, authType: settings.authType, secret: secret,
+            requireUserListEntry: !userExists && (settings.authFile != nil || settings.authUser != nil),
+            mockKey: shard.mockAuthenticationKey, derivations: shard.plainPasswords, random: shard.randomBytes)
         var reply = ByteBuffer()
         if startup.minorProtocolVersion > 0 || !startup.unsupportedProtocolOptions.isEmpty {
             reply.writeMessage(BackendID.negotiateProtocolVersion) {
@@ -526,6 +595,7 @@ final class ClientSession: ConnectionDelegate {
         if database.user == nil, let keys = authentication.scramKeys {
             pool.scramPassThroughKeys = keys
         }
+        if database.user == nil, let authQuerySecret { pool.authQuerySecret = authQuerySecret }
         self.pool = pool
         pool.clientLoggedIn()
         pool.stats.clientLogins += 1

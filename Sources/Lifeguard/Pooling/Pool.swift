@@ -110,10 +110,38 @@ final class Pool {
 
     var logger: Logger { shard.logger }
 
-    /// The credentials for logging in to the server: the database's forced user's password, else the userlist.
+    /// The credentials for logging in to the server: the database's forced user's password, else the userlist,
+    /// else what auth_query found for the pool's user at its latest client login.
     var serverSecret: PasswordSecret? {
         if database.user != nil, let password = database.password { return .plain(password) }
-        return shard.secret(for: key.user)
+        return shard.secret(for: key.user) ?? authQuerySecret
+    }
+
+    var authQuerySecret: PasswordSecret?
+
+    // MARK: auth_query lookups
+
+    /// Lookups running on this (auth) pool's database, and those waiting for one to end: at most pool_size
+    /// (20 when unlimited) run at once on this thread, as many as the servers PgBouncer would run them on,
+    /// so a flood of logins by unknown users cannot open unbounded connections to PostgreSQL.
+    private var authLookupsRunning = 0
+    private var authLookupsWaiting: [AuthQueryLookup] = []
+
+    func runAuthLookup(_ lookup: AuthQueryLookup) {
+        let limit = capacity.size > 0 ? capacity.size : 20
+        guard authLookupsRunning < limit else {
+            authLookupsWaiting.append(lookup)
+            return
+        }
+        authLookupsRunning += 1
+        lookup.start()
+    }
+
+    func authLookupFinished() {
+        authLookupsRunning -= 1
+        guard !authLookupsWaiting.isEmpty else { return }
+        authLookupsRunning += 1
+        authLookupsWaiting.removeFirst().start()
     }
 
     // MARK: Clients

@@ -55,6 +55,10 @@ public struct DatabaseDefinition: Sendable, Equatable {
     public var queryWaitTimeout: Double?
     public var serverLifetime: Double?
     public var maxDBClientConnections: Int?
+    /// auth_query for users missing from auth_file: who runs it, in which database, and the query.
+    public var authUser: String?
+    public var authDbname: String?
+    public var authQuery: String?
     /// With a `host` list: true (`round-robin`, the default) moves to the next host for every new server
     /// connection; false (`disable`) stays on one host until a connection to it fails.
     public var loadBalanceHosts = true
@@ -334,8 +338,9 @@ private struct ConfigurationBuilder {
             case "datestyle": definition.datestyle = parse.optionalString()
             case "timezone": definition.timezone = parse.optionalString()
             case "application_name": definition.applicationName = parse.optionalString()
-            case "auth_user", "auth_query", "auth_dbname":
-                notImplemented(parameter, of: "database", name, at: location)
+            case "auth_user": definition.authUser = parse.optionalString()
+            case "auth_dbname": definition.authDbname = parse.optionalString()
+            case "auth_query": definition.authQuery = parse.optionalString()
             case "max_db_client_connections": definition.maxDBClientConnections = try parse.integer()
             case "query_wait_timeout":
                 // -1 means "not set" for the per-database query_wait_timeout.

@@ -24,6 +24,10 @@ public struct Settings: Sendable, Equatable {
     public var unixSocketMode: Int = 0o777
     public var authType: AuthType = .md5
     public var authFile: String? = nil
+    /// auth_query's defaults for every database (a database's own values come first).
+    public var authUser: String? = nil
+    public var authDbname: String? = nil
+    public var authQuery: String = Settings.defaultAuthQuery
     public var poolMode: PoolMode = .session
     public var maxClientConn: Int = 100
     /// 0 means unlimited (PgBouncer 1.24+).
@@ -150,21 +154,27 @@ public struct Settings: Sendable, Equatable {
         KeySpec(name: name, defaultValue: defaultValue, reloadable: !restart, kind: kind, store: store)
     }
 
-    static let defaultAuthQuery =
+    public static let defaultAuthQuery =
         "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
 
     // Order, defaults and reload flags follow PgBouncer 1.25 (reference section 1.2).
     static let keySpecs: [KeySpec] = [
         key("admin_users", "", .string) { $0.adminUsers = $1.list() },
         key("application_name_add_host", "0", .boolean) { $0.applicationNameAddHost = try $1.boolean() },
-        key("auth_dbname", "", .string),
+        key("auth_dbname", "", .string) {
+            $0.authDbname = $1.optionalString()
+            // The console cannot answer auth_query.
+            if $0.authDbname == "pgbouncer" {
+                throw $1.invalid("(cannot use the reserved \"pgbouncer\" database as an auth_dbname)")
+            }
+        },
         key("auth_file", "", .string) { $0.authFile = $1.optionalString() },
         key("auth_hba_file", "", .string),
         key("auth_ident_file", "", .string),
         key("auth_ldap_options", "", .string),
-        key("auth_query", defaultAuthQuery, .string),
+        key("auth_query", defaultAuthQuery, .string) { $0.authQuery = $1.optionalString() ?? defaultAuthQuery },
         key("auth_type", "md5", .string) { $0.authType = try $1.authType() },
-        key("auth_user", "", .string),
+        key("auth_user", "", .string) { $0.authUser = $1.optionalString() },
         key("autodb_idle_timeout", "3600", .seconds) { $0.autodbIdleTimeout = try $1.seconds() },
         key("cancel_wait_timeout", "10", .seconds) { $0.cancelWaitTimeout = try $1.seconds() },
         key("client_idle_timeout", "0", .seconds) { $0.clientIdleTimeout = try $1.seconds() },

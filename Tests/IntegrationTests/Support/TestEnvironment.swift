@@ -365,9 +365,11 @@ final class Background<Value: Sendable>: Sendable {
         }
     }
 
-    /// Whether `body` returned within `seconds`.
+    /// Whether `body` returned within `seconds`; once true, true at every later ask.
     func finished(within seconds: Double) -> Bool {
-        done.wait(timeout: .now() + seconds) == .success
+        guard done.wait(timeout: .now() + seconds) == .success else { return false }
+        done.signal()
+        return true
     }
 
     var result: Value? { value.withLockedValue { $0 } }

@@ -219,6 +219,7 @@ extension IntegrationTests {
         #expect(database["port"] == .some("\(TestEnvironment.postgresPort!)"))
         #expect(database["pool_size"] == .some("2"))
         #expect(database["force_user"] == .some(nil))
+        #expect(database["load_balance_hosts"] == .some("round-robin"), "the default")
         let config = try #require(try row(console, "SHOW CONFIG", where: "key", is: "default_pool_size"))
         #expect(config["value"] == .some("2"))
         #expect(config["default"] == .some("20"))

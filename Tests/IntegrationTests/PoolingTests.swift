@@ -310,6 +310,18 @@ extension IntegrationTests {
         #expect(try other.value("SHOW default_transaction_read_only") == "off")
     }
 
+    /// The console's SET of ignore_startup_parameters applies to the next login (it took a RELOAD).
+    @Test func ignoreStartupParametersSetOnTheConsoleAppliesAtOnce() throws {
+        let lifeguard = try LifeguardProcess(settings: "admin_users = lg_md5")
+        let refused = #expect(throws: PGConnection.Failure.self) {
+            try lifeguard.connect(extra: "options=-cenable_seqscan=off")
+        }
+        #expect(refused?.message.contains("unsupported startup parameter in options: enable_seqscan") == true)
+        try lifeguard.connect(database: "pgbouncer").query("SET ignore_startup_parameters = options")
+        let client = try lifeguard.connect(extra: "options=-cenable_seqscan=off")
+        #expect(try client.value("SHOW enable_seqscan") == "on", "ignored, as PgBouncer does")
+    }
+
     /// track_extra_parameters: a parameter PostgreSQL 15 does not report (search_path) is accepted in the
     /// startup packet and set on every server the client gets; a client that did not ask for it keeps the
     /// server's default. Without the setting the startup parameter is refused, as by PgBouncer.

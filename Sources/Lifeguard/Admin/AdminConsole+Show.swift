@@ -130,7 +130,8 @@ extension AdminConsole {
             table.append([
                 name, database.host, "\(database.port)", database.dbname ?? name, database.user,
                 "\(database.poolSize ?? settings.defaultPoolSize)", "\(database.minPoolSize ?? settings.minPoolSize)",
-                "\(database.reservePoolSize ?? settings.reservePoolSize)", lifetime, database.poolMode?.rawValue, nil,
+                "\(database.reservePoolSize ?? settings.reservePoolSize)", lifetime, database.poolMode?.rawValue,
+                database.loadBalanceHosts ? "round-robin" : "disable",
                 "\(database.maxDBConnections ?? settings.maxDBConnections)",
                 "\(pools.reduce(0) { $0 + $1.serverCount })",
                 "\(database.maxDBClientConnections ?? settings.maxDBClientConnections)",

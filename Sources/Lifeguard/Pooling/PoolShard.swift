@@ -241,14 +241,20 @@ final class PoolShard {
     /// serving their clients; new logins to them fail with `no such database`.
     func reload(configuration newConfiguration: Configuration, userList: UserList) {
         configuration = newConfiguration
-        settings = newConfiguration.settings
-        ignoredStartupParameters = IgnoredStartupParameters(settings.ignoreStartupParameters)
         secrets = userList.secrets.mapValues(PasswordSecret.init(parsing:))
         plainPasswords.keepOnly(users: Set(secrets.keys))
+        settingsChanged()
+        startForcedUserPools()
+    }
+
+    /// Takes `configuration.settings` into what is derived from them, and into every existing pool (as in
+    /// PgBouncer: pool sizes, modes, server_login_retry, ... apply at once).
+    private func settingsChanged() {
+        settings = configuration.settings
+        ignoredStartupParameters = IgnoredStartupParameters(settings.ignoreStartupParameters)
         resolver.maxTTL = settings.dnsMaxTTL
         resolver.failureTTL = settings.dnsNXDomainTTL
         applyConfigurationToPools()
-        startForcedUserPools()
     }
 
     /// Marks every server of `pool` to be closed when next released; idle ones close now.
@@ -273,9 +279,7 @@ final class PoolShard {
     /// The console's `SET`: applies a reloadable setting to the running shard.
     func applyRuntimeSetting(key: String, value: String) -> Bool {
         guard configuration.setAtRuntime(key: key, value: value) else { return false }
-        settings = configuration.settings
-        // As in PgBouncer, existing pools follow at once (pool sizes, modes, server_login_retry, ...).
-        applyConfigurationToPools()
+        settingsChanged()
         return true
     }
 

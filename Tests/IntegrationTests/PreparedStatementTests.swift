@@ -255,7 +255,8 @@ extension IntegrationTests {
         let reuser = try lifeguard.connect()
         try reuser.prepare("q", "SELECT 1")
         let reused = #expect(throws: PGConnection.Failure.self) { try reuser.prepare("q", "SELECT 2") }
-        #expect(reused?.message.contains("prepared statement name is already in use") == true)
+        #expect(reused?.message.contains("prepared statement 'q' was already prepared") == true)
+        #expect(lifeguard.log.contains("closing because: prepared statement 'q' was already prepared"))
 
         let guesser = try lifeguard.connect()
         let unknown = #expect(throws: PGConnection.Failure.self) { try guesser.execPrepared("never_prepared") }

@@ -90,6 +90,10 @@ extension IntegrationTests {
         try console.query("SHUTDOWN WAIT_FOR_CLIENTS")
         usleep(300_000)
         #expect(lifeguard.isRunning)
+        // A resume cannot undo a shutdown (PgBouncer's test_sigusr2_during_shutdown).
+        kill(lifeguard.pid, SIGUSR2)
+        #expect(waitUntil { lifeguard.log.contains("got SIGUSR2 while shutting down, ignoring") })
+        #expect(lifeguard.isRunning)
         client = nil
         #expect(waitUntil { !lifeguard.isRunning })
     }

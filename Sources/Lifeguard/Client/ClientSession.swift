@@ -850,7 +850,7 @@ final class ClientSession: ConnectionDelegate {
             guard let (name, definition) = ExtendedQueryMessage.parse(message) else { throw PoolerError.badPacket }
             pool?.stats.clientParses &+= 1
             // The unnamed statement is replaced by each Parse, as in PostgreSQL.
-            guard name.isEmpty || statements[name] == nil else { throw PoolerError.preparedStatementInUse }
+            guard name.isEmpty || statements[name] == nil else { throw PoolerError.preparedStatementInUse(name) }
             let replaced = statements[name]?.definition.readableBytes ?? 0
             guard statements.count < Self.maxStatementsPerClient || statements[name] != nil,
                 statementBytes - replaced + definition.readableBytes <= Self.maxStatementBytesPerClient

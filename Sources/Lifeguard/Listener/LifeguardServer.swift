@@ -170,8 +170,12 @@ public final class LifeguardServer: DaemonControl {
             logger.info("got SIGUSR1, pausing all activity")
             group.pause(database: nil)
         case SIGUSR2:
-            logger.info("got SIGUSR2, continuing")
-            if !group.isShuttingDown, group.control.pauseMode != .running { group.resume(database: nil) }
+            if group.isShuttingDown {
+                logger.info("got SIGUSR2 while shutting down, ignoring")
+            } else {
+                logger.info("got SIGUSR2, continuing")
+                if group.control.pauseMode != .running { group.resume(database: nil) }
+            }
         default:
             break
         }

@@ -186,6 +186,9 @@ final class PoolShard {
         let serverUser = database.user ?? clientUser
         let key = PoolKey(database: clientDatabase, user: serverUser)
         if let pool = pools[key] { return pool }
+        if configuration.databases[clientDatabase] == nil, !pools.keys.contains(where: { $0.database == clientDatabase }) {
+            logger.info("registered new auto-database: \(clientDatabase)")
+        }
         let userDefinition = configuration.users[serverUser] ?? configuration.users[clientUser]
         let pool = Pool(key: key, database: database, user: userDefinition, settings: settings, shard: self)
         pools[key] = pool

@@ -139,7 +139,9 @@ final class ServerConnection: ConnectionDelegate {
         packet.writeStartupMessage(parameters: startup)
         connection.writeAndFlush(packet)
         if pool.shard.settings.logConnections, let local = connection.localAddress {
-            logger.info("\(logPrefix) new connection to server (from \(local.ipAddress ?? "unix"):\(local.port ?? 0))")
+            // PgBouncer's form: IPv6 addresses in brackets.
+            let ip = local.ipAddress.map { $0.contains(":") ? "[\($0)]" : $0 } ?? "unix"
+            logger.info("\(logPrefix) new connection to server (from \(ip):\(local.port ?? 0))")
         }
     }
 

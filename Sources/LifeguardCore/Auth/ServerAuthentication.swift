@@ -57,7 +57,9 @@ public struct ServerAuthentication {
                 reply.writePasswordMessage(MD5Password.response(password: password, user: user, salt: salt))
             case .md5(let hash):
                 reply.writePasswordMessage(MD5Password.response(forStoredHash: hash, salt: salt))
-            case .scram, nil:
+            case .scram:
+                throw PoolerError("wrong password type: the server asks for md5 and the userlist holds a SCRAM secret for \(user)")
+            case nil:
                 throw PoolerError(
                     "server requested md5 authentication, but no plain or md5 password is known for \(user)")
             }
@@ -108,12 +110,15 @@ public struct ServerAuthentication {
             return .password(password)
         case .scram:
             guard let scramKeys else {
+                // PgBouncer's "wrong password type", which its users' tooling matches, with the reason.
                 throw PoolerError(
-                    "cannot do SCRAM authentication: password is SCRAM secret but client authentication did not provide SCRAM keys"
+                    "wrong password type: the userlist holds a SCRAM secret for \(user), usable only when the client logged in with SCRAM"
                 )
             }
             return .keys(clientKey: scramKeys.clientKey, serverKey: scramKeys.serverKey)
-        case .md5, nil:
+        case .md5:
+            throw PoolerError("wrong password type: the server asks for SCRAM and the userlist holds an md5 hash for \(user)")
+        case nil:
             throw PoolerError(
                 "server requested SCRAM authentication, but no plain password or SCRAM keys are known for \(user)")
         }

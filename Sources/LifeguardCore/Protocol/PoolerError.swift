@@ -22,7 +22,10 @@ public struct PoolerError: Error, Sendable, Equatable, CustomStringConvertible {
     public static let serverCrashed = PoolerError("server conn crashed?")
     public static let badPacket = PoolerError("bad packet header")
     public static let shuttingDown = PoolerError("pooler is shutting down")
-    public static let preparedStatementInUse = PoolerError("prepared statement name is already in use")
+    /// PgBouncer's words (the name is the client's: the log handler escapes what it logs).
+    public static func preparedStatementInUse(_ name: String) -> PoolerError {
+        PoolerError("prepared statement '\(name)' was already prepared")
+    }
     public static let preparedStatementMissing = PoolerError("prepared statement did not exist")
     public static let pqexecDisallowed = PoolerError("PQexec disallowed")
     public static let tooManyPreparedStatements = PoolerError("too many prepared statements for one client")

@@ -90,7 +90,7 @@ final class ServerConnection: ConnectionDelegate {
         server.address.resolve(with: pool.shard.resolver) { result in
             switch result {
             case .success(let addresses): server.connect(to: addresses[...])
-            case .failure(let error): server.connectFailed(error, cachedAs: "\(error)")
+            case .failure(let error): server.connectFailed(reason: "server DNS lookup failed: \(error)")
             }
         }
     }
@@ -111,7 +111,7 @@ final class ServerConnection: ConnectionDelegate {
     /// A connect failed, at once or later: the next address, or the pool hears that none worked.
     private func tryNextAddress(after error: Error) {
         if remainingAddresses.isEmpty {
-            connectFailed(error, cachedAs: "connect failed")
+            connectFailed(reason: "connect failed", cause: error)
         } else {
             connect(to: remainingAddresses)
         }
@@ -149,12 +149,13 @@ final class ServerConnection: ConnectionDelegate {
         tryNextAddress(after: error)
     }
 
-    /// No connection: the pool keeps `reason` (PgBouncer's words: "connect failed") as the error new clients
-    /// get during `server_login_retry`; the log line gives the cause too.
-    private func connectFailed(_ error: Error, cachedAs reason: String) {
+    /// No connection: the pool keeps `reason` (PgBouncer's words first: "connect failed", "server DNS lookup
+    /// failed") as the error new clients get during `server_login_retry`; the log line gives the cause too.
+    private func connectFailed(reason: String, cause: Error? = nil) {
         guard machine.connectFailed() else { return }
         pool.serverAddressFailed(address)
-        logger.warning("\(logPrefix) closing because: \(reason) (\(error)) (age=\(ageSeconds)s)")
+        let detail = cause.map { " (\($0))" } ?? ""
+        logger.warning("\(logPrefix) closing because: \(reason)\(detail) (age=\(ageSeconds)s)")
         pool.serverLoginFailed(PoolerError(reason), failsWaitingClients: false)
         pool.serverClosed(self, duringLogin: true)
     }
@@ -769,7 +770,7 @@ final class ServerConnection: ConnectionDelegate {
             connection.close()
         } else if case .connecting = machine.state {
             // Still resolving its host name: nothing to close but the bookkeeping.
-            connectFailed(PoolerError(reason), cachedAs: reason)
+            connectFailed(reason: reason)
         }
     }
 

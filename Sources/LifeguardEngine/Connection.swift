@@ -121,6 +121,16 @@ public final class Connection: ReadinessHandler {
 
     public var isOpen: Bool { state != .closed }
 
+    /// Whether the peer has gone, asked of the socket itself (a peek, no read): a connection whose reads are
+    /// held does not hear of it otherwise. A system call: for slow paths only.
+    public var peerHasGone: Bool {
+        guard state != .closed else { return true }
+        var byte: UInt8 = 0
+        let count = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        if count == 0 { return true }
+        return count < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR
+    }
+
     /// The peer's address. Built when asked for: its text form costs an inet_ntop, a tenth of accepting a
     /// client, and only log lines and SHOW lists need it.
     public var remoteAddress: SocketAddress? { peer.socketAddress }

@@ -62,6 +62,38 @@ extension IntegrationTests {
         #expect(most <= Int(TestEnvironment.threads) ?? 1)
     }
 
+    /// A client that leaves while its lookup waits for a slot costs no lookup: queued ones are dropped, so
+    /// connecting and leaving cannot pile up work for PostgreSQL.
+    @Test func aLookupQueuedForAClientThatLeftNeverRuns() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: """
+                auth_user = postgres
+                default_pool_size = 1
+                auth_query = SELECT usename, passwd FROM pg_shadow, pg_sleep(0.5) WHERE usename = $1
+                """,
+            userList: "\"postgres\" \"\"")
+        let first = Background { try? lifeguard.connect(user: "lg_md5", password: "md5pass").value("SELECT 'in'") }
+        usleep(100_000)
+        for _ in 0..<3 {
+            let leaver = try RawSocket(port: lifeguard.port)
+            leaver.send(RawSocket.startupMessage([("user", "lg_md5"), ("database", "lgtest")]))
+            usleep(50_000)
+            leaver.close()
+        }
+        #expect(first.finished(within: 5) && first.result == "in")
+        let direct = try TestEnvironment.direct()
+        var seen = 0
+        for _ in 0..<20 {
+            let running = try direct.value("""
+                SELECT count(*) FROM pg_stat_activity
+                WHERE query LIKE '%pg_sleep(0.5)%' AND state = 'active' AND pid <> pg_backend_pid()
+                """)
+            seen = max(seen, Int(running ?? "") ?? 0)
+            usleep(50_000)
+        }
+        #expect(seen == 0, "a lookup ran for a client that had left")
+    }
+
     @Test func authQueryNeedsAConfiguredEnabledAuthDatabaseAndAWorkingQuery() throws {
         let unconfigured = try LifeguardProcess(
             settings: "auth_user = postgres\nauth_dbname = lg_nowhere", userList: "\"postgres\" \"\"")

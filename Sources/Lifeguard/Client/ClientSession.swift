@@ -453,7 +453,11 @@ final class ClientSession: ConnectionDelegate {
         }
         let authPool = shard.pool(for: authDatabase, clientDatabase: authDatabaseName, clientUser: authUser)
         let query = database?.authQuery ?? settings.authQuery
-        return AuthQueryLookup(pool: authPool, query: query, user: startup.user) { [self] outcome in
+        return AuthQueryLookup(
+            pool: authPool, query: query, user: startup.user,
+            // Reads are held meanwhile, so a client that left is found by asking its socket.
+            isWanted: { [weak self] in self.map { $0.machine.phase == .startup && !$0.connection.peerHasGone } ?? false }
+        ) { [self] outcome in
             guard machine.phase == .startup, connection.isOpen else { return }
             handlingErrors {
                 switch outcome {
@@ -591,7 +595,7 @@ final class ClientSession: ConnectionDelegate {
             throw PoolerError.noSuchDatabase(startup.database)
         }
         let pool = shard.pool(for: database, clientDatabase: startup.database, clientUser: startup.user)
-        try countClientLogin(database: startup.database, user: startup.user)
+        try countClientLogin(database: startup.database, definition: database, user: startup.user)
         if database.user == nil, let keys = authentication.scramKeys {
             pool.scramPassThroughKeys = keys
         }
@@ -623,10 +627,11 @@ final class ClientSession: ConnectionDelegate {
     /// counted across all shards by the database asked for and the login user; the login is counted when it
     /// passes. Admin users on the console are counted but never refused, so they can always get in to fix
     /// things.
-    private func countClientLogin(database: String, user: String, exempt: Bool = false) throws {
+    private func countClientLogin(
+        database: String, definition: DatabaseDefinition?, user: String, exempt: Bool = false
+    ) throws {
         let login = SharedState.ClientLogin(database: database, user: user)
-        let databaseLimit = exempt ? 0 : shard.database(named: database)?.maxDBClientConnections
-            ?? shard.settings.maxDBClientConnections
+        let databaseLimit = exempt ? 0 : definition?.maxDBClientConnections ?? shard.settings.maxDBClientConnections
         let userLimit = exempt ? 0 : shard.configuration.users[user]?.maxUserClientConnections
             ?? shard.settings.maxUserClientConnections
         if let limit = shard.shared.clientLoggingIn(login, databaseLimit: databaseLimit, userLimit: userLimit) {
@@ -639,7 +644,7 @@ final class ClientSession: ConnectionDelegate {
 
     /// Makes an AdminSession for this connection; `completeAdminHandover` then hands it over.
     private func handOverToAdmin(role: AdminRole, user: String) throws {
-        try countClientLogin(database: AdminAccess.databaseName, user: user, exempt: role == .admin)
+        try countClientLogin(database: AdminAccess.databaseName, definition: nil, user: user, exempt: role == .admin)
         machine.close()
         // The console does not count against max_client_conn: it leaves the client registry.
         shard.unregister(self)

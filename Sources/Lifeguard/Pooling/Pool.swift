@@ -130,6 +130,8 @@ final class Pool {
     func runAuthLookup(_ lookup: AuthQueryLookup) {
         let limit = capacity.size > 0 ? capacity.size : 20
         guard authLookupsRunning < limit else {
+            // Clients that left while queued go first, so the queue holds only clients still connected.
+            authLookupsWaiting.removeAll { !$0.isWanted() }
             authLookupsWaiting.append(lookup)
             return
         }
@@ -139,9 +141,13 @@ final class Pool {
 
     func authLookupFinished() {
         authLookupsRunning -= 1
-        guard !authLookupsWaiting.isEmpty else { return }
-        authLookupsRunning += 1
-        authLookupsWaiting.removeFirst().start()
+        while let next = authLookupsWaiting.first {
+            authLookupsWaiting.removeFirst()
+            guard next.isWanted() else { continue }
+            authLookupsRunning += 1
+            next.start()
+            return
+        }
     }
 
     // MARK: Clients

@@ -27,6 +27,8 @@ final class AuthQueryLookup: ConnectionDelegate {
     let pool: Pool
     private let query: String
     private let user: String
+    /// False once the client that asked has gone: a lookup still queued is then dropped unrun.
+    let isWanted: () -> Bool
     private var completion: ((Outcome) -> Void)?
     private var connection: Connection?
     private var authentication: ServerAuthentication
@@ -36,10 +38,14 @@ final class AuthQueryLookup: ConnectionDelegate {
     private var timer: EngineLoop.TimerID?
 
     /// `pool` is the auth database's pool for `auth_user`: its address and login credentials.
-    init(pool: Pool, query: String, user: String, completion: @escaping (Outcome) -> Void) {
+    init(
+        pool: Pool, query: String, user: String, isWanted: @escaping () -> Bool,
+        completion: @escaping (Outcome) -> Void
+    ) {
         self.pool = pool
         self.query = query
         self.user = user
+        self.isWanted = isWanted
         self.completion = completion
         self.authentication = ServerAuthentication(
             user: pool.key.user, secret: pool.serverSecret, scramKeys: nil, random: pool.shard.randomBytes)

@@ -432,6 +432,8 @@ final class ClientSession: ConnectionDelegate {
     /// lookup of the user's password with `auth_query` in the auth database (`auth_dbname`, else the
     /// database asked for), which then goes on with the login.
     private func authQueryLookup(for startup: ClientStartup) throws -> AuthQueryLookup? {
+        // Most configurations have no auth_user: their logins pay for no lookup of the database here.
+        guard shard.authUserConfigured else { return nil }
         let settings = shard.settings
         let isConsole = startup.database == AdminAccess.databaseName
         let database = isConsole ? nil : shard.database(named: startup.database)
@@ -490,10 +492,10 @@ final class ClientSession: ConnectionDelegate {
     private func continueAuthentication(
         _ startup: ClientStartup, secret: PasswordSecret?, userExists: Bool = false
     ) throws {
-        let settings = shard.settings
+        // Fields read one by one: copying `settings` whole costs a retain per string and list in it.
         var authentication = ClientAuthentication(
-            startup: startup, authType: settings.authType, secret: secret,
-            requireUserListEntry: !userExists && (settings.authFile != nil || settings.authUser != nil),
+            startup: startup, authType: shard.settings.authType, secret: secret,
+            requireUserListEntry: !userExists && (shard.settings.authFile != nil || shard.settings.authUser != nil),
             mockKey: shard.mockAuthenticationKey, derivations: shard.plainPasswords, random: shard.randomBytes)
         var reply = ByteBuffer()
         if startup.minorProtocolVersion > 0 || !startup.unsupportedProtocolOptions.isEmpty {

@@ -24,6 +24,13 @@ final class PoolShard {
     /// `configuration.settings`, stored apart so the hot paths read single fields without copying the struct.
     private(set) var settings: Settings
     private(set) var ignoredStartupParameters: IgnoredStartupParameters
+    /// Whether `[pgbouncer]` or any database names an auth_user (auth_query lookups are possible).
+    private(set) var authUserConfigured: Bool
+
+    private static func namesAuthUser(_ configuration: Configuration) -> Bool {
+        configuration.settings.authUser != nil || configuration.fallbackDatabase?.authUser != nil
+            || configuration.databases.values.contains { $0.authUser != nil }
+    }
     /// The userlist's secrets, classified once at load instead of at every login.
     private var secrets: [String: PasswordSecret]
     let logger: Logger
@@ -56,6 +63,7 @@ final class PoolShard {
         self.configuration = configuration
         self.settings = configuration.settings
         self.ignoredStartupParameters = IgnoredStartupParameters(configuration.settings.ignoreStartupParameters)
+        self.authUserConfigured = Self.namesAuthUser(configuration)
         self.secrets = userList.secrets.mapValues(PasswordSecret.init(parsing:))
         self.logger = logger
         let random = self.random
@@ -254,6 +262,7 @@ final class PoolShard {
     /// PgBouncer: pool sizes, modes, server_login_retry, ... apply at once).
     private func settingsChanged() {
         settings = configuration.settings
+        authUserConfigured = Self.namesAuthUser(configuration)
         ignoredStartupParameters = IgnoredStartupParameters(settings.ignoreStartupParameters)
         resolver.maxTTL = settings.dnsMaxTTL
         resolver.failureTTL = settings.dnsNXDomainTTL

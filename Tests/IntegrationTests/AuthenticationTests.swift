@@ -65,8 +65,10 @@ extension IntegrationTests {
     /// A client that leaves while its lookup waits for a slot costs no lookup: queued ones are dropped, so
     /// connecting and leaving cannot pile up work for PostgreSQL.
     @Test func aLookupQueuedForAClientThatLeftNeverRuns() throws {
+        // One thread: the lookup slots are per thread, and the leavers must queue behind the first client.
         let lifeguard = try LifeguardProcess(
             settings: """
+                threads = 1
                 auth_user = postgres
                 default_pool_size = 1
                 auth_query = SELECT usename, passwd FROM pg_shadow, pg_sleep(0.5) WHERE usename = $1

@@ -28,6 +28,9 @@ public final class EngineLoop: @unchecked Sendable {
     private var deferredTasks: [() -> Void] = []
     /// The batch being run; swapped with `deferredTasks` so that neither array is reallocated per event.
     private var runningTasks: [() -> Void] = []
+    /// Tasks waiting for the loop's next poll (`afterNextPoll`); taken just before it.
+    private var afterPollTasks: [() -> Void] = []
+    private var runningAfterPollTasks: [() -> Void] = []
     private let crossThreadLock = NIOLock()
     private var crossThreadTasks: Deque<() -> Void> = []
     private var stopRequested = false
@@ -70,6 +73,10 @@ public final class EngineLoop: @unchecked Sendable {
         var timeout = millisecondsToNextTimer()
         if maxWaitMilliseconds >= 0, timeout < 0 || timeout > maxWaitMilliseconds { timeout = maxWaitMilliseconds }
         if !deferredTasks.isEmpty { timeout = 0 }
+        if !afterPollTasks.isEmpty {
+            swap(&afterPollTasks, &runningAfterPollTasks)
+            timeout = 0
+        }
         let count = lifeguard_epoll_wait(epollFD, readyEvents, Self.maxEventsPerWait, timeout)
         if count > 0 {
             for index in 0..<Int(count) {
@@ -83,6 +90,11 @@ public final class EngineLoop: @unchecked Sendable {
         runDeferredTasks()
         runDueTimers()
         runDeferredTasks()
+        if !runningAfterPollTasks.isEmpty {
+            for task in runningAfterPollTasks { task() }
+            runningAfterPollTasks.removeAll(keepingCapacity: true)
+            runDeferredTasks()
+        }
     }
 
     /// Makes `run()` return after the current event. On the loop's thread, or through `execute`.
@@ -114,6 +126,14 @@ public final class EngineLoop: @unchecked Sendable {
     /// task or handler (a cross-thread task can run inside a loop that waits to park the others).
     public func executeBetweenEvents(_ task: @escaping @Sendable () -> Void) {
         execute { [unowned(unsafe) self] in self.deferTask(task) }
+    }
+
+    /// Runs `task` on the loop, from any thread, once the loop has handled everything its sockets held when
+    /// this was called: after its next poll and the events, timers and deferred work that poll brings.
+    /// A peer's bytes sent before the call (a Terminate) have then been read and acted on.
+    public func afterNextPoll(_ task: @escaping @Sendable () -> Void) {
+        // Queued from inside the loop, so the poll that runs it begins after this call.
+        execute { [unowned(unsafe) self] in self.afterPollTasks.append(task) }
     }
 
     /// Runs `task` on the loop once the current event has been handled.

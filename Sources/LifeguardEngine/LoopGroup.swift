@@ -63,6 +63,29 @@ public final class LoopGroup: @unchecked Sendable {
         othersRunning = false
     }
 
+    /// Runs `then` on `caller`, between events, once every other loop has polled and handled what its
+    /// sockets held when this was called (at once with one loop). A loop that is about to refuse a client
+    /// at a process-wide limit asks this first: a client that hung up on another loop just before this one
+    /// connected has then been counted out, as a single-threaded pooler, handling events in order, would
+    /// have counted it.
+    public func afterOtherLoopsCatchUp(from caller: EngineLoop, _ then: @escaping () -> Void) {
+        let others = loops.filter { $0 !== caller }
+        guard othersRunning, !others.isEmpty else {
+            then()
+            return
+        }
+        // Touched only on `caller`'s thread: each answer comes back there.
+        let waiting = LoopBound((remaining: others.count, then: then))
+        for other in others {
+            other.afterNextPoll {
+                caller.executeBetweenEvents {
+                    waiting.value.remaining -= 1
+                    if waiting.value.remaining == 0 { waiting.value.then() }
+                }
+            }
+        }
+    }
+
     /// Runs `body` on the caller's thread with every loop but `caller` parked between events. With one
     /// loop, or when the other loops' threads are not running (before `startThreads`, after
     /// `stopThreads`), it just runs `body`. While waiting for its turn, the caller serves another loop's
@@ -139,4 +162,10 @@ private final class ParkGate: @unchecked Sendable {
         pthread_cond_broadcast(&changed)
         pthread_mutex_unlock(&mutex)
     }
+}
+
+/// State that one loop's thread alone touches, carried through other loops' tasks.
+private final class LoopBound<Value>: @unchecked Sendable {
+    var value: Value
+    init(_ value: Value) { self.value = value }
 }

@@ -40,6 +40,27 @@ extension IntegrationTests {
         #expect(try held.last!.value("SELECT 1") == "1")
     }
 
+    /// A client hangs up and a new one connects at once, at max_client_conn or a per-user client limit: the
+    /// newcomer gets in, as with one thread, though its login may be read on one thread before the hang-up
+    /// is handled on the other (PgBouncer suite's test_max_client_conn with threads = 2 failed on this).
+    @Test(arguments: ["max_client_conn = 3", "max_user_client_connections = 3"])
+    func aClientReconnectingAtAClientLimitGetsIn(limit: String) throws {
+        let lifeguard = try LifeguardProcess(settings: "threads = 2\n\(limit)")
+        var held = try (0..<2).map { _ in try lifeguard.connect() }
+        var refusals: [String] = []
+        for _ in 0..<500 {
+            do {
+                // Closed (Terminate, then the socket) as it goes out of scope.
+                _ = try lifeguard.connect().value("SELECT 1")
+            } catch {
+                refusals.append("\(error)")
+            }
+        }
+        #expect(refusals == [], "\(refusals.count) of 500 reconnections refused")
+        held.append(try lifeguard.connect())
+        #expect(lifeguard.loginFailure().contains("client_conn"), "the limit no longer holds")
+    }
+
     /// With one server for two threads, the server moves to whichever thread has a waiting client: clients
     /// on both threads are served, and PostgreSQL sees a single backend.
     @Test func aPoolOfOneServesClientsOnEveryThread() throws {

@@ -62,6 +62,22 @@ import Testing
         #expect(group.loops[0].run(until: { finished.withLockedValue { $0 } == 2 * rounds }, timeout: 20))
     }
 
+    /// Bytes a peer sent before the request have been read by the other loop when `then` runs, even when
+    /// that loop was busy and has its cross-thread tasks queued ahead of its sockets.
+    @Test func afterOtherLoopsCatchUpTheyHaveReadWhatWasSentBefore() throws {
+        let caller = try EngineLoop()
+        let pair = try EngineTests.Pair()
+        let group = LoopGroup(loops: [caller, pair.loop])
+        group.startThreads()
+        defer { group.stopThreads() }
+        pair.loop.execute { usleep(50_000) }
+        try pair.peer.write(ByteBuffer(string: "Terminate"))
+        var seenWhenCaughtUp: Int?
+        group.afterOtherLoopsCatchUp(from: caller) { seenWhenCaughtUp = pair.recorder.received.readableBytes }
+        #expect(caller.run(until: { seenWhenCaughtUp != nil }))
+        #expect(seenWhenCaughtUp == 9)
+    }
+
     @Test func aConnectionMovesToAnotherLoopAndKeepsCarryingBytes() throws {
         let first = try EngineLoop()
         let second = try EngineLoop()

@@ -306,7 +306,9 @@ final class ClientSession: ConnectionDelegate {
     // MARK: Startup
 
     private func readStartup() throws {
-        while machine.phase == .startup, let packet = try StartupPacket.read(from: &startupBuffer) {
+        while machine.phase == .startup {
+            let unread = startupBuffer
+            guard let packet = try StartupPacket.read(from: &startupBuffer) else { break }
             switch packet {
             case .sslRequest, .gssEncryptionRequest:
                 // One of each per connection, as in PostgreSQL: a client repeating them is answered no more.
@@ -330,6 +332,11 @@ final class ClientSession: ConnectionDelegate {
             case .startup(let version, let raw):
                 let startup = try ClientStartup(
                     protocolVersion: version, parameters: raw, ignored: shard.ignoredStartupParameters)
+                if !otherLoopsCaughtUp, meetsAClientLimit(startup) {
+                    startupBuffer = unread
+                    readStartupAgainAfterOtherLoopsCatchUp()
+                    return
+                }
                 logTarget = "\(startup.database)/\(startup.user)"
                 if startup.database == AdminAccess.databaseName {
                     // The console is exempt from max_client_conn; its rights are settled before any password.
@@ -633,16 +640,53 @@ final class ClientSession: ConnectionDelegate {
         database: String, definition: DatabaseDefinition?, user: String, exempt: Bool = false
     ) throws {
         let login = SharedState.ClientLogin(database: database, user: user)
-        let databaseLimit = exempt ? 0 : definition?.maxDBClientConnections ?? shard.settings.maxDBClientConnections
-        let userLimit = exempt ? 0 : shard.configuration.users[user]?.maxUserClientConnections
-            ?? shard.settings.maxUserClientConnections
-        if let limit = shard.shared.clientLoggingIn(login, databaseLimit: databaseLimit, userLimit: userLimit) {
+        let limits = exempt ? (database: 0, user: 0) : clientLimits(definition: definition, user: user)
+        if let limit = shard.shared.clientLoggingIn(login, databaseLimit: limits.database, userLimit: limits.user) {
             throw limit.error
         }
         clientLogin = login
     }
 
+    /// The per-database and per-user client limits in effect (0: none): the database's or user's own value,
+    /// else the global one.
+    private func clientLimits(definition: DatabaseDefinition?, user: String) -> (database: Int, user: Int) {
+        (definition?.maxDBClientConnections ?? shard.settings.maxDBClientConnections,
+         shard.configuration.users[user]?.maxUserClientConnections ?? shard.settings.maxUserClientConnections)
+    }
+
     // MARK: Admin console
+
+    /// Set once the other engine loops have caught up for this login (see `meetsAClientLimit`).
+    private var otherLoopsCaughtUp = false
+
+    /// Whether a client limit (max_client_conn, max_db_client_connections, max_user_client_connections)
+    /// would refuse `startup` as the counts stand. With several loops, a client that hung up on another
+    /// loop just before this one connected may not have been counted out yet; a login at a limit waits for
+    /// the other loops to catch up, then is judged again, so a client reconnecting at the limit gets in as
+    /// it would with one thread.
+    private func meetsAClientLimit(_ startup: ClientStartup) -> Bool {
+        guard shard.group.loops.loops.count > 1 else { return false }
+        let isConsole = startup.database == AdminAccess.databaseName
+        if !isConsole, shard.shared.clientCount > shard.settings.maxClientConn { return true }
+        let definition = isConsole ? nil : shard.database(named: startup.database)
+        let limits = clientLimits(definition: definition, user: startup.user)
+        return shard.shared.clientLimitReached(
+            SharedState.ClientLogin(database: startup.database, user: startup.user),
+            databaseLimit: limits.database, userLimit: limits.user) != nil
+    }
+
+    private func readStartupAgainAfterOtherLoopsCatchUp() {
+        otherLoopsCaughtUp = true
+        connection.readsHeld = true
+        shard.group.loops.afterOtherLoopsCatchUp(from: shard.loop) { [weak self] in
+            guard let self, machine.phase == .startup, connection.isOpen else { return }
+            handlingErrors { try self.readStartup() }
+            // Still in startup: an auth_query lookup holds the reads until it answers.
+            guard machine.phase != .startup else { return }
+            flushPendingWrites()
+            resumeReads()
+        }
+    }
 
     /// Makes an AdminSession for this connection; `completeAdminHandover` then hands it over.
     private func handOverToAdmin(role: AdminRole, user: String) throws {

@@ -56,14 +56,24 @@ final class SharedState: @unchecked Sendable {
     /// limit stopped it.
     func clientLoggingIn(_ login: ClientLogin, databaseLimit: Int, userLimit: Int) -> ClientLimit? {
         lock.withLock {
-            if databaseLimit > 0, counts.loginsPerDatabase[login.database, default: 0] >= databaseLimit {
-                return .database
-            }
-            if userLimit > 0, counts.loginsPerUser[login.user, default: 0] >= userLimit { return .user }
+            if let limit = limitReached(login, databaseLimit: databaseLimit, userLimit: userLimit) { return limit }
             counts.loginsPerDatabase[login.database, default: 0] += 1
             counts.loginsPerUser[login.user, default: 0] += 1
             return nil
         }
+    }
+
+    /// The limit that would stop `login` now, without counting it.
+    func clientLimitReached(_ login: ClientLogin, databaseLimit: Int, userLimit: Int) -> ClientLimit? {
+        lock.withLock { limitReached(login, databaseLimit: databaseLimit, userLimit: userLimit) }
+    }
+
+    private func limitReached(_ login: ClientLogin, databaseLimit: Int, userLimit: Int) -> ClientLimit? {
+        if databaseLimit > 0, counts.loginsPerDatabase[login.database, default: 0] >= databaseLimit {
+            return .database
+        }
+        if userLimit > 0, counts.loginsPerUser[login.user, default: 0] >= userLimit { return .user }
+        return nil
     }
 
     enum ClientLimit {

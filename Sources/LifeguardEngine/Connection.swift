@@ -63,6 +63,17 @@ public final class Connection: ReadinessHandler {
     }
     private var closesWhenWritten = false
     private let peer: PeerAddress
+    /// The most bytes one send passes to the kernel. Unlimited unless SO_SNDBUF was set small
+    /// (tcp_socket_buffer): one send larger than the buffer leaves a single big segment in flight, which
+    /// the peer may acknowledge only after its delayed-ACK timer (40 ms), so a large result crawled at one
+    /// segment per 40 ms. Sends of at most the buffer's size keep several segments going, as PgBouncer's
+    /// packet-buffer-sized sends do.
+    var sendLimit = Int.max
+
+    /// The send limit that socket options imply: SO_SNDBUF's value, if they set it.
+    static func sendLimit(for options: [SocketOptionSetting]) -> Int {
+        options.last { $0.level == SOL_SOCKET && $0.name == SO_SNDBUF }.map { max($0.value, 1024) } ?? .max
+    }
 
     /// Past this many queued bytes the connection is not writable (the peer's reads stop) until the queue
     /// falls below the low mark.
@@ -105,6 +116,7 @@ public final class Connection: ReadinessHandler {
         }
         let connection = Connection(loop: loop, fd: fd, peer: .resolved(address), connecting: true)
         connection.delegate = delegate
+        connection.sendLimit = sendLimit(for: options)
         do {
             try loop.watch(fd, events: connection.interest, handler: connection)
         } catch {
@@ -205,17 +217,27 @@ public final class Connection: ReadinessHandler {
     }
 
     private func sendOne() -> Int {
-        queued[0].withUnsafeReadableBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let limit = sendLimit
+        return queued[0].withUnsafeReadableBytes {
+            send(fd, $0.baseAddress, min($0.count, limit), Int32(MSG_NOSIGNAL))
+        }
     }
 
-    /// One sendmsg for up to 64 queued buffers.
+    /// One sendmsg for up to 64 queued buffers (at most `sendLimit` bytes of them).
     private func sendGathered() -> Int {
-        let count = min(queued.count, 64)
+        var count = min(queued.count, 64)
+        var room = sendLimit
         return withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { vectors in
             // The buffers stay in `queued` during the call, so their storage outlives the pointers.
             for index in 0..<count {
                 queued[index].withUnsafeReadableBytes {
-                    vectors[index] = iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)
+                    let length = min($0.count, room)
+                    vectors[index] = iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: length)
+                    room -= length
+                }
+                if room == 0 {
+                    count = index + 1
+                    break
                 }
             }
             var message = msghdr()

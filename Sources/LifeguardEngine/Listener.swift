@@ -16,14 +16,17 @@ public final class Listener: ReadinessHandler {
     private let onAccept: (Connection) -> Void
     /// Set on every accepted socket (TCP listeners only).
     private let acceptedOptions: [SocketOptionSetting]
+    /// The largest send on an accepted socket (see `Connection.sendLimit`).
+    private let sendLimit: Int
     /// Accepts per readiness, so that a connection storm does not starve established connections; small
     /// when loops share the socket, so that one loop does not take a whole burst.
     private let acceptsPerWake: Int
 
     private init(
         loop: EngineLoop, fd: Int32, ownsSocket: Bool, shared: Bool, isUnixSocket: Bool,
-        acceptedOptions: [SocketOptionSetting], onAccept: @escaping (Connection) -> Void
+        acceptedOptions: [SocketOptionSetting], sendLimit: Int, onAccept: @escaping (Connection) -> Void
     ) throws {
+        self.sendLimit = sendLimit
         self.loop = loop
         self.fd = fd
         self.ownsSocket = ownsSocket
@@ -54,7 +57,8 @@ public final class Listener: ReadinessHandler {
             let isUnix = family == AF_UNIX
             return try Listener(
                 loop: loop, fd: fd, ownsSocket: true, shared: shared, isUnixSocket: isUnix,
-                acceptedOptions: isUnix ? [] : [(Int32(IPPROTO_TCP), Int32(TCP_NODELAY), 1)], onAccept: onAccept)
+                acceptedOptions: isUnix ? [] : [(Int32(IPPROTO_TCP), Int32(TCP_NODELAY), 1)],
+                sendLimit: Connection.sendLimit(for: listenerOptions), onAccept: onAccept)
         } catch {
             Glibc.close(fd)
             throw error
@@ -70,7 +74,7 @@ public final class Listener: ReadinessHandler {
     public func alsoWatch(on other: EngineLoop, onAccept: @escaping (Connection) -> Void) throws -> Listener {
         try Listener(
             loop: other, fd: fd, ownsSocket: false, shared: true, isUnixSocket: isUnixSocket,
-            acceptedOptions: acceptedOptions, onAccept: onAccept)
+            acceptedOptions: acceptedOptions, sendLimit: sendLimit, onAccept: onAccept)
     }
 
     /// Stops accepting on this loop; the owner also closes the socket. Call on the loop's thread, or with
@@ -101,6 +105,7 @@ public final class Listener: ReadinessHandler {
             do {
                 let connection = try Connection.accepted(
                     fd: client, peer: PeerAddress(storage), on: loop)
+                connection.sendLimit = sendLimit
                 onAccept(connection)
             } catch {
                 Glibc.close(client)

@@ -39,9 +39,15 @@ synchronous_commit = off
 full_page_writes = off
 shared_buffers = 128MB
 log_min_messages = warning
+# Replication connections through Lifeguard (physical and logical) are tested too.
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
 CONF
     cat >"$dir/data/pg_hba.conf" <<HBA
 local all all trust
+local replication all trust
+host replication postgres 127.0.0.1/32 trust
 host all lg_md5   127.0.0.1/32 md5
 host all lg_scram 127.0.0.1/32 scram-sha-256
 host all lg_clear 127.0.0.1/32 password

@@ -35,6 +35,41 @@ private func startupError(
         #expect(s.minorProtocolVersion == 0)
     }
 
+    // MARK: Replication
+
+    @Test func replicationValuesAreReadAsPostgreSQLReadsThem() throws {
+        for (value, mode) in [
+            ("database", ReplicationMode.logical), ("true", .physical), ("on", .physical), ("YES", .physical),
+            ("1", .physical), ("t", .physical), ("false", .none), ("off", .none), ("0", .none), ("n", .none),
+        ] {
+            #expect(try startup([("user", "u"), ("replication", value)]).replication == mode, "\(value)")
+        }
+        #expect(try startup([("user", "u")]).replication == ReplicationMode.none)
+        // "Database" is not "database", and "o" is neither on nor off.
+        for bad in ["Database", "o", "maybe", ""] {
+            #expect(startupError([("user", "u"), ("replication", bad)])?.message
+                == "invalid value for parameter \"replication\": \"\(bad)\"")
+        }
+    }
+
+    /// A replication connection's `options` go to its own server as they are, whatever GUC they set,
+    /// wherever `replication` is in the packet; an ordinary client's are checked.
+    @Test func aReplicationClientsOptionsAreKeptAsTheyAre() throws {
+        let options = "-c enable_seqscan=off -c work_mem=64MB"
+        let replication = try startup([("user", "u"), ("options", options), ("replication", "database")])
+        #expect(replication.replicationOptions == options)
+        #expect(replication.parameters.isEmpty)
+        #expect(startupError([("user", "u"), ("options", options)])?.message
+            == "unsupported startup parameter in options: enable_seqscan")
+        // Other startup parameters are checked as for any client.
+        #expect(startupError([("user", "u"), ("replication", "true"), ("work_mem", "1MB")])?.message
+            == "unsupported startup parameter: work_mem")
+        let physical = try startup([("user", "u"), ("replication", "yes"), ("application_name", "standby")])
+        #expect(physical.parameters["application_name"] == "standby")
+        #expect(ReplicationMode.physical.parameterValue == "yes")
+        #expect(ReplicationMode.logical.parameterValue == "database")
+    }
+
     @Test func databaseDefaultsToUser() throws {
         #expect(try startup([("user", "alice")]).database == "alice")
         #expect(try startup([("user", "alice"), ("database", "")]).database == "alice")

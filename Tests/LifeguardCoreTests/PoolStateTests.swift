@@ -57,6 +57,34 @@ import Testing
         #expect(state.waitingClients.isEmpty && state.idleServers.isEmpty)
     }
 
+    /// Replication clients wait for servers opened for them, first come first served; they count as
+    /// demand for a launch, and a client that leaves gives up its place.
+    @Test func replicationClientsWaitForServersOfTheirOwn() {
+        var state = makeState(size: 2)
+        let server = idleServer(in: &state)
+        let (first, second, gone) = (Client(), Client(), Client())
+        state.replicationClientWaiting(first, now: 0)
+        state.replicationClientWaiting(gone, now: 1)
+        state.replicationClientWaiting(second, now: 2)
+        #expect(!state.hasNoClients)
+        // The idle server is not theirs to take; a launch is due for them.
+        #expect(state.idleServers.count == 1 && state.idleServers[0] === server)
+        #expect(launch(state) == .launch)
+        state.removeWaiting(gone)
+        #expect(state.takeReplicationWaiter() === first)
+        state.serverLaunched()
+        state.replicationServerLoggedIn()
+        #expect(state.serversLoggingIn == 0)
+        #expect(state.takeReplicationWaiter() === second)
+        #expect(state.takeReplicationWaiter() == nil)
+
+        // A replication server's parameters are its client's: its login never becomes the pool's welcome.
+        var fresh = makeState()
+        fresh.serverLaunched()
+        fresh.replicationServerLoggedIn()
+        #expect(!fresh.canWelcome)
+    }
+
     @Test func idleServersAreLentMostRecentFirstOrInTurnWithRoundRobin() {
         for roundRobin in [false, true] {
             var state = makeState(roundRobin: roundRobin)

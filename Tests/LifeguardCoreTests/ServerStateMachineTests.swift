@@ -108,14 +108,16 @@ import Testing
         let client = Client()
         var machine = loggedIn()
         machine.lend(to: client, syncingParameters: false)
-        let action5 = machine.clientGone(serverIsIdle: false)
-        #expect(action5 == .close(reason: "client disconnected with query in progress"))
-        let action6 = machine.clientGone(serverIsIdle: true)
+        let action5 = machine.clientGone(.serverNotReady)
+        #expect(action5 == .close(reason: "client disconnect while server was not ready"))
+        let midMessage = machine.clientGone(.unsentData)
+        #expect(midMessage == .close(reason: "client disconnect before everything was sent to the server"))
+        let action6 = machine.clientGone(.betweenTransactions)
         #expect(action6 == .release)
         #expect(machine.isIdle)
 
         machine.lend(to: client, syncingParameters: true)
-        let action7 = machine.clientGone(serverIsIdle: true)
+        let action7 = machine.clientGone(.betweenTransactions)
         #expect(action7 == .close(reason: "client disconnected during parameter sync"))
     }
 

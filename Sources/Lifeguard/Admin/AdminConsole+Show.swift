@@ -236,7 +236,7 @@ extension AdminConsole {
                 let (addr, port) = Self.describe(client.remoteAddress, listenPort: shard.settings.listenPort)
                 let (localAddr, localPort) = Self.describe(client.localAddress, listenPort: shard.settings.listenPort)
                 rows.append((client.id, [
-                    "C", client.loginUser ?? "(nouser)", database, "none",
+                    "C", client.loginUser ?? "(nouser)", database, client.replication.rawValue,
                     shown, addr, port, localAddr, localPort, WallClock.format(client.connectTime),
                     WallClock.format(client.requestTime), "\(wait / 1_000_000)", "\(wait % 1_000_000)", "0",
                     pointerText(client), client.server.map(pointerText) ?? "", "0", "",
@@ -260,7 +260,7 @@ extension AdminConsole {
                 let (addr, port) = Self.describe(server.remoteAddress, listenPort: shard.settings.listenPort)
                 let (localAddr, localPort) = Self.describe(server.localAddress, listenPort: shard.settings.listenPort)
                 rows.append((server.id, [
-                    "S", server.pool.key.user, server.pool.key.database, "none",
+                    "S", server.pool.key.user, server.pool.key.database, server.replication?.mode.rawValue ?? "none",
                     socketColumns ? "sv_" + (state == "new" ? "login" : state) : state, addr, port, localAddr,
                     localPort, WallClock.format(server.connectTime), WallClock.format(server.requestTime), "0", "0",
                     server.closeNeeded ? "1" : "0", pointerText(server), server.linkedClient.map(pointerText) ?? "",

@@ -195,7 +195,10 @@ final class ClientSession: ConnectionDelegate {
         if closeReason == nil, let error { closeReason = "client socket error: \(error)" }
         let wasLoggedIn = loggedIn
         if let (server, ready) = machine.detachServer() {
-            server.clientGone(serverIsIdle: ready && tracker.isIdle && isBetweenMessages && !hasUnsentTraffic)
+            let inTransaction = !(ready && tracker.isIdle)
+            let everythingSent = isBetweenMessages && !hasUnsentTraffic
+            server.clientGone(
+                inTransaction ? .serverNotReady : everythingSent ? .betweenTransactions : .unsentData)
         }
         if let pool {
             pool.removeWaiting(self)
@@ -613,9 +616,13 @@ final class ClientSession: ConnectionDelegate {
         pool.clientLoggedIn()
         pool.stats.clientLogins += 1
         loggedIn = true
-        tracker = TransactionTracker(poolMode: pool.mode)
+        replication = startup.replication
+        replicationOptions = startup.replicationOptions
+        // A replication connection is session-pooled whatever the pool's mode: its server is its own.
+        let mode = replication == .none ? pool.mode : .session
+        tracker = TransactionTracker(poolMode: mode)
         scanner = FrameScanner(capturedIDs: MessageIDSet(), maxMessageLength: shard.settings.maxPacketSize)
-        if pool.mode != .session, shard.settings.maxPreparedStatements > 0 {
+        if mode != .session, shard.settings.maxPreparedStatements > 0 {
             splitter = MessageSplitter(wholeIDs: Self.wholeIDs, maxMessageLength: shard.settings.maxPacketSize)
             sharesUnnamed = shard.settings.shareUnnamedStatements
         }
@@ -629,7 +636,50 @@ final class ClientSession: ConnectionDelegate {
         if shard.settings.logConnections {
             logger.info("\(logPrefix) login attempt: db=\(startup.database) user=\(startup.user) tls=no")
         }
-        pool.welcome(self)
+        if replication == .none {
+            pool.welcome(self)
+        } else {
+            pool.replicationClientLoggedIn(self)
+        }
+    }
+
+    // MARK: Replication
+
+    /// `replication` from the startup packet: such a client gets a server of its own (see Pool).
+    private(set) var replication = ReplicationMode.none
+    private var replicationOptions: String?
+
+    /// What the client's server is opened with besides user, database and `replication`: the tracked
+    /// parameters the client set, then its `options` as it sent them.
+    var replicationStartupParameters: [(String, String)] {
+        var result: [(String, String)] = []
+        for (index, name) in TrackedParameter.names.enumerated() {
+            if let value = parameters.value(at: index) { result.append((name, value)) }
+        }
+        if let replicationOptions { result.append(("options", replicationOptions)) }
+        return result
+    }
+
+    /// Still waiting for the server opened for it (it may have left meanwhile).
+    var isAwaitingReplicationServer: Bool {
+        replication != .none && machine.phase == .awaitingWelcome && connection.isOpen
+    }
+
+    /// The server opened for this replication client has logged in: the client is greeted with that
+    /// server's own parameters, and keeps it until it leaves.
+    func startReplication(on server: ServerConnection) {
+        guard let cancelKey else { return }
+        var welcome = ByteBuffer()
+        welcome.writeAuthenticationOK()
+        for (name, value) in server.reportedParameters { welcome.writeParameterStatus(name: name, value: value) }
+        welcome.writeBackendKeyData(processID: cancelKey.processID, secretKey: cancelKey.secretKey)
+        welcome.writeReadyForQuery(.idle)
+        connection.writeAndFlush(welcome)
+        _ = machine.welcome()
+        lastReady = .now()
+        // Its values are the server's, so linking sets nothing.
+        parameters = server.parameters
+        server.assign(to: self)
     }
 
     /// max_db_client_connections and max_user_client_connections (per-database/per-user value, else global),

@@ -196,6 +196,26 @@ final class Pool {
         return messages
     }
 
+    // MARK: Replication clients
+
+    /// A replication client logged in: it waits for a server opened for it alone, which carries its own
+    /// startup parameters, greets it, stays its for the whole session and is closed when it leaves.
+    func replicationClientLoggedIn(_ client: ClientSession) {
+        state.replicationClientWaiting(client, now: Self.now)
+        launchIfNeeded()
+    }
+
+    /// A replication client waits and the pool is full: an idle server of the pool is closed to make room,
+    /// here or on another thread, as PgBouncer evicts one.
+    private func makeRoomForReplication() {
+        guard !state.replicationWaiting.isEmpty, state.serversLoggingIn == 0, capacity.size > 0,
+            shard.shared.serverCount(ofPool: key) >= capacity.size
+        else { return }
+        if !closeOneIdleServer(reason: "evicted for pool_size") {
+            askOtherThreadsToEvict(.pool)
+        }
+    }
+
     /// `client` has a request and no server: give it an idle one or queue it.
     func requestServer(for client: ClientSession) {
         if state.serverCount == 0 { syncLoginFailure() }
@@ -232,6 +252,15 @@ final class Pool {
         state.removeWaiting(client)
     }
 
+    /// Which servers an eviction asked of another thread may close: an idle one of the asking pool (to
+    /// make room for a replication client), or of another pool of its database or user (at
+    /// max_db_connections or max_user_connections).
+    enum EvictionScope {
+        case pool
+        case database
+        case user
+    }
+
     /// Closes one idle server, if this pool has any; returns whether it did.
     func closeOneIdleServer(reason: String) -> Bool {
         guard let server = state.evictOneIdleServer() else { return false }
@@ -249,6 +278,17 @@ final class Pool {
 
     /// A server finished its login (and connect_query).
     func serverLoggedIn(_ server: ServerConnection) {
+        if let replication = server.replication {
+            state.replicationServerLoggedIn()
+            shard.shared.withFacts(of: key) { $0.lastLoginFailure = nil }
+            if let client = replication.client, client.isAwaitingReplicationServer {
+                client.startReplication(on: server)
+            } else {
+                server.terminate(reason: "replication client disconnected")
+            }
+            launchIfNeeded()
+            return
+        }
         learnWelcome(from: server)
         shard.shared.withFacts(of: key) { $0.lastLoginFailure = nil }
         for client in state.serverLoggedIn() { client.sendWelcome() }
@@ -333,6 +373,8 @@ final class Pool {
         case .idle:
             publishIdleCount()
             server.becomeIdle()
+            // A replication client waiting for room takes this one's place.
+            if !state.replicationWaiting.isEmpty { launchIfNeeded() }
         }
     }
 
@@ -434,16 +476,14 @@ final class Pool {
     /// At max_db_connections or max_user_connections with no idle server of another pool on this thread to
     /// close: ask the other threads to close one of theirs (of the same database, or user); the one that
     /// does tells this part to try again. Asked at most every 100 ms; the janitor's upkeep asks again.
-    private func askOtherThreadsToEvict(database: String?, user: String?) {
+    private func askOtherThreadsToEvict(_ scope: EvictionScope) {
         guard shard.group.shards.count > 1 else { return }
         let now = NIODeadline.now()
         if let evictionAskedAt, now - evictionAskedAt < .milliseconds(100) { return }
         evictionAskedAt = now
         let (key, requester) = (self.key, shard)
         for other in shard.group.shards where other !== requester {
-            other.loop.executeBetweenEvents {
-                other.evictIdleServer(for: key, database: database, user: user, requester: requester)
-            }
+            other.loop.executeBetweenEvents { other.evictIdleServer(for: key, scope, requester: requester) }
         }
     }
 
@@ -502,6 +542,7 @@ final class Pool {
 
     /// Opens one more server connection when clients need one and the limits allow it.
     private func launchIfNeeded() {
+        makeRoomForReplication()
         if !state.waitingClients.isEmpty, anotherThreadHasAnIdleServer {
             askOtherThreadsForAServer()
             return
@@ -536,7 +577,7 @@ final class Pool {
             guard shard.evictIdleServer(excluding: self, where: { $0.key.database == key.database }) else {
                 // Another thread may have an idle server of this very pool, or of another pool to close.
                 askOtherThreadsForAServer()
-                askOtherThreadsToEvict(database: key.database, user: nil)
+                askOtherThreadsToEvict(.database)
                 return
             }
             launchIfNeeded()
@@ -544,7 +585,7 @@ final class Pool {
         case .evictForUserLimit:
             guard shard.evictIdleServer(excluding: self, where: { $0.key.user == key.user }) else {
                 askOtherThreadsForAServer()
-                askOtherThreadsToEvict(database: nil, user: key.user)
+                askOtherThreadsToEvict(.user)
                 return
             }
             launchIfNeeded()
@@ -555,7 +596,8 @@ final class Pool {
             break
         }
         state.serverLaunched()
-        ServerConnection.launch(for: self)
+        // Replication clients go first: they cannot take a server that comes free.
+        ServerConnection.launch(for: self, replicationClient: state.takeReplicationWaiter())
     }
 
     private static var now: Int64 { Int64(NIODeadline.now().uptimeNanoseconds) }

@@ -212,14 +212,20 @@ final class PoolShard {
         pools[key]?.serverRequested(by: requester, holding: servers)
     }
 
-    /// Another thread's pool `key` is at max_db_connections (`database`) or max_user_connections (`user`):
-    /// close an idle server of another pool of that database or user here, and tell it to try again.
-    func evictIdleServer(for key: PoolKey, database: String?, user: String?, requester: PoolShard) {
+    /// Another thread's pool `key` needs room (see Pool.EvictionScope): close an idle server here that
+    /// `scope` allows, and tell it to try again.
+    func evictIdleServer(for key: PoolKey, _ scope: Pool.EvictionScope, requester: PoolShard) {
         let matches = { (pool: Pool) in
-            pool.key != key && (database == nil || pool.key.database == database) && (user == nil || pool.key.user == user)
+            switch scope {
+            case .pool: pool.key == key
+            case .database: pool.key != key && pool.key.database == key.database
+            case .user: pool.key != key && pool.key.user == key.user
+            }
         }
+        let reason = scope == .pool
+            ? "evicted for pool_size" : "evicted to make room (max_db_connections/max_user_connections)"
         for pool in pools.values where matches(pool) {
-            if pool.closeOneIdleServer(reason: "evicted to make room (max_db_connections/max_user_connections)") {
+            if pool.closeOneIdleServer(reason: reason) {
                 requester.loop.executeBetweenEvents { requester.pools[key]?.maintain() }
                 return
             }

@@ -137,6 +137,11 @@ final class SharedState: @unchecked Sendable {
         }
     }
 
+    /// Servers counted for the pool `key` in the whole process.
+    func serverCount(ofPool key: PoolKey) -> Int {
+        lock.withLock { counts.serversPerPool[key, default: 0] }
+    }
+
     /// Servers counted for `user` in the whole process (SHOW USERS).
     func serverCount(ofUser user: String) -> Int {
         lock.withLock { counts.serversPerUser[user, default: 0] }

@@ -68,8 +68,22 @@ final class ServerConnection: ConnectionDelegate {
     /// checked when a client is done with it, never on its way to the first client.
     private(set) var hasServedAClient = false
 
-    private init(pool: Pool) {
+    /// A replication server: opened for one replication client, with its startup parameters; it greets
+    /// that client, serves it alone and closes when it leaves.
+    struct Replication {
+        let mode: ReplicationMode
+        /// The client's own startup parameters and its `options`, for the server's startup packet.
+        let parameters: [(String, String)]
+        weak var client: ClientSession?
+    }
+
+    private(set) var replication: Replication?
+
+    private init(pool: Pool, replicationClient: ClientSession?) {
         self.pool = pool
+        self.replication = replicationClient.map {
+            Replication(mode: $0.replication, parameters: $0.replicationStartupParameters, client: $0)
+        }
         self.address = pool.nextServerAddress()
         self.scanner = FrameScanner(capturedIDs: .all, maxMessageLength: Int(Int32.max))
         self.id = pool.shard.nextConnectionID()
@@ -82,10 +96,10 @@ final class ServerConnection: ConnectionDelegate {
         "S-\(pointerText(self)): \(pool.logPrefix)@\(address)"
     }
 
-    /// Opens a new server connection for `pool`; the pool hears back through `serverLoggedIn`,
-    /// `serverLoginFailed` and `serverClosed`.
-    static func launch(for pool: Pool) {
-        let server = ServerConnection(pool: pool)
+    /// Opens a new server connection for `pool` (a replication server when `replicationClient` is given);
+    /// the pool hears back through `serverLoggedIn`, `serverLoginFailed` and `serverClosed`.
+    static func launch(for pool: Pool, replicationClient: ClientSession? = nil) {
+        let server = ServerConnection(pool: pool, replicationClient: replicationClient)
         pool.shard.register(server)
         server.address.resolve(with: pool.shard.resolver) { result in
             switch result {
@@ -135,6 +149,13 @@ final class ServerConnection: ConnectionDelegate {
         if let value = database.datestyle { startup.append(("datestyle", value)) }
         if let value = database.timezone { startup.append(("timezone", value)) }
         if let value = database.applicationName { startup.append(("application_name", value)) }
+        if let replication, let value = replication.mode.parameterValue {
+            // The client's own values win over the database's.
+            let clientNames = Set(replication.parameters.map { $0.0.lowercased() })
+            startup.removeAll { $0.0 != "user" && $0.0 != "database" && clientNames.contains($0.0.lowercased()) }
+            startup.append(("replication", value))
+            startup += replication.parameters
+        }
         var packet = ByteBufferAllocator().buffer(capacity: 128)
         packet.writeStartupMessage(parameters: startup)
         connection.writeAndFlush(packet)
@@ -156,7 +177,7 @@ final class ServerConnection: ConnectionDelegate {
         pool.serverAddressFailed(address)
         let detail = cause.map { " (\($0))" } ?? ""
         logger.warning("\(logPrefix) closing because: \(reason)\(detail) (age=\(ageSeconds)s)")
-        pool.serverLoginFailed(PoolerError(reason), failsWaitingClients: false)
+        reportLoginFailure(PoolerError(reason), failsWaitingClients: false)
         pool.serverClosed(self, duringLogin: true)
     }
 
@@ -191,8 +212,8 @@ final class ServerConnection: ConnectionDelegate {
         }
         switch machine.closed() {
         case .duringLogin:
-            if closeReason == nil {
-                pool.serverLoginFailed(PoolerError("server conn crashed?"), failsWaitingClients: false)
+            if closeReason == nil || replication != nil {
+                reportLoginFailure(PoolerError("server conn crashed?"), failsWaitingClients: false)
             }
             pool.serverClosed(self, duringLogin: true)
         case .whileLinked(let client):
@@ -550,8 +571,8 @@ final class ServerConnection: ConnectionDelegate {
             // PgBouncer's words, which log watchers match.
             logger.warning("\(logPrefix) server login failed: \(severity) \(error.message) (SQLSTATE \(error.sqlState))")
             // 57P03: the server is starting up or shutting down; clients wait for the retry.
-            pool.serverLoginFailed(error, failsWaitingClients: error.sqlState != "57P03")
-            closeReason = error.message
+            reportLoginFailure(error, failsWaitingClients: error.sqlState != "57P03")
+            closeReason = replication == nil ? error.message : Self.replicationLoginFailed.message
             connection?.close()
             pool.serverClosed(self, duringLogin: true)
             return true
@@ -625,10 +646,22 @@ final class ServerConnection: ConnectionDelegate {
     /// Lifeguard itself cannot log in: tell the waiting clients and close.
     private func failLogin(_ message: String) -> Bool {
         logger.warning("\(logPrefix) \(message)")
-        pool.serverLoginFailed(PoolerError(message), failsWaitingClients: true)
+        reportLoginFailure(PoolerError(message), failsWaitingClients: true)
         close(reason: message)
         return true
     }
+
+    /// A failed login fails the pool's waiting clients as PoolState rules, or, for a replication server,
+    /// only the client it was opened for: with PgBouncer's words, whatever the server said (it is logged).
+    private func reportLoginFailure(_ error: PoolerError, failsWaitingClients: Bool) {
+        guard let replication else {
+            pool.serverLoginFailed(error, failsWaitingClients: failsWaitingClients)
+            return
+        }
+        replication.client?.closeWithError(Self.replicationLoginFailed, reason: Self.replicationLoginFailed.message)
+    }
+
+    private static let replicationLoginFailed = PoolerError("login failed", sqlState: "08P01")
 
     // MARK: Lending to clients
 
@@ -686,8 +719,9 @@ final class ServerConnection: ConnectionDelegate {
 
     /// The linked client went away. A server between transactions goes back to the pool; one with a
     /// transaction or query in flight is closed, so no other client ever inherits it.
-    func clientGone(serverIsIdle: Bool) {
-        switch machine.clientGone(serverIsIdle: serverIsIdle) {
+    func clientGone(_ leaving: ServerStateMachine<ClientSession>.LeavingClient) {
+        switch machine.clientGone(leaving) {
+        case .release where replication != nil: terminate(reason: "replication client was closed")
         case .release: pool.release(self, clientDisconnected: true)
         case .close(let reason): close(reason: reason)
         }
@@ -712,7 +746,7 @@ final class ServerConnection: ConnectionDelegate {
     /// server_connect_timeout: the login did not finish in time.
     func loginTimedOut() {
         logger.warning("\(logPrefix) closing because: connect timeout")
-        pool.serverLoginFailed(PoolerError("connect timeout"), failsWaitingClients: false)
+        reportLoginFailure(PoolerError("connect timeout"), failsWaitingClients: false)
         close(reason: "connect timeout")
     }
 

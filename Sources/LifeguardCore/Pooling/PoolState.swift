@@ -19,6 +19,8 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
 
     public private(set) var idleServers: [Server] = []
     public private(set) var waitingClients: Deque<Waiter> = []
+    /// Replication clients waiting for a server of their own: each gets a new one, never an idle one.
+    public private(set) var replicationWaiting: Deque<Waiter> = []
     /// Logged-in clients waiting for the first server login, which gives the pool its welcome parameters.
     public private(set) var clientsAwaitingWelcome: [Client] = []
     /// Whether a server has logged in and its parameters can greet clients.
@@ -43,7 +45,9 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
         self.loginRetryNanoseconds = loginRetryNanoseconds
     }
 
-    public var hasNoClients: Bool { loggedInClients == 0 && waitingClients.isEmpty && clientsAwaitingWelcome.isEmpty }
+    public var hasNoClients: Bool {
+        loggedInClients == 0 && waitingClients.isEmpty && clientsAwaitingWelcome.isEmpty && replicationWaiting.isEmpty
+    }
 
     // MARK: Clients
 
@@ -94,6 +98,22 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
             waitingClients.remove(at: index)
         }
         clientsAwaitingWelcome.removeAll { $0 === client }
+        if let index = replicationWaiting.firstIndex(where: { $0.client === client }) {
+            replicationWaiting.remove(at: index)
+        }
+    }
+
+    // MARK: Replication clients
+
+    /// A replication client logged in: it waits for a server opened for it alone (PgBouncer's rule: a
+    /// walsender connection carries the client's own startup parameters, so it is never shared or reused).
+    public mutating func replicationClientWaiting(_ client: Client, now: Int64) {
+        replicationWaiting.append(Waiter(client: client, since: now))
+    }
+
+    /// The replication client the server being launched is for, first come first served.
+    public mutating func takeReplicationWaiter() -> Client? {
+        replicationWaiting.popFirst()?.client
     }
 
     /// How long the longest-waiting client has waited.
@@ -243,6 +263,13 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
         serversLoggingIn += 1
     }
 
+    /// A replication server finished its login; it goes to its own client, and its parameters (the client's
+    /// own) never become the pool's welcome.
+    public mutating func replicationServerLoggedIn() {
+        serversLoggingIn -= 1
+        lastLoginFailure = nil
+    }
+
     /// A server finished its login: the clients that waited for the pool's welcome parameters, on the
     /// pool's first login.
     public mutating func serverLoggedIn() -> [Client] {
@@ -303,9 +330,10 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
         var state = PoolCapacity.State()
         state.servers = serversOfPool
         state.serversLoggingIn = serversLoggingIn
-        state.waitingClients = waitingClients.count
+        state.waitingClients = waitingClients.count + replicationWaiting.count
         state.clientsAwaitingWelcome = clientsAwaitingWelcome.count
-        state.longestWaitNanoseconds = longestWaitNanoseconds(now: now)
+        state.longestWaitNanoseconds = max(
+            longestWaitNanoseconds(now: now), replicationWaiting.first.map { now - $0.since } ?? 0)
         state.loggedInClients = loggedInClients
         state.hasForcedUser = hasForcedUser
         state.serversOfDatabase = serversOfDatabase

@@ -201,12 +201,28 @@ public struct ServerStateMachine<Client: AnyObject> {
         case close(reason: String)
     }
 
+    /// Where the traffic of a client that went away had got to.
+    public enum LeavingClient: Equatable {
+        case betweenTransactions
+        /// A query, a transaction or a COPY was under way.
+        case serverNotReady
+        /// Part of a message, or messages, had not reached the server.
+        case unsentData
+    }
+
     /// The linked client went away. A server between transactions goes back to the pool; one with a
-    /// transaction or query in flight, or still syncing parameters, is closed, so no other client inherits it.
-    public mutating func clientGone(serverIsIdle: Bool) -> ClientGoneAction {
+    /// transaction or query in flight, half a message, or still syncing parameters, is closed, so no other
+    /// client inherits it. The reasons are PgBouncer's.
+    public mutating func clientGone(_ leaving: LeavingClient) -> ClientGoneAction {
         guard case .linked = state else { return .close(reason: "client disconnected during parameter sync") }
-        guard serverIsIdle else { return .close(reason: "client disconnected with query in progress") }
-        state = .idle
-        return .release
+        switch leaving {
+        case .betweenTransactions:
+            state = .idle
+            return .release
+        case .serverNotReady:
+            return .close(reason: "client disconnect while server was not ready")
+        case .unsentData:
+            return .close(reason: "client disconnect before everything was sent to the server")
+        }
     }
 }

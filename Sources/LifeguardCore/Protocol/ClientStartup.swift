@@ -156,12 +156,53 @@ public struct IgnoredStartupParameters: Sendable, ExpressibleByArrayLiteral {
     }
 }
 
+/// The `replication` startup parameter: a walsender connection, for streaming WAL (physical) or for logical
+/// decoding and SQL (logical, `replication=database`).
+public enum ReplicationMode: String, Sendable, Equatable {
+    case none
+    case physical
+    case logical
+
+    /// PostgreSQL's reading of the value: `database` (exactly) is logical; a boolean (`true`, `on`, `yes`,
+    /// `1`, any unambiguous prefix, in any case) is physical, or none when false; anything else is nil.
+    public init?(parameter value: String) {
+        if value == "database" {
+            self = .logical
+            return
+        }
+        let lowered = value.lowercased()
+        func isPrefix(of word: String, atLeast minimum: Int = 1) -> Bool {
+            lowered.count >= minimum && word.hasPrefix(lowered)
+        }
+        if isPrefix(of: "true") || isPrefix(of: "yes") || isPrefix(of: "on", atLeast: 2) || lowered == "1" {
+            self = .physical
+        } else if isPrefix(of: "false") || isPrefix(of: "no") || isPrefix(of: "off", atLeast: 2) || lowered == "0" {
+            self = .none
+        } else {
+            return nil
+        }
+    }
+
+    /// The value the server's startup packet carries.
+    public var parameterValue: String? {
+        switch self {
+        case .none: nil
+        case .physical: "yes"
+        case .logical: "database"
+        }
+    }
+}
+
 /// What a client asked for in its StartupMessage, validated the way PgBouncer validates it.
 public struct ClientStartup: Sendable, Equatable {
     public var user: String
     public var database: String
     /// Tracked parameters the client set, by canonical name.
     public var parameters: ParameterSet
+    /// A replication connection gets a server of its own, opened with the client's parameters.
+    public var replication: ReplicationMode = .none
+    /// A replication client's `options`, passed to its server as they are (any `-c` setting goes).
+    public var replicationOptions: String?
     /// `_pq_.` protocol options the client asked for; answered with NegotiateProtocolVersion.
     public var unsupportedProtocolOptions: [String]
     public var minorProtocolVersion: Int
@@ -177,6 +218,11 @@ public struct ClientStartup: Sendable, Equatable {
         var database: String?
         var parameters = ParameterSet()
         var protocolOptions: [String] = []
+        // Read first: it decides how `options` is taken, wherever the two are in the packet.
+        if let value = raw.last(where: { $0.0 == "replication" })?.1 {
+            guard let mode = ReplicationMode(parameter: value) else { throw .invalidReplicationValue(value) }
+            replication = mode
+        }
 
         for (name, value) in raw {
             switch name {
@@ -184,6 +230,10 @@ public struct ClientStartup: Sendable, Equatable {
                 user = value
             case "database":
                 database = value
+            case "replication":
+                continue
+            case "options" where replication != .none:
+                replicationOptions = value
             case "options":
                 try Self.applyOptions(
                     value, to: &parameters, ignoredNames: ignoredNames,

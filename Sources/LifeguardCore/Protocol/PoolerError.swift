@@ -38,6 +38,11 @@ public struct PoolerError: Error, Sendable, Equatable, CustomStringConvertible {
         PoolerError("unsupported startup parameter: \(name)")
     }
 
+    /// PostgreSQL's own words for a `replication` value it would not take either.
+    public static func invalidReplicationValue(_ value: String) -> PoolerError {
+        PoolerError("invalid value for parameter \"replication\": \"\(value)\"", sqlState: "22023")
+    }
+
     public static func unsupportedOptionsParameter(_ name: String) -> PoolerError {
         PoolerError("unsupported startup parameter in options: \(name)")
     }

@@ -75,6 +75,24 @@ extension IntegrationTests {
         #expect(waitUntil { !lifeguard.isRunning })
     }
 
+    @Test func aClientThatWouldWaitForAServerDuringSigintIsClosed() throws {
+        // query_wait_timeout bounds the wait should the client be queued instead.
+        let lifeguard = try LifeguardProcess(settings: "pool_mode = transaction\nquery_wait_timeout = 5")
+        let inTransaction = try lifeguard.connect()
+        let idle = try lifeguard.connect()
+        try inTransaction.query("BEGIN")
+        kill(lifeguard.pid, SIGINT)
+        usleep(300_000)
+        // A new transaction would wait for a server the shutdown waits to see released: PgBouncer refuses it.
+        #expect(performing: { _ = try idle.value("SELECT 1") }, throws: { error in
+            (error as? PGConnection.Failure)?.message.contains("server shutting down") == true
+        })
+        #expect(lifeguard.log.contains("closing because: server shutting down"))
+        #expect(lifeguard.isRunning)
+        try inTransaction.query("COMMIT")
+        #expect(waitUntil { !lifeguard.isRunning })
+    }
+
     @Test func consoleShutdownExitsWithoutReply() throws {
         let lifeguard = try start()
         let console = try lifeguard.connect(database: "pgbouncer")
@@ -116,18 +134,34 @@ extension IntegrationTests {
         #expect(waitUntil { (try? String(contentsOfFile: logfile, encoding: .utf8))?.contains("configuration reloaded") == true })
     }
 
-    @Test func exitTellsClientsAndClosesServers() throws {
+    @Test func exitTellsWaitingClientsWhyClosesIdleOnesQuietlyAndClosesServers() throws {
         let lifeguard = try LifeguardProcess(settings: "auth_type = trust")
-        let socket = try RawSocket(port: lifeguard.port)
-        socket.send(RawSocket.startupMessage([("user", "lg_trust"), ("database", "lgtest")]))
-        _ = socket.read { $0.count >= 6 && $0.suffix(6).first == UInt8(ascii: "Z") }
+        func loggedInSocket() throws -> RawSocket {
+            let socket = try RawSocket(port: lifeguard.port)
+            socket.send(RawSocket.startupMessage([("user", "lg_trust"), ("database", "lgtest")]))
+            _ = socket.read { $0.count >= 6 && $0.suffix(6).first == UInt8(ascii: "Z") }
+            return socket
+        }
+        let idle = try loggedInSocket()
+        let waiting = try loggedInSocket()
+        waiting.send(RawSocket.message("Q", Array("SELECT pg_sleep(3)".utf8) + [0]))
         let direct = try TestEnvironment.direct()
-        kill(lifeguard.pid, SIGQUIT)
-        let (bytes, closed) = socket.readUntilClosed()
-        #expect(closed)
-        #expect(RawSocket.errorMessage(in: bytes)?.message == "pooler is shutting down")
-        #expect(waitUntil { !lifeguard.isRunning })
         #expect(waitUntil {
+            (try? direct.value("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)'")) == "1"
+        })
+        kill(lifeguard.pid, SIGQUIT)
+        // PgBouncer's exit says nothing to an idle client: its next query fails with "server closed the
+        // connection unexpectedly", which scripts written for PgBouncer look for.
+        let (idleBytes, idleClosed) = idle.readUntilClosed()
+        #expect(idleClosed)
+        #expect(idleBytes.isEmpty)
+        // A client waiting for an answer learns why none comes.
+        let (waitingBytes, waitingClosed) = waiting.readUntilClosed()
+        #expect(waitingClosed)
+        #expect(RawSocket.errorMessage(in: waitingBytes)?.message == "pooler is shutting down")
+        #expect(waitUntil { !lifeguard.isRunning })
+        // The busy backend reads its Terminate once the sleep is over.
+        #expect(waitUntil(10) {
             (try? direct.value("SELECT count(*) FROM pg_stat_activity WHERE usename = 'lg_trust'")) == "0"
         })
     }

@@ -297,9 +297,20 @@ final class ClientSession: ConnectionDelegate {
         connection.writeAndFlush(buffer)
     }
 
-    /// Disconnects the client with `error` (KILL, KILL_CLIENT, shutdown).
+    /// Disconnects the client with `error` (KILL, KILL_CLIENT).
     func kill(_ error: PoolerError) {
         closeWithError(error, reason: error.message)
+    }
+
+    /// At an immediate exit. A client waiting for an answer (logging in, queued, or with a query out) is told
+    /// why none comes; an idle one is closed without a word, as PgBouncer's exit leaves it, so its next query
+    /// fails with "server closed the connection unexpectedly" as scripts written for PgBouncer expect.
+    func closeForExit() {
+        let awaitsAnswer = machine.phase != .active || machine.isQueued || queryStart != nil || hasUnsentTraffic
+        guard !awaitsAnswer else { return kill(.shuttingDown) }
+        if machine.isClosed { return }
+        closeReason = PoolerError.shuttingDown.message
+        connection.close()
     }
 
     private var ageSeconds: Int {

@@ -210,7 +210,7 @@ public final class LifeguardServer: DaemonControl {
             group.control.draining = .waitForServers
             group.pause(database: nil)
             for client in group.clientSessions where client.isWaitingForServer {
-                client.kill(PoolerError("server shutting down"))
+                client.kill(.serverShuttingDown)
             }
         }
         drainMode = mode

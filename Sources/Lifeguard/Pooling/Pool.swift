@@ -218,6 +218,10 @@ final class Pool {
 
     /// `client` has a request and no server: give it an idle one or queue it.
     func requestServer(for client: ClientSession) {
+        if shard.isDrainingServers {
+            // As PgBouncer: the servers are only waited for so the transactions on them can finish.
+            return client.kill(.serverShuttingDown)
+        }
         if state.serverCount == 0 { syncLoginFailure() }
         switch state.clientWantsServer(client, now: Self.now, paused: shard.isPaused(key.database)) {
         case .lend(let server):

@@ -95,6 +95,9 @@ final class PoolShard {
     /// Set when the daemon stops or drains, so logins are refused and closing connections say why.
     var isShuttingDown: Bool { control.stopped || control.draining != nil }
 
+    /// SHUTDOWN WAIT_FOR_SERVERS (SIGINT): a client that would now wait for a server is closed instead.
+    var isDrainingServers: Bool { control.draining == .waitForServers }
+
     /// SUSPEND: no socket is read until RESUME (Lifeguard holds no buffered data, so nothing needs flushing).
     var isSuspended: Bool { control.pauseMode == .suspended }
 

@@ -187,9 +187,10 @@ extension ShardGroup {
         }
     }
 
-    /// At exit: clients and console sessions are told the pooler is shutting down, servers get Terminate.
+    /// At exit: clients are closed (told why when they wait for an answer), console sessions are told the
+    /// pooler is shutting down, servers get Terminate.
     func closeAllConnections() {
-        for client in clientSessions { client.kill(.shuttingDown) }
+        for client in clientSessions { client.closeForExit() }
         for session in adminSessions { session.closeWithFatal(.shuttingDown) }
         for server in serverConnections { server.terminate(reason: "pooler is shutting down") }
     }

@@ -22,6 +22,8 @@ public struct PoolerError: Error, Sendable, Equatable, CustomStringConvertible {
     public static let serverCrashed = PoolerError("server conn crashed?")
     public static let badPacket = PoolerError("bad packet header")
     public static let shuttingDown = PoolerError("pooler is shutting down")
+    /// SHUTDOWN WAIT_FOR_SERVERS: a client that waits for a server, or would start to.
+    public static let serverShuttingDown = PoolerError("server shutting down")
     /// PgBouncer's words (the name is the client's: the log handler escapes what it logs).
     public static func preparedStatementInUse(_ name: String) -> PoolerError {
         PoolerError("prepared statement '\(name)' was already prepared")

@@ -76,6 +76,29 @@ extension IntegrationTests {
         }
     }
 
+    /// A console SET of max_prepared_statements applies to the servers and clients already there: a lower
+    /// limit shrinks a server's statements at its next Parse, 0 passes names to the server as written.
+    @Test func maxPreparedStatementsSetOnTheConsoleAppliesAtOnce() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: "default_pool_size = 1\nmax_prepared_statements = 5\nadmin_users = lg_md5")
+        let console = try lifeguard.connect(database: "pgbouncer")
+        let client = try lifeguard.connect()
+        let onServer = "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'LIFEGUARD_%'"
+        for index in 0..<5 { try client.prepare("s\(index)", "SELECT \(index) AS n") }
+        #expect(try client.value(onServer) == "5")
+        try console.query("SET max_prepared_statements = 2")
+        #expect(try client.value(onServer) == "5", "nothing is closed until the next Parse")
+        try client.prepare("s5", "SELECT 5 AS n")
+        #expect(try client.value(onServer) == "2")
+        try console.query("SET max_prepared_statements = 0")
+        #expect(throws: PGConnection.Failure.self, "the server does not know the client's own name") {
+            try client.execPrepared("s5")
+        }
+        try client.prepare("raw", "SELECT 'raw' AS n")
+        #expect(try client.execPrepared("raw").first?[0] == "raw")
+        #expect(try client.value("SELECT count(*) FROM pg_prepared_statements WHERE name = 'raw'") == "1")
+    }
+
     @Test func pipelineErrorSkipsToSyncAndTheNextSegmentRuns() throws {
         let lifeguard = try LifeguardProcess(settings: "default_pool_size = 1")
         let client = try lifeguard.connect()

@@ -61,19 +61,33 @@ private func id(_ character: Character) -> UInt8 { character.asciiValue! }
     @Test func leastRecentlyUsedGoesFirst() {
         let registry = PreparedStatementRegistry()
         let statements = (1...4).map { registry.statement(for: definition("SELECT \($0)")) }
-        var cache = ServerStatementCache(capacity: 3)
-        #expect(cache.insert(statements[0]) == nil)
-        #expect(cache.insert(statements[1]) == nil)
-        #expect(cache.insert(statements[2]) == nil)
+        var cache = ServerStatementCache()
+        #expect(cache.insert(statements[0], capacity: 3).isEmpty)
+        #expect(cache.insert(statements[1], capacity: 3).isEmpty)
+        #expect(cache.insert(statements[2], capacity: 3).isEmpty)
         let firstWasThere = cache.use(statements[0])
         #expect(firstWasThere)
-        #expect(cache.insert(statements[3]) === statements[1])
+        let evicted = cache.insert(statements[3], capacity: 3)
+        #expect(evicted.count == 1 && evicted[0] === statements[1])
         let evictedIsThere = cache.use(statements[1])
         #expect(!evictedIsThere && cache.count == 3)
         cache.closeSkipped(statements[1])
         #expect(cache.count == 4, "a statement the server still has is put back even above capacity")
         cache.removeAll()
         #expect(cache.count == 0)
+    }
+
+    /// A lowered max_prepared_statements (console SET) shrinks the cache to it at the next insert.
+    @Test func aLoweredCapacityEvictsDownToItAtTheNextInsert() {
+        let registry = PreparedStatementRegistry()
+        let statements = (1...6).map { registry.statement(for: definition("SELECT \($0)")) }
+        var cache = ServerStatementCache()
+        for statement in statements.prefix(5) { #expect(cache.insert(statement, capacity: 5).isEmpty) }
+        let evicted = cache.insert(statements[5], capacity: 2)
+        #expect(evicted.map(\.id) == statements.prefix(4).map(\.id), "oldest first")
+        #expect(cache.count == 2)
+        #expect(cache.insert(statements[0], capacity: 0).count == 2)
+        #expect(cache.count == 1, "at least the statement just prepared stays")
     }
 }
 
@@ -84,12 +98,12 @@ extension ServerStatementCacheTests {
         let registry = PreparedStatementRegistry()
         let kept = registry.statement(for: definition("SELECT 'kept'"))
         let new = registry.statement(for: definition("SELECT 'new'"))
-        var cache = ServerStatementCache(capacity: 2)
-        _ = cache.insert(kept)
+        var cache = ServerStatementCache()
+        _ = cache.insert(kept, capacity: 2)
         cache.remove(kept)  // evicted: its Close went out
         cache.closeSkipped(kept)
-        _ = cache.insert(kept)  // prepared again later in the same pipeline
-        _ = cache.insert(new)
+        _ = cache.insert(kept, capacity: 2)  // prepared again later in the same pipeline
+        _ = cache.insert(new, capacity: 2)
         cache.parseUndone(kept, skipped: true)
         cache.parseUndone(new, skipped: true)
         let keptIsThere = cache.use(kept)

@@ -938,8 +938,11 @@ final class ClientSession: ConnectionDelegate {
         message.getInteger(at: message.readerIndex + 5, as: UInt8.self) == 0
     }
 
+    /// A console SET max_prepared_statements = 0 turns the mapping off at once: names then reach the server
+    /// as the client wrote them (PgBouncer does the same; statements already shared stay on the servers).
     private func mapsStatement(named name: String, id: UInt8) -> Bool {
-        !name.isEmpty || (sharesUnnamed && (id == FrontendID.parse || statements[""] != nil))
+        guard shard.settings.maxPreparedStatements > 0 else { return false }
+        return !name.isEmpty || (sharesUnnamed && (id == FrontendID.parse || statements[""] != nil))
     }
 
     /// A complete client message of type `id` (not Terminate) after login.

@@ -500,10 +500,8 @@ final class ServerConnection: ConnectionDelegate {
 
     /// Sends the shared statement's Parse, first closing the least recently used one when the cache is full.
     private func prepare(_ statement: PreparedStatement, as entry: ReplyQueue.Entry) {
-        if statementCache == nil {
-            statementCache = ServerStatementCache(capacity: max(1, pool.shard.settings.maxPreparedStatements))
-        }
-        if let evicted = statementCache!.insert(statement) {
+        if statementCache == nil { statementCache = ServerStatementCache() }
+        for evicted in statementCache!.insert(statement, capacity: pool.shard.settings.maxPreparedStatements) {
             gather { $0.writeCloseStatement(name: evicted.serverName) }
             _ = replies.push(.hidden(.close, evicted))
         }

@@ -1,13 +1,10 @@
-/// The statements prepared on one server connection, at most `capacity` (`max_prepared_statements`); the
-/// least recently used one makes room for a new one.
+/// The statements prepared on one server connection, at most `max_prepared_statements` of them; the least
+/// recently used ones make room for a new one.
 public struct ServerStatementCache {
-    public let capacity: Int
     private var entries: [Int: (statement: PreparedStatement, lastUse: Int)] = [:]
     private var clock = 0
 
-    public init(capacity: Int) {
-        self.capacity = capacity
-    }
+    public init() {}
 
     public var count: Int { entries.count }
 
@@ -19,15 +16,20 @@ public struct ServerStatementCache {
         return true
     }
 
-    /// Adds `statement`; returns the least recently used one when that had to go to stay within capacity.
-    public mutating func insert(_ statement: PreparedStatement) -> PreparedStatement? {
+    /// Adds `statement`; returns the least recently used ones that had to go to stay within `capacity`, the
+    /// setting of the moment (a console SET that lowered it shrinks the cache at its next insert, as in
+    /// PgBouncer).
+    public mutating func insert(_ statement: PreparedStatement, capacity: Int) -> [PreparedStatement] {
         clock += 1
         entries[statement.id] = (statement, clock)
-        guard entries.count > capacity,
+        var evicted: [PreparedStatement] = []
+        while entries.count > max(1, capacity),
             let oldest = entries.min(by: { $0.value.lastUse < $1.value.lastUse })
-        else { return nil }
-        entries[oldest.key] = nil
-        return oldest.value.statement
+        {
+            entries[oldest.key] = nil
+            evicted.append(oldest.value.statement)
+        }
+        return evicted
     }
 
     /// Statements whose Close was skipped since the last ReadyForQuery: the server still has them.

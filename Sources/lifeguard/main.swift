@@ -28,14 +28,12 @@ struct LifeguardCommand {
         signal(SIGPIPE, SIG_IGN)
 
         let configuration: Configuration
-        let userList: UserList
+        let authFiles: AuthFiles
+        // Logged once the log is open.
+        var authFileWarnings: [String] = []
         do {
             configuration = try Configuration.load(path: config)
-            if let authFile = configuration.settings.authFile {
-                userList = try UserList.load(path: authFile)
-            } else {
-                userList = UserList(secrets: [:])
-            }
+            authFiles = try AuthFiles.load(configuration.settings) { authFileWarnings.append($0) }
         } catch {
             fail("\(error)")
         }
@@ -64,7 +62,7 @@ struct LifeguardCommand {
         }
         LoggingSystem.bootstrap { _ in PgBouncerLogHandler(sink: sink, level: level) }
         let logger = Logger(label: "lifeguard")
-        for warning in configuration.warnings { logger.warning("\(warning)") }
+        for warning in configuration.warnings + authFileWarnings { logger.warning("\(warning)") }
 
         if let pidfile = settings.pidfile, !pidfile.isEmpty {
             writePidfile(pidfile)
@@ -74,7 +72,7 @@ struct LifeguardCommand {
         let server: LifeguardServer
         do {
             server = try LifeguardServer(
-                configurationPath: config, configuration: configuration, userList: userList, logger: logger,
+                configurationPath: config, configuration: configuration, authFiles: authFiles, logger: logger,
                 reopenLog: { sink.reopen() })
             try server.start(signals: handledSignals)
         } catch {

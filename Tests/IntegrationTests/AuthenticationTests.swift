@@ -211,5 +211,47 @@ extension IntegrationTests {
         // PgBouncer's log form for Unix-socket peers: @unix(pid).
         #expect(lifeguard.log.contains("lgtest/lg_md5@unix(\(getpid()))"))
     }
+
+    /// auth_type = hba: the first rule that fits the connection type, database, user and address picks the
+    /// method; peer checks the Unix-socket client's system user, through an ident map when the rule names one.
+    @Test func hbaRulesPickTheMethodPerLoginAndReloadWithTheConfiguration() throws {
+        let systemUser = String(cString: getpwuid(getuid())!.pointee.pw_name)
+        let lifeguard = try LifeguardProcess(settings: """
+            auth_type = hba
+            auth_hba_file = {DIR}/hba.conf
+            auth_ident_file = {DIR}/ident.conf
+            """)
+        let hbaFile = lifeguard.directory.appendingPathComponent("hba.conf")
+        try """
+            local  all     lg_trust                 peer map=operators
+            local  all     lg_md5                   peer
+            host   lgtest  lg_md5    127.0.0.1/32   md5
+            host   all     lg_trust  127.0.0.0/8    trust
+            host   all     lg_clear  127.0.0.1 255.255.255.255  password
+            host   all     all       all            reject
+            """.write(to: hbaFile, atomically: true, encoding: .utf8)
+        try "operators  \(systemUser)  lg_trust\n".write(
+            to: lifeguard.directory.appendingPathComponent("ident.conf"), atomically: true, encoding: .utf8)
+        kill(lifeguard.pid, SIGHUP)
+        #expect(waitUntil { lifeguard.log.contains("configuration reloaded") })
+
+        #expect(try lifeguard.connect().value("SELECT current_user") == "lg_md5")
+        #expect(lifeguard.loginFailure(password: "wrong").contains("password authentication failed"))
+        #expect(try lifeguard.connect(user: "lg_trust", password: nil).value("SELECT 1") == "1")
+        #expect(try lifeguard.connect(user: "lg_clear", password: "clearpass").value("SELECT 1") == "1")
+        #expect(lifeguard.loginFailure(user: "lg_scram", password: "scrampass").contains("login rejected"))
+
+        // Over the Unix socket: the system user is mapped to lg_trust, but is not lg_md5.
+        let overSocket = "host=\(lifeguard.directory.path)"
+        #expect(try lifeguard.connect(user: "lg_trust", password: nil, extra: overSocket).value("SELECT 1") == "1")
+        #expect(throws: PGConnection.Failure.self) {
+            try lifeguard.connect(extra: overSocket)
+        }
+        #expect(lifeguard.log.contains("peer authentication failed: the system user is \(systemUser)"))
+
+        try "host all all all trust\n".write(to: hbaFile, atomically: true, encoding: .utf8)
+        kill(lifeguard.pid, SIGHUP)
+        #expect(waitUntil { (try? lifeguard.connect(user: "lg_scram", password: nil).value("SELECT 1")) == "1" })
+    }
 }
 }

@@ -260,7 +260,7 @@ import Testing
         #expect(error?.message == "invalid value for key \"\(key)\": \(reason)")
     }
 
-    @Test(arguments: ["cert", "hba", "pam", "ldap", "HBA"])
+    @Test(arguments: ["cert", "pam", "ldap", "LDAP"])
     func unsupportedAuthTypes(name: String) {
         let error = parseError("[pgbouncer]\nauth_type = \(name)\n")
         #expect(error?.message == "auth_type \(name.lowercased()) is not supported yet")

@@ -38,7 +38,7 @@ func makeUserList() -> UserList {
 func makeShard(on loop: EngineLoop, configuration: Configuration) -> PoolShard {
     let logger = Logger(label: "lifeguard.tests", factory: { _ in SwiftLogNoOpLogHandler() })
     let shard = ShardGroup(
-        loops: LoopGroup(loops: [loop]), configuration: configuration, userList: makeUserList(), logger: logger
+        loops: LoopGroup(loops: [loop]), configuration: configuration, authFiles: AuthFiles(userList: makeUserList()), logger: logger
     ).first
     // Holding the database at its max_db_connections (1) with a server counted for another user keeps the
     // pool from launching one, so an authenticated client stays queued for its pool's first server.

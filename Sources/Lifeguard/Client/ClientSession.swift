@@ -439,6 +439,7 @@ final class ClientSession: ConnectionDelegate {
     // MARK: Authentication
 
     private func beginAuthentication(_ startup: ClientStartup) throws {
+        if shard.settings.authType == .hba { authType = try hostBasedAuthType(for: startup) }
         let secret = shard.secret(for: startup.user)
         if secret == nil, let lookup = try authQueryLookup(for: startup) {
             // Reads wait for the answer; the client sends nothing before its authentication request anyway.
@@ -490,7 +491,7 @@ final class ClientSession: ConnectionDelegate {
                 case .passwordIsNull:
                     // No password to check: `trust` lets the user in, every other method refuses it like a
                     // wrong password.
-                    try continueAuthentication(startup, secret: nil, userExists: shard.settings.authType == .trust)
+                    try continueAuthentication(startup, secret: nil, userExists: authType == .trust)
                 case .noSuchUser:
                     throw PoolerError("no such user", sqlState: "28P01")
                 case .loginFailed(let error):
@@ -506,6 +507,77 @@ final class ClientSession: ConnectionDelegate {
         }
     }
 
+    /// auth_type, or with `hba` the method of the rule that fits this login.
+    private lazy var authType = shard.settings.authType
+
+    /// auth_type = hba: the method of the first rule that fits this login. The methods that exchange no
+    /// password with the client are settled here: reject and cert refuse (Lifeguard has no TLS yet), peer
+    /// checks the Unix-socket peer's system user and then lets the login go on as trust.
+    private func hostBasedAuthType(for startup: ClientStartup) throws -> AuthType {
+        let transport: HostBasedAccess.Login.Transport
+        switch connection.remoteAddress {
+        case .v4(let address)?:
+            transport = .tcp(address: withUnsafeBytes(of: address.address.sin_addr) { Array($0) })
+        case .v6(let address)?:
+            let bytes = withUnsafeBytes(of: address.address.sin6_addr) { Array($0) }
+            // An IPv4 client on a dual-stack listener is judged by its IPv4 address.
+            let isMappedV4 = bytes.prefix(10).allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF
+            transport = .tcp(address: isMappedV4 ? Array(bytes.suffix(4)) : bytes)
+        case .unixDomainSocket?, nil:
+            transport = .unixSocket
+        }
+        let decision = shard.access.decide(HostBasedAccess.Login(
+            transport: transport, tls: false, database: startup.database, user: startup.user,
+            physicalReplication: startup.replication == .physical))
+        switch decision.method {
+        case .trust: return .trust
+        case .md5: return .md5
+        case .password: return .plain
+        case .scramSHA256: return .scramSHA256
+        case .reject:
+            throw PoolerError("login rejected")
+        case .cert:
+            logger.warning("\(logPrefix) cert authentication needs TLS, which Lifeguard does not offer yet")
+            throw PoolerError("certificate authentication failed")
+        case .peer:
+            try checkPeer(user: startup.user, map: decision.identMap)
+            return .trust
+        }
+    }
+
+    /// `peer`: the Unix-socket client's system user must be the database user, or be mapped to it by the
+    /// rule's ident map.
+    private func checkPeer(user: String, map: String?) throws {
+        let failed = PoolerError("peer authentication failed")
+        guard connection.isUnixDomainSocket, let peerUID else {
+            logger.warning("\(logPrefix) peer authentication is only for Unix-socket connections")
+            throw failed
+        }
+        guard let systemUser = Self.systemUserName(uid: peerUID) else {
+            logger.warning("\(logPrefix) peer authentication failed: no system user has uid \(peerUID)")
+            throw failed
+        }
+        if let map {
+            guard shard.identMaps.permits(map: map, systemUser: systemUser, user: user) else {
+                logger.warning("\(logPrefix) ident map \(map) cannot be matched")
+                throw failed
+            }
+        } else if systemUser != user {
+            logger.warning("\(logPrefix) peer authentication failed: the system user is \(systemUser)")
+            throw failed
+        }
+    }
+
+    /// The login name of `uid` (from the password database: a local file read, once per peer login).
+    private static func systemUserName(uid: uid_t) -> String? {
+        var entry = passwd()
+        var found: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getpwuid_r(uid, &entry, &buffer, buffer.count, &found) == 0, found != nil, let name = entry.pw_name
+        else { return nil }
+        return String(cString: name)
+    }
+
     /// The password auth_query found, which this client's pool logs in to the server with.
     private var authQuerySecret: PasswordSecret?
 
@@ -515,7 +587,7 @@ final class ClientSession: ConnectionDelegate {
     ) throws {
         // Fields read one by one: copying `settings` whole costs a retain per string and list in it.
         var authentication = ClientAuthentication(
-            startup: startup, authType: shard.settings.authType, secret: secret,
+            startup: startup, authType: authType, secret: secret,
             requireUserListEntry: !userExists && (shard.settings.authFile != nil || shard.settings.authUser != nil),
             mockKey: shard.mockAuthenticationKey, derivations: shard.plainPasswords, random: shard.randomBytes)
         var reply = ByteBuffer()

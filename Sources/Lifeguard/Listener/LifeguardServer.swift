@@ -25,7 +25,7 @@ public final class LifeguardServer: DaemonControl {
     /// - Parameters:
     ///   - reopenLog: reopens the log file (SIGHUP and RELOAD, for log rotation).
     public init(
-        configurationPath: String, configuration: Configuration, userList: UserList, logger: Logger,
+        configurationPath: String, configuration: Configuration, authFiles: AuthFiles, logger: Logger,
         reopenLog: @escaping () -> Void
     ) throws {
         self.configurationPath = configurationPath
@@ -34,7 +34,7 @@ public final class LifeguardServer: DaemonControl {
         self.reopenLog = reopenLog
         let threads = configuration.settings.threads ?? max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         self.group = ShardGroup(
-            loops: try LoopGroup(count: threads), configuration: configuration, userList: userList, logger: logger)
+            loops: try LoopGroup(count: threads), configuration: configuration, authFiles: authFiles, logger: logger)
         group.control.daemon = self
     }
 
@@ -187,10 +187,10 @@ public final class LifeguardServer: DaemonControl {
         reopenLog()
         do {
             let newConfiguration = try Configuration.load(path: configurationPath)
-            let userList = try newConfiguration.settings.authFile.map { try UserList.load(path: $0) } ?? UserList(secrets: [:])
+            let authFiles = try AuthFiles.load(newConfiguration.settings) { logger.warning("\($0)") }
             for warning in newConfiguration.warnings { logger.warning("\(warning)") }
             configuration = newConfiguration
-            for shard in group.shards { shard.reload(configuration: newConfiguration, userList: userList) }
+            for shard in group.shards { shard.reload(configuration: newConfiguration, authFiles: authFiles) }
             logger.info("configuration reloaded from \(configurationPath)")
             return true
         } catch {

@@ -33,6 +33,9 @@ final class PoolShard {
     }
     /// The userlist's secrets, classified once at load instead of at every login.
     private var secrets: [String: PasswordSecret]
+    /// auth_type = hba: the rules and ident maps logins are judged by.
+    private(set) var access: HostBasedAccess
+    private(set) var identMaps: IdentMaps
     let logger: Logger
     private var pools: [PoolKey: Pool] = [:]
     /// Secret for mock SCRAM exchanges with unknown users, so they look like real ones.
@@ -54,7 +57,7 @@ final class PoolShard {
     /// Clients' named prepared statements, shared by definition across all clients and servers (the group's).
     let preparedStatements: PreparedStatementRegistry
 
-    init(loop: EngineLoop, group: ShardGroup, configuration: Configuration, userList: UserList, logger: Logger) {
+    init(loop: EngineLoop, group: ShardGroup, configuration: Configuration, authFiles: AuthFiles, logger: Logger) {
         self.loop = loop
         self.group = group
         self.shared = group.shared
@@ -64,7 +67,9 @@ final class PoolShard {
         self.settings = configuration.settings
         self.ignoredStartupParameters = IgnoredStartupParameters(configuration.settings.ignoreStartupParameters)
         self.authUserConfigured = Self.namesAuthUser(configuration)
-        self.secrets = userList.secrets.mapValues(PasswordSecret.init(parsing:))
+        self.secrets = authFiles.userList.secrets.mapValues(PasswordSecret.init(parsing:))
+        self.access = authFiles.access
+        self.identMaps = authFiles.identMaps
         self.logger = logger
         let random = self.random
         self.randomBytes = { random.bytes($0) }
@@ -259,9 +264,11 @@ final class PoolShard {
     /// The secret the userlist holds for `user`, if any.
     /// RELOAD / SIGHUP: takes the new configuration and userlist. Pools of databases that are gone keep
     /// serving their clients; new logins to them fail with `no such database`.
-    func reload(configuration newConfiguration: Configuration, userList: UserList) {
+    func reload(configuration newConfiguration: Configuration, authFiles: AuthFiles) {
         configuration = newConfiguration
-        secrets = userList.secrets.mapValues(PasswordSecret.init(parsing:))
+        secrets = authFiles.userList.secrets.mapValues(PasswordSecret.init(parsing:))
+        access = authFiles.access
+        identMaps = authFiles.identMaps
         plainPasswords.keepOnly(users: Set(secrets.keys))
         settingsChanged()
         startForcedUserPools()

@@ -70,11 +70,11 @@ final class ShardGroup {
     let logger: Logger
     private var statsTimer: EngineLoop.TimerID?
 
-    init(loops: LoopGroup, configuration: Configuration, userList: UserList, logger: Logger) {
+    init(loops: LoopGroup, configuration: Configuration, authFiles: AuthFiles, logger: Logger) {
         self.loops = loops
         self.logger = logger
         shards = loops.loops.map {
-            PoolShard(loop: $0, group: self, configuration: configuration, userList: userList, logger: logger)
+            PoolShard(loop: $0, group: self, configuration: configuration, authFiles: authFiles, logger: logger)
         }
     }
 

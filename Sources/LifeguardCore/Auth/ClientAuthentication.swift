@@ -85,6 +85,9 @@ public struct ClientAuthentication {
     /// Writes the first challenge (if any) into `reply`.
     public mutating func start(into reply: inout ByteBuffer) throws(PoolerError) -> Step {
         switch authType {
+        case .hba:
+            // The caller judges the login by the HBA rules and passes the method they name.
+            throw PoolerError("login rejected")
         case .any:
             state = .done
             return .authenticated

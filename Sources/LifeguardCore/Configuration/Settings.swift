@@ -8,10 +8,12 @@ public enum PoolMode: String, Sendable, Equatable, CaseIterable {
 public enum AuthType: String, Sendable, Equatable, CaseIterable {
     case trust, any, plain, md5
     case scramSHA256 = "scram-sha-256"
+    /// Per login, from the rules of `auth_hba_file` (HostBasedAccess).
+    case hba
 
     /// Valid PgBouncer auth types that Lifeguard does not implement yet; they get a clear error
     /// instead of "invalid value" so users know the config is right but the feature is missing.
-    static let unsupportedPgBouncerTypes: Set<String> = ["cert", "hba", "pam", "ldap"]
+    static let unsupportedPgBouncerTypes: Set<String> = ["cert", "pam", "ldap"]
 }
 
 /// The `[pgbouncer]` section (also accepted as `[lifeguard]`). Defaults are PgBouncer's.
@@ -24,6 +26,8 @@ public struct Settings: Sendable, Equatable {
     public var unixSocketMode: Int = 0o777
     public var authType: AuthType = .md5
     public var authFile: String? = nil
+    public var authHBAFile: String? = nil
+    public var authIdentFile: String? = nil
     /// auth_query's defaults for every database (a database's own values come first).
     public var authUser: String? = nil
     public var authDbname: String? = nil
@@ -169,8 +173,8 @@ public struct Settings: Sendable, Equatable {
             }
         },
         key("auth_file", "", .string) { $0.authFile = $1.optionalString() },
-        key("auth_hba_file", "", .string),
-        key("auth_ident_file", "", .string),
+        key("auth_hba_file", "", .string) { $0.authHBAFile = $1.optionalString() },
+        key("auth_ident_file", "", .string) { $0.authIdentFile = $1.optionalString() },
         key("auth_ldap_options", "", .string),
         key("auth_query", defaultAuthQuery, .string) { $0.authQuery = $1.optionalString() ?? defaultAuthQuery },
         key("auth_type", "md5", .string) { $0.authType = try $1.authType() },

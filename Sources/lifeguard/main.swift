@@ -54,13 +54,9 @@ struct LifeguardCommand {
         } catch {
             fail("\(error)")
         }
-        let level: Logger.Level
-        switch settings.verbose + options.verbosity {
-        case 0: level = .info
-        case 1: level = .debug
-        default: level = .trace
-        }
-        LoggingSystem.bootstrap { _ in PgBouncerLogHandler(sink: sink, level: level) }
+        LogVerbosity.set(commandLine: options.verbosity)
+        LogVerbosity.set(configured: settings.verbose)
+        LoggingSystem.bootstrap { _ in PgBouncerLogHandler(sink: sink) }
         let logger = Logger(label: "lifeguard")
         for warning in configuration.warnings + authFileWarnings { logger.warning("\(warning)") }
 

@@ -143,6 +143,25 @@ extension IntegrationTests {
         try after.query("DROP TABLE copy_errors")
     }
 
+    /// A console SET of verbose applies to logging at once. A client's DateStyle=ISO is set on its server
+    /// once: PostgreSQL reports no change for it (its current "ISO, MDY" is the same style), so the client
+    /// takes that spelling and its next query needs no SET (PgBouncer's varcache_apply/varcache_set_canonical).
+    @Test func aValueThatIsAnotherSpellingOfTheServersIsSetOnce() throws {
+        let lifeguard = try LifeguardProcess(settings: "admin_users = lg_md5\ndefault_pool_size = 1")
+        _ = try lifeguard.connect().value("SELECT 1")  // the pool's server, with PostgreSQL's DateStyle
+        let console = try lifeguard.connect(database: "pgbouncer")
+        try console.query("SET verbose = 1")
+        let client = try lifeguard.connect(extra: "options='-c DateStyle=ISO'")
+        #expect(try client.value("SELECT 1") == "1")
+        #expect(try client.value("SHOW DateStyle") == "ISO, MDY")
+        #expect(waitUntil { lifeguard.log.contains("varcache_set_canonical: setting DateStyle to its canonical version ISO -> ISO, MDY") })
+        #expect(lifeguard.log.components(separatedBy: "varcache_apply: SET DateStyle='ISO'").count == 2, "set once")
+        try console.query("SET verbose = 0")
+        let logged = lifeguard.log.count
+        _ = try lifeguard.connect(extra: "options='-c DateStyle=German'").value("SELECT 1")
+        #expect(!lifeguard.log.dropFirst(logged).contains("varcache_apply"), "no DEBUG line at verbose = 0")
+    }
+
     @Test func largeResultArrivesWhole() throws {
         let lifeguard = try LifeguardProcess()
         let client = try lifeguard.connect()

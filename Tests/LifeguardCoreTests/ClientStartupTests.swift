@@ -264,6 +264,33 @@ private func startupError(
         #expect(client.setStatements(toMatch: server) == nil)
     }
 
+    /// PgBouncer's varcache_apply debug line spells the changes as SET and RESET commands.
+    @Test func changesAreDescribedAsSetCommands() {
+        var client = ParameterSet()
+        client.update(name: "DateStyle", value: "ISO")
+        client.update(name: "application_name", value: "it's")
+        var server = ParameterSet()
+        server.update(name: "DateStyle", value: "ISO, MDY")
+        server.update(name: "IntervalStyle", value: "iso_8601")
+        let changes = client.changes(toMatch: server)
+        #expect(changes.map(\.name) == ["DateStyle", "application_name", "IntervalStyle"])
+        #expect(ParameterSet.describe(changes) == "SET DateStyle='ISO'; SET application_name='it''s'; RESET IntervalStyle")
+        #expect(client.changes(toMatch: client).isEmpty)
+    }
+
+    /// After a sync the client takes the server's spelling of each value, and hears which changed.
+    @Test func adoptingTheServersSpellingReportsTheRespelledValues() {
+        var client = ParameterSet()
+        client.update(name: "DateStyle", value: "ISO")
+        client.update(name: "TimeZone", value: "UTC")
+        var server = ParameterSet()
+        server.update(name: "DateStyle", value: "ISO, MDY")
+        server.update(name: "TimeZone", value: "UTC")
+        let respelled = client.adoptSpelling(from: server)
+        #expect(respelled.map { "\($0.name): \($0.from) -> \($0.to)" } == ["DateStyle: ISO -> ISO, MDY"])
+        #expect(client["DateStyle"] == "ISO, MDY")
+    }
+
     /// A value the client lacks (one PostgreSQL does not report, so no default is known) while the server
     /// has one from another client is reset, never inherited.
     @Test func valueTheClientLacksIsReset() {

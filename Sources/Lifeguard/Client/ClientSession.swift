@@ -1209,7 +1209,9 @@ final class ClientSession: ConnectionDelegate {
     /// comparisons match (PostgreSQL reports "UTF8" for a client that asked for "utf-8"); a value the client
     /// lacked and the server reported after its RESET is the default the client now has.
     func adoptServerParameters(_ serverParameters: ParameterSet) {
-        parameters.adoptSpelling(from: serverParameters)
+        for (name, from, to) in parameters.adoptSpelling(from: serverParameters) {
+            logger.debug("\(logPrefix) varcache_set_canonical: setting \(name) to its canonical version \(from) -> \(to)")
+        }
         parameters.fillUnset(from: serverParameters)
     }
 

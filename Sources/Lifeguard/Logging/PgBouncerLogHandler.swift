@@ -1,17 +1,41 @@
 import Glibc
 import Logging
 import NIOConcurrencyHelpers
+import Synchronization
+
+/// How much is logged: `verbose` from the configuration (changed at run time by RELOAD and the console's
+/// SET) plus the command line's `-v` count. Process-wide, as the logging system is: 0 logs LOG and above,
+/// 1 DEBUG, 2 and more NOISE (PgBouncer's words).
+public enum LogVerbosity {
+    private static let configured = Atomic<Int>(0)
+    private static let commandLine = Atomic<Int>(0)
+
+    public static func set(commandLine count: Int) { commandLine.store(count, ordering: .relaxed) }
+    public static func set(configured verbose: Int) { configured.store(verbose, ordering: .relaxed) }
+
+    static var level: Logger.Level {
+        switch configured.load(ordering: .relaxed) + commandLine.load(ordering: .relaxed) {
+        case ...0: .info
+        case 1: .debug
+        default: .trace
+        }
+    }
+}
 
 /// Writes log lines in PgBouncer's format, `2026-11-21 10:00:00.123 UTC [1234] LOG message`, so that log
 /// parsers written for PgBouncer (pgbadger and friends) read Lifeguard's logs unchanged.
 public struct PgBouncerLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
-    public var logLevel: Logger.Level
     private let sink: LogSink
 
-    public init(sink: LogSink, level: Logger.Level) {
+    /// LogVerbosity's, read at every call so that a change of `verbose` applies at once.
+    public var logLevel: Logger.Level {
+        get { LogVerbosity.level }
+        set { LogVerbosity.set(configured: newValue <= .trace ? 2 : newValue <= .debug ? 1 : 0) }
+    }
+
+    public init(sink: LogSink) {
         self.sink = sink
-        self.logLevel = level
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {

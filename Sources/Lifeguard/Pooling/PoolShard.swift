@@ -278,6 +278,7 @@ final class PoolShard {
     /// PgBouncer: pool sizes, modes, server_login_retry, ... apply at once).
     private func settingsChanged() {
         settings = configuration.settings
+        LogVerbosity.set(configured: settings.verbose)
         authUserConfigured = Self.namesAuthUser(configuration)
         ignoredStartupParameters = IgnoredStartupParameters(settings.ignoreStartupParameters)
         resolver.maxTTL = settings.dnsMaxTTL

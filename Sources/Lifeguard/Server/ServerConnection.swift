@@ -666,12 +666,18 @@ final class ServerConnection: ConnectionDelegate {
     /// Lends this server to `client`; if the client's tracked parameters differ, they are set first.
     func assign(to client: ClientSession) {
         hasServedAClient = true
-        if let statements = client.parameters.setStatements(toMatch: parameters) {
-            // Taken as done (a failing SET closes the server): parameters PostgreSQL does not report would
-            // otherwise never be known, and the reported ones are confirmed by their ParameterStatus.
-            parameters = client.parameters
+        let changes = client.parameters.changes(toMatch: parameters)
+        if let statement = ParameterSet.setStatement(for: changes) {
+            logger.debug("\(logPrefix) varcache_apply: \(ParameterSet.describe(changes))")
+            // A parameter the server reports keeps its value until its ParameterStatus: PostgreSQL sends
+            // none when the new value is only another spelling of the current one ("ISO" for "ISO, MDY"),
+            // and the client then takes the server's spelling when linked (adoptServerParameters). Those it
+            // does not report are taken as done (a failing SET closes the server), or they would never be known.
+            for change in changes where !reportedParameters.contains(where: { $0.0.lowercased() == change.name.lowercased() }) {
+                parameters[change.name] = change.value
+            }
             machine.lend(to: client, syncingParameters: true)
-            sendQuery(statements)
+            sendQuery(statement)
             client.serverAssigned(self, ready: false)
         } else {
             // Equal already: sharing the client's storage (one per pool's usual set, see

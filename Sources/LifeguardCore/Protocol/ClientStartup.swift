@@ -91,33 +91,55 @@ public struct ParameterSet: Sendable, Equatable {
         return true
     }
 
-    /// The query that turns a server with `server` values into one with these values, or nil when nothing
-    /// differs. Values compare case-insensitively, as PostgreSQL spells them back in its own case. A value
-    /// this set lacks while the server has one (a parameter PostgreSQL does not report, so no default was
-    /// learnt, that another client set) is reset, so no client inherits another's.
-    ///
-    /// Each value goes through `set_config` as a string literal: PostgreSQL parses it exactly as it would
-    /// the startup packet's value (a search_path list stays a list), and no value can end the statement.
-    public func setStatements(toMatch server: ParameterSet) -> String? {
+    /// A value a server must take to match a client: nil resets the parameter to its default.
+    public struct Change: Sendable, Equatable {
+        public var name: String
+        public var value: String?
+    }
+
+    /// What turns a server with `server` values into one with these values (empty when nothing differs).
+    /// Values compare case-insensitively, as PostgreSQL spells them back in its own case. A value this set
+    /// lacks while the server has one (a parameter PostgreSQL does not report, so no default was learnt,
+    /// that another client set) is reset, so no client inherits another's.
+    public func changes(toMatch server: ParameterSet) -> [Change] {
         // Runs on every link of a client to a server: identical sets (the usual case) end here.
-        if values == server.values { return nil }
-        var calls: [String] = []
-        // Nothing is built unless a value differs.
+        if values == server.values { return [] }
+        var changes: [Change] = []
         for index in values.indices {
-            guard let wanted = values[index] else {
-                // A NULL value resets the parameter to its default.
-                if server.values[index] != nil {
-                    calls.append("pg_catalog.set_config(\(TrackedParameter.literal(TrackedParameter.names[index])), NULL, false)")
-                }
+            let wanted = values[index]
+            if let wanted, let current = server.values[index],
+                current == wanted || current.lowercased() == wanted.lowercased()
+            {
                 continue
             }
-            if let current = server.values[index], current == wanted || current.lowercased() == wanted.lowercased() {
-                continue
-            }
-            let name = TrackedParameter.literal(TrackedParameter.names[index])
-            calls.append("pg_catalog.set_config(\(name), \(TrackedParameter.literal(wanted)), false)")
+            if wanted == nil, server.values[index] == nil { continue }
+            changes.append(Change(name: TrackedParameter.names[index], value: wanted))
         }
-        return calls.isEmpty ? nil : "SELECT " + calls.joined(separator: ", ")
+        return changes
+    }
+
+    /// The query that makes `changes`, nil when there are none. Each value goes through `set_config` as a
+    /// string literal: PostgreSQL parses it exactly as it would the startup packet's value (a search_path
+    /// list stays a list), and no value can end the statement.
+    public static func setStatement(for changes: [Change]) -> String? {
+        guard !changes.isEmpty else { return nil }
+        let calls = changes.map { change in
+            "pg_catalog.set_config(\(TrackedParameter.literal(change.name)), \(change.value.map(TrackedParameter.literal) ?? "NULL"), false)"
+        }
+        return "SELECT " + calls.joined(separator: ", ")
+    }
+
+    public func setStatements(toMatch server: ParameterSet) -> String? {
+        Self.setStatement(for: changes(toMatch: server))
+    }
+
+    /// `changes` as the SET commands they amount to, for PgBouncer's `varcache_apply` debug line (the
+    /// statement sent is `setStatement`'s).
+    public static func describe(_ changes: [Change]) -> String {
+        changes.map { change in
+            guard let value = change.value else { return "RESET \(change.name)" }
+            return "SET \(change.name)='\(value.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "''"))'"
+        }.joined(separator: "; ")
     }
 
     /// Fills in every tracked value this set lacks from `defaults`.
@@ -128,11 +150,17 @@ public struct ParameterSet: Sendable, Equatable {
     }
 
     /// Takes `other`'s value for every slot both sets have: after a parameter sync the server's spelling
-    /// becomes the client's, so later comparisons take the fast path.
-    public mutating func adoptSpelling(from other: ParameterSet) {
-        for index in values.indices where values[index] != nil && other.values[index] != nil {
-            values[index] = other.values[index]
+    /// becomes the client's, so later comparisons take the fast path. Returns the values whose spelling
+    /// changed (PostgreSQL's canonical form, "ISO, MDY" for "ISO").
+    @discardableResult
+    public mutating func adoptSpelling(from other: ParameterSet) -> [(name: String, from: String, to: String)] {
+        var respelled: [(name: String, from: String, to: String)] = []
+        for index in values.indices {
+            guard let own = values[index], let theirs = other.values[index], own != theirs else { continue }
+            respelled.append((TrackedParameter.names[index], own, theirs))
+            values[index] = theirs
         }
+        return respelled
     }
 
     public var isEmpty: Bool { values.allSatisfy { $0 == nil } }

@@ -332,3 +332,23 @@ private func startupError(
         #expect(client.setStatements(toMatch: defaults) == "SELECT pg_catalog.set_config(E'TimeZone', E'UTC', false)")
     }
 }
+
+@Suite struct PeeredCancelKeyTests {
+    /// PgBouncer's layout: the peer id in the key's second and third bytes, the TTL in the last two bits.
+    @Test func keysCarryThePeerIDAndAFullTTL() {
+        let (processID, secret) = PeeredCancelKey.stamp(processID: 0x7FFF_FFFF, secretKey: 0x1234_5670, peerID: 0x1A2B)
+        #expect(processID == 0x7F2B_1AFF)
+        #expect(PeeredCancelKey.peerID(of: processID) == 0x1A2B)
+        #expect(secret == 0x1234_5673)
+        #expect(PeeredCancelKey.ttl(of: secret) == 3)
+    }
+
+    @Test func eachForwardTakesOneFromTheTTLAndTheIssuedKeyIsFoundAgain() {
+        var secret = PeeredCancelKey.stamp(processID: 1, secretKey: -1 << 2, peerID: 1).secretKey
+        for expected in [2, 1, 0] {
+            secret = PeeredCancelKey.forwarded(secretKey: secret)
+            #expect(PeeredCancelKey.ttl(of: secret) == expected)
+            #expect(PeeredCancelKey.asIssued(secretKey: secret) == -1)
+        }
+    }
+}

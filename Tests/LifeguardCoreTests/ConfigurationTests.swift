@@ -357,20 +357,46 @@ import Testing
 
     // MARK: sections
 
-    @Test func unknownAndPeersSectionsAreIgnoredWithWarnings() throws {
+    @Test func unknownSectionsAreIgnoredWithAWarning() throws {
         let config = try parse("""
-            [peers]
-            1 = host=/tmp
             [whatever]
             key = value
             [databases]
             a =
             """)
-        #expect(config.warnings == [
-            "lifeguard.ini:1: section [peers] is accepted but not implemented yet; ignored",
-            "lifeguard.ini:3: unknown section [whatever]; ignored",
-        ])
+        #expect(config.warnings == ["lifeguard.ini:1: unknown section [whatever]; ignored"])
         #expect(config.databases["a"] == DatabaseDefinition(name: "a"))
+    }
+
+    // MARK: [peers]
+
+    @Test func peersAndPeerID() throws {
+        let config = try parse("""
+            [pgbouncer]
+            peer_id = 2
+            [peers]
+            1 = host=/run/lifeguard-1 port=6433 pool_size=4
+            3 = host=10.0.0.3
+            """)
+        #expect(config.settings.peerID == 2)
+        var first = PeerDefinition(id: 1)
+        first.host = "/run/lifeguard-1"
+        first.port = 6433
+        first.poolSize = 4
+        var third = PeerDefinition(id: 3)
+        third.host = "10.0.0.3"
+        #expect(config.peers == [1: first, 3: third])
+        #expect(config.warnings.isEmpty)
+    }
+
+    @Test(arguments: [
+        ("[pgbouncer]\npeer_id = 16384", "invalid value for key \"peer_id\""),
+        ("[peers]\n0 = host=/tmp", "invalid value for key \"0\""),
+        ("[peers]\nx = host=/tmp", "invalid value for key \"x\""),
+        ("[peers]\n1 = host=/tmp dbname=x", "unrecognized peer parameter: dbname"),
+    ])
+    func badPeeringValuesAreRefused(text: String, message: String) {
+        #expect(parseError(text)?.message.hasPrefix(message) == true)
     }
 
     // MARK: [databases]

@@ -193,6 +193,24 @@ import Testing
         #expect(failed.isEmpty)
     }
 
+    /// PgBouncer's kill_pool_logins: a server marked to close (RECONNECT) serves no new transaction, so the
+    /// waiting clients fail with the login error rather than wait for it.
+    @Test func aFailedLoginWhileTheOnlyOtherServerIsMarkedToCloseFailsTheWaitingClients() {
+        var state = makeState()
+        _ = idleServer(in: &state)
+        guard case .lend = state.clientWantsServer(Client(), now: 0, paused: false) else {
+            return fail("the idle server was not lent")
+        }
+        let waiting = Client()
+        guard case .wait = state.clientWantsServer(waiting, now: 0, paused: false) else {
+            return fail("a second client did not wait")
+        }
+        state.serverLaunched()
+        let failed = state.serverLoginFailed(
+            PoolerError("password authentication failed"), failsWaitingClients: true, serversClosing: 1, now: 0)
+        #expect(failed.map(ObjectIdentifier.init) == [ObjectIdentifier(waiting)])
+    }
+
     @Test func theFirstLoginGreetsTheClientsThatWaitedForIt() {
         var state = makeState()
         let client = Client()

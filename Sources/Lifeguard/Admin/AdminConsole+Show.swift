@@ -40,7 +40,7 @@ extension AdminConsole {
         case "mem": table = memory()
         case "dns_hosts": table = ResultSet(names: ["hostname", "ttl", "addrs"], types: "sqs")
         case "dns_zones": table = ResultSet(names: ["zonename", "serial", "count"], types: "sqi")
-        case "peers": table = ResultSet(names: ["peer_id", "host", "port", "pool_size"], types: "isii")
+        case "peers": table = peers()
         case "peer_pools":
             table = ResultSet(
                 names: ["peer_id", "cl_active_cancel_req", "cl_waiting_cancel_req", "sv_active_cancel", "sv_login"],
@@ -367,13 +367,22 @@ extension AdminConsole {
 
     // MARK: Process state
 
+    private func peers() -> ResultSet {
+        var table = ResultSet(names: ["peer_id", "host", "port", "pool_size"], types: "isii")
+        for peer in shard.configuration.peers.values.sorted(by: { $0.id < $1.id }) {
+            let poolSize = peer.poolSize ?? shard.settings.defaultPoolSize
+            table.append(["\(peer.id)", peer.host ?? shard.settings.unixSocketDir, "\(peer.port)", "\(poolSize)"])
+        }
+        return table
+    }
+
     private func lists() -> ResultSet {
         var table = ResultSet(names: ["list", "items"], types: "si")
         let loginClients = group.clientSessions.filter(\.isLoggingIn).count
         let usedClients = group.clientSessions.count + group.adminSessions.count
         for (name, count) in [
             ("databases", databaseNames.count), ("users", Set(group.pools.map(\.key.user)).union(shard.userNames).count + 1),
-            ("peers", 0), ("pools", group.pools.count + 1), ("peer_pools", 0), ("free_clients", 0),
+            ("peers", shard.configuration.peers.count), ("pools", group.pools.count + 1), ("peer_pools", 0), ("free_clients", 0),
             ("used_clients", usedClients), ("login_clients", loginClients), ("free_servers", 0),
             ("used_servers", group.serverConnections.count), ("dns_names", 0), ("dns_zones", 0), ("dns_queries", 0),
             ("dns_pending", 0),

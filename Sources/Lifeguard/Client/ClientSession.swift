@@ -392,7 +392,10 @@ final class ClientSession: ConnectionDelegate {
     /// Sends the cancel on to the server running the key's client, calling `then` once it is delivered or
     /// given up; false when there is nothing to cancel.
     private func forwardCancel(_ key: CancelKey, then: @escaping () -> Void) -> Bool {
-        switch shard.shared.cancelTarget(for: key) {
+        var issuedKey = key
+        // A request a peer forwarded here has a lower TTL than the key this process gave out.
+        if shard.settings.peerID > 0 { issuedKey.secretKey = PeeredCancelKey.asIssued(secretKey: key.secretKey) }
+        switch shard.shared.cancelTarget(for: issuedKey) {
         case .console(let console, _):
             // ^C on a console session waiting in PAUSE or SUSPEND resumes, as in PgBouncer.
             let group = shard.group
@@ -414,9 +417,36 @@ final class ClientSession: ConnectionDelegate {
             }
             return true
         case nil:
-            // Unknown keys are dropped silently, as PostgreSQL and PgBouncer do.
+            // Unknown keys are dropped silently, as PostgreSQL and PgBouncer do, unless a peer gave them out.
+            return forwardCancelToPeer(key, then: then)
+        }
+    }
+
+    /// With peering, a key that names another peer (see PeeredCancelKey) goes on to that process, its TTL
+    /// one lower, on a connection of its own; `then` runs when the peer has closed it (it has acted on the
+    /// request) or after cancel_wait_timeout. False when the request is not forwarded.
+    private func forwardCancelToPeer(_ key: CancelKey, then: @escaping () -> Void) -> Bool {
+        let settings = shard.settings
+        let peerID = PeeredCancelKey.peerID(of: key.processID)
+        guard settings.peerID > 0, peerID != settings.peerID else { return false }
+        guard let peer = shard.configuration.peers[peerID] else {
+            logger.debug("could not find peer \(peerID) to forward a cancel request to")
             return false
         }
+        guard PeeredCancelKey.ttl(of: key.secretKey) > 0 else {
+            logger.debug("failed to forward cancel request because its TTL was exhausted")
+            return false
+        }
+        logger.debug("forwarding cancellation request to peer \(peerID)")
+        let loop = shard.loop
+        let timeout = settings.cancelWaitTimeout
+        ServerAddress.peer(peer, settings: settings).resolve(with: shard.resolver) { result in
+            guard case .success(let addresses) = result, let address = addresses.first else { return then() }
+            CancelDelivery.send(
+                to: address, processID: key.processID, secretKey: PeeredCancelKey.forwarded(secretKey: key.secretKey),
+                timeout: timeout, on: loop, completion: then)
+        }
+        return true
     }
 
     /// On `owner`'s loop: sends the cancel to the server `target` is running on; false when it has none.

@@ -333,7 +333,10 @@ final class Pool {
     func serverLoginFailed(_ error: PoolerError, failsWaitingClients: Bool) {
         let now = Self.now
         shard.shared.withFacts(of: key) { $0.lastLoginFailure = (error, now) }
-        for client in state.serverLoginFailed(error, failsWaitingClients: failsWaitingClients, now: now) {
+        let closing = shard.serverConnections.values.lazy.filter { $0.pool === self && $0.closeNeeded }.count
+        for client in state.serverLoginFailed(
+            error, failsWaitingClients: failsWaitingClients, serversClosing: closing, now: now)
+        {
             client.closeWithError(error, reason: error.message)
         }
     }

@@ -346,7 +346,7 @@ final class PoolShard {
     /// Registers a console session and gives it its cancel key.
     func register(_ session: AdminSession) -> CancelKey {
         adminSessions[ObjectIdentifier(session)] = session
-        return shared.registerCancelKey(for: .console(session, self))
+        return shared.registerCancelKey(for: .console(session, self), peerID: settings.peerID)
     }
 
     func unregister(_ session: AdminSession, cancelKey: CancelKey) {
@@ -359,7 +359,7 @@ final class PoolShard {
     }
 
     func registerCancelKey(for client: ClientSession) -> CancelKey {
-        shared.registerCancelKey(for: .client(client, self))
+        shared.registerCancelKey(for: .client(client, self), peerID: settings.peerID)
     }
 
     func unregisterCancelKey(_ key: CancelKey) {

@@ -172,15 +172,20 @@ final class SharedState: @unchecked Sendable {
     // MARK: Cancel keys
 
     /// A key no client or console session holds yet, registered for `target`.
-    func registerCancelKey(for target: CancelTarget) -> CancelKey {
+    /// A new random key for `target`; with peering (`peerID` > 0) it carries the peer id and a TTL.
+    func registerCancelKey(for target: CancelTarget, peerID: Int) -> CancelKey {
         lock.withLock {
             while true {
                 // One 64-bit draw gives both halves. PgBouncer clears the sign bit so drivers that print the
                 // key as a signed pid see a positive one.
                 let bits = random.next64()
-                let key = CancelKey(
+                var key = CancelKey(
                     processID: max(1, Int32(truncatingIfNeeded: bits >> 32) & Int32.max),
                     secretKey: Int32(truncatingIfNeeded: bits))
+                if peerID > 0 {
+                    (key.processID, key.secretKey) = PeeredCancelKey.stamp(
+                        processID: key.processID, secretKey: key.secretKey, peerID: peerID)
+                }
                 if cancelTargets[key] == nil {
                     cancelTargets[key] = target
                     return key

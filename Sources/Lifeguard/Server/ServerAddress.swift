@@ -12,14 +12,23 @@ enum ServerAddress: CustomStringConvertible, Equatable {
     /// Every host of the database's `host=` (a comma list is allowed), in order.
     static func targets(database: DatabaseDefinition, settings: Settings) -> [ServerAddress] {
         let hosts = (database.host ?? "").split(separator: ",").map { String($0.filter { !$0.isWhitespace }) }
-        if hosts.isEmpty {
-            // PgBouncer's default: the Unix socket directory it listens in is also where it looks for servers.
+        if hosts.isEmpty { return [at(host: nil, port: database.port, settings: settings)] }
+        return hosts.map { at(host: $0, port: database.port, settings: settings) }
+    }
+
+    /// Where a `[peers]` entry listens.
+    static func peer(_ peer: PeerDefinition, settings: Settings) -> ServerAddress {
+        at(host: peer.host, port: peer.port, settings: settings)
+    }
+
+    /// A host of a connection string: a directory (leading "/") holds a Unix socket; no host means the
+    /// Unix socket directory Lifeguard listens in, PgBouncer's default.
+    private static func at(host: String?, port: Int, settings: Settings) -> ServerAddress {
+        guard let host, !host.isEmpty else {
             let directory = settings.unixSocketDir.isEmpty ? "/tmp" : settings.unixSocketDir
-            return [.unixSocket(path: "\(directory)/.s.PGSQL.\(database.port)")]
+            return .unixSocket(path: "\(directory)/.s.PGSQL.\(port)")
         }
-        return hosts.map { host in
-            host.hasPrefix("/") ? .unixSocket(path: "\(host)/.s.PGSQL.\(database.port)") : .tcp(host: host, port: database.port)
-        }
+        return host.hasPrefix("/") ? .unixSocket(path: "\(host)/.s.PGSQL.\(port)") : .tcp(host: host, port: port)
     }
 
     var description: String {

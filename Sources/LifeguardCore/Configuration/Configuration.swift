@@ -123,6 +123,21 @@ public struct UserDefinition: Sendable, Equatable {
     }
 }
 
+/// One `[peers]` entry: another process of a peering group, which cancel requests carrying its peer id are
+/// forwarded to.
+public struct PeerDefinition: Sendable, Equatable {
+    public var id: Int
+    /// nil: the Unix socket directory of `unix_socket_dir`; a value starting with "/" is a directory.
+    public var host: String?
+    public var port: Int = 6432
+    /// PgBouncer's bound on forwarded cancels in flight to this peer (nil: default_pool_size).
+    public var poolSize: Int?
+
+    public init(id: Int) {
+        self.id = id
+    }
+}
+
 /// A whole pgbouncer.ini-format configuration file, parsed and validated.
 public struct Configuration: Sendable, Equatable {
     public var settings: Settings
@@ -130,6 +145,8 @@ public struct Configuration: Sendable, Equatable {
     public var databases: [String: DatabaseDefinition]
     public var fallbackDatabase: DatabaseDefinition?
     public var users: [String: UserDefinition]
+    /// `[peers]`, by peer id.
+    public var peers: [Int: PeerDefinition] = [:]
     /// Things that did not stop loading but that the operator should see (logged at startup).
     public var warnings: [String]
     /// The path (or name) the configuration was read from; RELOAD reads it again.
@@ -254,7 +271,7 @@ public struct Configuration: Sendable, Equatable {
 /// Walks the ini entries in order, tracking the current section.
 private struct ConfigurationBuilder {
     enum Section {
-        case none, settings, databases, users, ignored
+        case none, settings, databases, users, peers, ignored
     }
 
     var configuration = Configuration()
@@ -275,6 +292,8 @@ private struct ConfigurationBuilder {
                 try addDatabase(name: key, value: value, at: location)
             case .users:
                 try addUser(name: key, value: value, at: location)
+            case .peers:
+                try addPeer(id: key, value: value, at: location)
             case .ignored:
                 break
             }
@@ -286,9 +305,7 @@ private struct ConfigurationBuilder {
         case "pgbouncer", "lifeguard": return .settings
         case "databases": return .databases
         case "users": return .users
-        case "peers":
-            warn(at: location, "section [peers] is accepted but not implemented yet; ignored")
-            return .ignored
+        case "peers": return .peers
         default:
             warn(at: location, "unknown section [\(name)]; ignored")
             return .ignored
@@ -358,6 +375,22 @@ private struct ConfigurationBuilder {
         } else {
             configuration.databases[name] = definition
         }
+    }
+
+    private mutating func addPeer(id key: String, value: String, at location: SourceLocation) throws {
+        let id = try ValueParser(key: key, value: key, location: location).integer(in: 1...16383)
+        var definition = PeerDefinition(id: id)
+        for (parameter, parameterValue) in try ConnectionString.parse(value, at: location) {
+            let parse = ValueParser(key: parameter, value: parameterValue, location: location)
+            switch parameter {
+            case "host": definition.host = parse.optionalString()
+            case "port": definition.port = try parse.integer(in: 1...65535)
+            case "pool_size": definition.poolSize = try parse.integer()
+            default:
+                throw IniParser.error(at: location, "unrecognized peer parameter: \(parameter)", key: parameter)
+            }
+        }
+        configuration.peers[id] = definition
     }
 
     private mutating func addUser(name: String, value: String, at location: SourceLocation) throws {

@@ -75,6 +75,8 @@ public struct Settings: Sendable, Equatable {
     public var disablePQExec = false
     public var listenBacklog: Int = 128
     public var soReuseport: Bool = false
+    /// This process's id among its `[peers]` (carried in every cancel key it gives out); 0: no peering.
+    public var peerID: Int = 0
     /// Lifeguard only: how many engine threads serve clients, sharing one set of pools and limits; nil for
     /// `auto` (one per online CPU).
     public var threads: Int? = 1
@@ -220,7 +222,7 @@ public struct Settings: Sendable, Equatable {
         key("max_user_client_connections", "0", .integer) { $0.maxUserClientConnections = try $1.integer() },
         key("max_user_connections", "0", .integer) { $0.maxUserConnections = try $1.integer() },
         key("min_pool_size", "0", .integer) { $0.minPoolSize = try $1.integer() },
-        key("peer_id", "0", .integer),
+        key("peer_id", "0", .integer) { $0.peerID = try $1.integer(in: 0...16383) },
         key("pidfile", "", .string, restart: true) { $0.pidfile = $1.optionalString() },
         key("pkt_buf", "4096", .integer, restart: true) { $0.pktBuf = try $1.integer(in: 1...Int.max) },
         key("pool_idle_timeout", "0", .seconds) { $0.poolIdleTimeout = try $1.seconds() },

@@ -283,13 +283,16 @@ public struct PoolState<Client: AnyObject, Server: AnyObject> {
 
     /// A server login failed. As PgBouncer does, only a refusal by the server (`failsWaitingClients`: an
     /// error other than "cannot connect now", 57P03) fails the clients waiting on the pool, and only when no
-    /// other server of it is left to serve them: they are returned, to fail with this error and its SQLSTATE.
-    /// A failed connect, a timeout or a server that is starting up or shutting down leaves them waiting for
-    /// the retry after `server_login_retry` (or their own timeouts). The failed server's close is reported
-    /// separately.
-    public mutating func serverLoginFailed(_ error: PoolerError, failsWaitingClients: Bool, now: Int64) -> [Client] {
+    /// other server of it is left to serve them (`serversClosing`, those marked to close by RECONNECT or a
+    /// changed connection string, serve no new transaction and do not count): they are returned, to fail with
+    /// this error and its SQLSTATE. A failed connect, a timeout or a server that is starting up or shutting
+    /// down leaves them waiting for the retry after `server_login_retry` (or their own timeouts). The failed
+    /// server's close is reported separately.
+    public mutating func serverLoginFailed(
+        _ error: PoolerError, failsWaitingClients: Bool, serversClosing: Int = 0, now: Int64
+    ) -> [Client] {
         lastLoginFailure = (error, now)
-        guard failsWaitingClients, serverCount - 1 == 0 else { return [] }
+        guard failsWaitingClients, serverCount - 1 - serversClosing <= 0 else { return [] }
         let waiting = clientsAwaitingWelcome + waitingClients.map(\.client)
         clientsAwaitingWelcome = []
         waitingClients = []

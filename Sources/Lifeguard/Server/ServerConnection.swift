@@ -569,9 +569,9 @@ final class ServerConnection: ConnectionDelegate {
             // PgBouncer's words, which log watchers match.
             logger.warning("\(logPrefix) server login failed: \(severity) \(error.message) (SQLSTATE \(error.sqlState))")
             // 57P03: the server is starting up or shutting down; clients wait for the retry.
-            reportLoginFailure(error, failsWaitingClients: error.sqlState != "57P03")
             closeReason = replication == nil ? error.message : Self.replicationLoginFailed.message
             connection?.close()
+            reportLoginFailure(error, failsWaitingClients: error.sqlState != "57P03")
             pool.serverClosed(self, duringLogin: true)
             return true
         case .connectQueryFailed:
@@ -644,19 +644,24 @@ final class ServerConnection: ConnectionDelegate {
     /// Lifeguard itself cannot log in: tell the waiting clients and close.
     private func failLogin(_ message: String) -> Bool {
         logger.warning("\(logPrefix) \(message)")
-        reportLoginFailure(PoolerError(message), failsWaitingClients: true)
         close(reason: message)
+        reportLoginFailure(PoolerError(message), failsWaitingClients: true)
         return true
     }
 
     /// A failed login fails the pool's waiting clients as PoolState rules, or, for a replication server,
     /// only the client it was opened for: with PgBouncer's words, whatever the server said (it is logged).
+    /// That client hears it after the current event, once the server's close (asked for first) is logged:
+    /// PgBouncer logs the server's close before the client's, and log watchers read on the client's error.
     private func reportLoginFailure(_ error: PoolerError, failsWaitingClients: Bool) {
         guard let replication else {
             pool.serverLoginFailed(error, failsWaitingClients: failsWaitingClients)
             return
         }
-        replication.client?.closeWithError(Self.replicationLoginFailed, reason: Self.replicationLoginFailed.message)
+        let client = replication.client
+        pool.shard.loop.deferTask {
+            client?.closeWithError(Self.replicationLoginFailed, reason: Self.replicationLoginFailed.message)
+        }
     }
 
     private static let replicationLoginFailed = PoolerError("login failed", sqlState: "08P01")

@@ -100,6 +100,9 @@ import Testing
         #expect(!Timeouts.lifetimeOver(connectedSeconds: 100, nowSeconds: 3699, lifetimeSeconds: 3600))
         #expect(Timeouts.lifetimeOver(connectedSeconds: 100, nowSeconds: 3700, lifetimeSeconds: 3600))
         #expect(Timeouts.lifetimeOver(connectedSeconds: 100, nowSeconds: 100, lifetimeSeconds: 0), "0 means use once")
+        #expect(
+            Timeouts.lifetimeOver(connectedSeconds: 101, nowSeconds: 100, lifetimeSeconds: 0),
+            "a server connected after the coarse clock's last tick is used once too")
     }
 
     @Test func anIdleServerPastItsLifetimeIsClosedAndABusyOneIsNot() {

@@ -109,8 +109,10 @@ public struct Timeouts: Sendable, Equatable {
         return nil
     }
 
-    /// `server_lifetime`, checked when a server is released: 0 means use each server once.
+    /// `server_lifetime`, checked when a server is released: 0 means use each server once. `nowSeconds` is the
+    /// janitor's coarse clock, which can be behind a server connected since its last tick: such a server's
+    /// age counts as 0, not as negative (which would let it outlive a lifetime of 0).
     public static func lifetimeOver(connectedSeconds: Int, nowSeconds: Int, lifetimeSeconds: Double) -> Bool {
-        Double(nowSeconds - connectedSeconds) >= lifetimeSeconds
+        Double(max(0, nowSeconds - connectedSeconds)) >= lifetimeSeconds
     }
 }

@@ -35,6 +35,7 @@ let package = Package(
             name: "LifeguardEngine",
             dependencies: [
                 "CLinuxShims",
+                "COpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -74,6 +75,8 @@ let package = Package(
         ),
         // glibc declarations Swift's Glibc module lacks: malloc_usable_size (SHOW MEM) and struct ucred.
         .systemLibrary(name: "CLinuxShims"),
+        // The system OpenSSL (libssl-dev), for TLS on both sides.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         // libpq, for integration tests that drive Lifeguard with the real PostgreSQL client library.
         .systemLibrary(
             name: "CLibPQ",

@@ -13,6 +13,13 @@
 # memory at start (its relocations touch its pages), a third of the daemon's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Lifeguard's TLS links the system OpenSSL.
+if [ ! -f /usr/include/openssl/ssl.h ]; then
+    echo "installing libssl-dev" >&2
+    as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+    as_root apt-get update -qq >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev >/dev/null
+fi
 flags=(-c release -Xswiftc -enforce-exclusivity=unchecked -Xswiftc -cross-module-optimization --static-swift-stdlib)
 swift build "${flags[@]}" --product lifeguard >&2
 echo "$(swift build "${flags[@]}" --show-bin-path)/lifeguard"

@@ -16,6 +16,9 @@ need_install=()
 command -v psql >/dev/null || need_install+=(postgresql-client-15)
 command -v pgbench >/dev/null || need_install+=(postgresql-contrib)
 [ -f /usr/include/postgresql/libpq-fe.h ] || need_install+=(libpq-dev)
+# OpenSSL: the library Lifeguard's TLS is built on, and the command the TLS tests make certificates with.
+[ -f /usr/include/openssl/ssl.h ] || need_install+=(libssl-dev)
+command -v openssl >/dev/null || need_install+=(openssl)
 command -v pkg-config >/dev/null || need_install+=(pkg-config)
 # ss and ip (network namespaces) are used by the keepalive and packet-dropping-host tests.
 command -v ss >/dev/null && command -v ip >/dev/null || need_install+=(iproute2)

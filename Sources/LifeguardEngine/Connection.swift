@@ -63,6 +63,8 @@ public final class Connection: ReadinessHandler {
     }
     private var closesWhenWritten = false
     private let peer: PeerAddress
+    /// Set once TLS starts: reads are decrypted and writes encrypted through it.
+    private var tls: TLSSession?
     /// The most bytes one send passes to the kernel. Unlimited unless SO_SNDBUF was set small
     /// (tcp_socket_buffer): one send larger than the buffer leaves a single big segment in flight, which
     /// the peer may acknowledge only after its delayed-ACK timer (40 ms), so a large result crawled at one
@@ -168,6 +170,21 @@ public final class Connection: ReadinessHandler {
     /// Queues `bytes`; nothing is sent before `flush`.
     public func write(_ bytes: ByteBuffer) {
         guard state != .closed, bytes.readableBytes > 0 else { return }
+        if let tls {
+            var ciphertext = ByteBuffer()
+            do {
+                try tls.send(bytes, into: &ciphertext)
+            } catch {
+                close(error: SocketError("TLS", reason: "\(error)"))
+                return
+            }
+            if ciphertext.readableBytes > 0 { queue(ciphertext) }
+            return
+        }
+        queue(bytes)
+    }
+
+    private func queue(_ bytes: ByteBuffer) {
         queued.append(bytes)
         queuedBytes += bytes.readableBytes
         if isWritable, queuedBytes > Self.highWatermark { isWritable = false }
@@ -262,6 +279,54 @@ public final class Connection: ReadinessHandler {
             if whole > 0 { queued.removeFirst(whole) }
             queued[0].moveReaderIndex(forwardBy: left)
         }
+    }
+
+    // MARK: TLS
+
+    /// From now on the socket carries TLS through `session`: Lifeguard's side of a client's SSLRequest
+    /// (the `S` already sent), or towards a server that answered `S` (its handshake starts at once).
+    public func startTLS(_ session: TLSSession) throws {
+        tls = session
+        guard !session.isHandshakeDone else { return }
+        try session.start()
+        sendTLSOutput()
+    }
+
+    /// The negotiated version and cipher, once the handshake is done; nil without TLS.
+    public var tlsSummary: String? {
+        guard let tls, tls.isHandshakeDone else { return nil }
+        return tls.summary
+    }
+
+    /// The CN of the peer's verified certificate (client certificate authentication).
+    public var tlsPeerCommonName: String? { tls?.peerCommonName }
+
+    private func sendTLSOutput() {
+        guard let tls else { return }
+        var ciphertext = ByteBuffer()
+        tls.takeOutput(into: &ciphertext)
+        if ciphertext.readableBytes > 0 {
+            queue(ciphertext)
+            flush()
+        }
+    }
+
+    /// A read under TLS: decrypted, answered (handshake, alerts) and handed on as plaintext.
+    private func receiveTLS(_ tls: TLSSession, _ ciphertext: ByteBuffer) {
+        var plaintext = ByteBuffer()
+        do {
+            try ciphertext.withUnsafeReadableBytes { try tls.receive($0, into: &plaintext) }
+        } catch {
+            sendTLSOutput()  // the alert that says why, if OpenSSL made one
+            close(error: SocketError("TLS", reason: "\(error)"))
+            return
+        }
+        sendTLSOutput()
+        if plaintext.readableBytes > 0, let delegate {
+            delegate.connectionRead(self, plaintext)
+            delegate.connectionReadComplete(self)
+        }
+        if tls.peerClosed, state != .closed { close() }
     }
 
     // MARK: Moving between loops
@@ -402,6 +467,7 @@ public final class Connection: ReadinessHandler {
             return max(count, 0)
         }
         if count > 0 {
+            if let tls { return receiveTLS(tls, loop.readBuffer) }
             guard let delegate else { return }
             delegate.connectionRead(self, loop.readBuffer)
             delegate.connectionReadComplete(self)

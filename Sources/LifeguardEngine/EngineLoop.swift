@@ -301,13 +301,23 @@ private struct UncheckedBox<Value>: @unchecked Sendable {
 public struct SocketError: Error, CustomStringConvertible, Sendable {
     public let operation: String
     public let errorNumber: Int32
+    /// Said instead of the system's text, for a failure that has no errno (TLS).
+    private let reason: String?
 
     public init(_ operation: String, errorNumber: Int32 = errno) {
         self.operation = operation
         self.errorNumber = errorNumber
+        self.reason = nil
+    }
+
+    public init(_ operation: String, reason: String) {
+        self.operation = operation
+        self.errorNumber = 0
+        self.reason = reason
     }
 
     public var description: String {
-        "\(operation): \(String(cString: strerror(errorNumber))) (errno: \(errorNumber))"
+        if let reason { return "\(operation): \(reason)" }
+        return "\(operation): \(String(cString: strerror(errorNumber))) (errno: \(errorNumber))"
     }
 }

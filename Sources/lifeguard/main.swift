@@ -39,6 +39,14 @@ struct LifeguardCommand {
         }
         let settings = configuration.settings
         TrackedParameter.track(extraNames: settings.trackExtraParameters)
+        if settings.clientTLS.sslMode != .disable {
+            // Unusable key or certificate files are an error at start; a reload that breaks them keeps the old.
+            do {
+                try ClientTLS.check(settings.clientTLS)
+            } catch {
+                fail("TLS setup failed: \(error)")
+            }
+        }
 
         if options.daemon {
             guard let pidfile = settings.pidfile, !pidfile.isEmpty else {

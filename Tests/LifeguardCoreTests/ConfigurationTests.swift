@@ -260,7 +260,7 @@ import Testing
         #expect(error?.message == "invalid value for key \"\(key)\": \(reason)")
     }
 
-    @Test(arguments: ["cert", "pam", "ldap", "LDAP"])
+    @Test(arguments: ["pam", "ldap", "LDAP"])
     func unsupportedAuthTypes(name: String) {
         let error = parseError("[pgbouncer]\nauth_type = \(name)\n")
         #expect(error?.message == "auth_type \(name.lowercased()) is not supported yet")
@@ -281,12 +281,12 @@ import Testing
             [pgbouncer]
             listen_port = 6432
             syslog = 1
-            client_tls_sslmode = require
+            server_tls_sslmode = require
             SERVICE_NAME = svc
             """)
         #expect(config.warnings == [
             "lifeguard.ini:3: key \"syslog\" is accepted but not implemented yet; ignored",
-            "lifeguard.ini:4: key \"client_tls_sslmode\" is accepted but not implemented yet; ignored",
+            "lifeguard.ini:4: key \"server_tls_sslmode\" is accepted but not implemented yet; ignored",
             "lifeguard.ini:5: key \"job_name\" is accepted but not implemented yet; ignored",
         ])
         #expect(config.rawSettings["syslog"] == "1")
@@ -659,5 +659,52 @@ import Testing
         }
         let userlist = try UserList.load(path: root.appendingPathComponent("etc/userlist.txt").path)
         #expect(!userlist.secrets.isEmpty)
+    }
+
+    // MARK: TLS
+
+    @Test func clientTLSKeysAreRead() throws {
+        let s = try settings("""
+            client_tls_sslmode = verify-full
+            client_tls_key_file = /etc/lifeguard/server.key
+            client_tls_cert_file = /etc/lifeguard/server.crt
+            client_tls_ca_file = /etc/lifeguard/ca.crt
+            client_tls_protocols = tlsv1.3
+            client_tls_ciphers = HIGH:!aNULL
+            client_tls13_ciphers = TLS_AES_128_GCM_SHA256
+            client_tls_ecdhcurve = prime256v1
+            client_tls_dheparams = none
+            """)
+        #expect(s.clientTLS.sslMode == .verifyFull)
+        #expect(s.clientTLS.keyFile == "/etc/lifeguard/server.key")
+        #expect(s.clientTLS.certFile == "/etc/lifeguard/server.crt")
+        #expect(s.clientTLS.caFile == "/etc/lifeguard/ca.crt")
+        #expect(s.clientTLS.versions == 3...3)
+        #expect(s.clientTLS.ciphers == "HIGH:!aNULL")
+        #expect(s.clientTLS.tls13Ciphers == "TLS_AES_128_GCM_SHA256")
+        #expect(s.clientTLS.ecdhCurve == "prime256v1")
+        #expect(!s.clientTLS.diffieHellman)
+        let defaults = try settings("")
+        #expect(defaults.clientTLS == TLSSettings(sslMode: .disable))
+        #expect(defaults.clientTLS.ciphers == nil && defaults.clientTLS.versions == 2...3)
+    }
+
+    @Test func tlsProtocolListsAsPgBouncerWritesThem() {
+        #expect(TLSSettings.versions(from: "secure") == 2...3)
+        #expect(TLSSettings.versions(from: "all") == 0...3)
+        #expect(TLSSettings.versions(from: "legacy") == 0...3)
+        #expect(TLSSettings.versions(from: "tlsv1.1, tlsv1.2") == 1...2)
+        #expect(TLSSettings.versions(from: "all:!tlsv1.0") == 1...3)
+        #expect(TLSSettings.versions(from: "TLSv1.3") == 3...3)
+        #expect(TLSSettings.versions(from: "") == nil, "nothing allowed")
+        #expect(TLSSettings.versions(from: "tlsv1.3 !tlsv1.3") == nil)
+        #expect(TLSSettings.versions(from: "sslv3") == nil)
+        #expect(SSLMode.require < .verifyCA && SSLMode.prefer < .require)
+    }
+
+    @Test func badTLSValuesAreRefused() {
+        #expect(parseError("[pgbouncer]\nclient_tls_protocols = tlsv9\n")?.key == "client_tls_protocols")
+        #expect(parseError("[pgbouncer]\nclient_tls_sslmode = always\n")?.key == "client_tls_sslmode")
+        #expect(parseError("[pgbouncer]\nclient_tls_dheparams = huge\n")?.key == "client_tls_dheparams")
     }
 }

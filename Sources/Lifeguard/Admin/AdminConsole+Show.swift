@@ -239,7 +239,8 @@ extension AdminConsole {
                     "C", client.loginUser ?? "(nouser)", database, client.replication.rawValue,
                     shown, addr, port, localAddr, localPort, WallClock.format(client.connectTime),
                     WallClock.format(client.requestTime), "\(wait / 1_000_000)", "\(wait % 1_000_000)", "0",
-                    pointerText(client), client.server.map(pointerText) ?? "", "0", "",
+                    pointerText(client), client.server.map(pointerText) ?? "", "0",
+                    client.tlsSummary ?? "",
                     client.parameters["application_name"] ?? "", "\(client.statements.count)", "\(client.id)",
                 ] + extra))
             }
@@ -249,7 +250,8 @@ extension AdminConsole {
                 rows.append((console.id, [
                     "C", console.user, AdminAccess.databaseName, "none", socketColumns ? "cl_active" : "active",
                     addr, port, localAddr, localPort, WallClock.format(console.connectTime),
-                    WallClock.format(console.requestTime), "0", "0", "0", pointerText(console), "", "0", "", "", "0",
+                    WallClock.format(console.requestTime), "0", "0", "0", pointerText(console), "", "0",
+                    console.tlsSummary ?? "", "", "0",
                     "\(console.id)",
                 ] + extra))
             }

@@ -25,6 +25,8 @@ final class AdminSession: ConnectionDelegate {
     private let clientLogin: SharedState.ClientLogin?
     private var scanner: FrameScanner
     private let connection: Connection
+    /// The negotiated TLS version and cipher, for SHOW CLIENTS; nil in plain text.
+    var tlsSummary: String? { connection.tlsSummary }
     private var closeReason: String?
     /// A PAUSE or WAIT_CLOSE whose reply waits until servers are gone. Meanwhile no further command runs:
     /// reads stop, and what was already read waits in `heldInput`.
@@ -75,7 +77,8 @@ final class AdminSession: ConnectionDelegate {
         buffer.writeReadyForQuery(.idle)
         connection.writeAndFlush(buffer)
         if shard.settings.logConnections {
-            shard.logger.info("\(logPrefix) login attempt: db=\(AdminAccess.databaseName) user=\(user) tls=no")
+            shard.logger.info(
+                "\(logPrefix) login attempt: db=\(AdminAccess.databaseName) user=\(user) tls=\(connection.tlsSummary ?? "no")")
         }
     }
 

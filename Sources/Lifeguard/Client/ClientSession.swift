@@ -27,8 +27,9 @@ final class ClientSession: ConnectionDelegate {
     /// bytes, which long tokens used as passwords need, plus its terminator and the length field.
     static let maxLoginMessageLength = 65_536
 
-    /// The answer to SSLRequest and GSSENCRequest: no TLS or GSSAPI yet, go on in plain text.
+    /// The answers to SSLRequest and GSSENCRequest: go on in plain text, or start TLS (GSSAPI is refused).
     private static let encryptionRefused = ByteBuffer(integer: UInt8(ascii: "N"))
+    private static let encryptionAccepted = ByteBuffer(integer: UInt8(ascii: "S"))
 
     /// The shard lives as long as the daemon: an unchecked reference, as a checked one costs atomic
     /// reference counting on every use on the hot path.
@@ -317,6 +318,9 @@ final class ClientSession: ConnectionDelegate {
         Int((NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000)
     }
 
+    /// The negotiated TLS version and cipher (PgBouncer's `tls` in SHOW CLIENTS); nil in plain text.
+    var tlsSummary: String? { connection.tlsSummary }
+
     // MARK: Startup
 
     private func readStartup() throws {
@@ -331,7 +335,17 @@ final class ClientSession: ConnectionDelegate {
                     throw WireError.malformedStartup("repeated encryption request")
                 }
                 if isSSL { sslRequestAnswered = true } else { gssRequestAnswered = true }
-                connection.writeAndFlush(Self.encryptionRefused)
+                if isSSL, let context = shard.clientTLS {
+                    // Bytes sent after the request but before the handshake were never encrypted: a
+                    // man in the middle may have put them there (CVE-2021-23214), so they end the connection.
+                    guard startupBuffer.readableBytes == 0 else {
+                        throw PoolerError("received unencrypted data after SSL request")
+                    }
+                    connection.writeAndFlush(Self.encryptionAccepted)
+                    try connection.startTLS(TLSSession(context: context))
+                } else {
+                    connection.writeAndFlush(Self.encryptionRefused)
+                }
             case .cancel(let processID, let secretKey):
                 closeReason = nil
                 machine.close()
@@ -344,6 +358,12 @@ final class ClientSession: ConnectionDelegate {
                 }
                 return
             case .startup(let version, let raw):
+                // As PgBouncer: require and stronger are not enforced on Unix sockets.
+                if shard.settings.clientTLS.sslMode >= .require, !connection.isUnixDomainSocket,
+                    connection.tlsSummary == nil
+                {
+                    throw PoolerError("SSL required")
+                }
                 let startup = try ClientStartup(
                     protocolVersion: version, parameters: raw, ignored: shard.ignoredStartupParameters)
                 if !otherLoopsCaughtUp, meetsAClientLimit(startup) {
@@ -469,7 +489,15 @@ final class ClientSession: ConnectionDelegate {
     // MARK: Authentication
 
     private func beginAuthentication(_ startup: ClientStartup) throws {
-        if shard.settings.authType == .hba { authType = try hostBasedAuthType(for: startup) }
+        switch shard.settings.authType {
+        case .hba:
+            authType = try hostBasedAuthType(for: startup)
+        case .cert:
+            try checkCertificate(user: startup.user, map: nil)
+            authType = .any
+        default:
+            break
+        }
         let secret = shard.secret(for: startup.user)
         if secret == nil, let lookup = try authQueryLookup(for: startup) {
             // Reads wait for the answer; the client sends nothing before its authentication request anyway.
@@ -541,8 +569,8 @@ final class ClientSession: ConnectionDelegate {
     private lazy var authType = shard.settings.authType
 
     /// auth_type = hba: the method of the first rule that fits this login. The methods that exchange no
-    /// password with the client are settled here: reject and cert refuse (Lifeguard has no TLS yet), peer
-    /// checks the Unix-socket peer's system user and then lets the login go on as trust.
+    /// password with the client are settled here: reject refuses, cert checks the client's certificate and
+    /// peer the Unix-socket peer's system user, and the login goes on without a password.
     private func hostBasedAuthType(for startup: ClientStartup) throws -> AuthType {
         let transport: HostBasedAccess.Login.Transport
         switch connection.remoteAddress {
@@ -557,7 +585,7 @@ final class ClientSession: ConnectionDelegate {
             transport = .unixSocket
         }
         let decision = shard.access.decide(HostBasedAccess.Login(
-            transport: transport, tls: false, database: startup.database, user: startup.user,
+            transport: transport, tls: connection.tlsSummary != nil, database: startup.database, user: startup.user,
             physicalReplication: startup.replication == .physical))
         switch decision.method {
         case .trust: return .trust
@@ -567,12 +595,24 @@ final class ClientSession: ConnectionDelegate {
         case .reject:
             throw PoolerError("login rejected")
         case .cert:
-            logger.warning("\(logPrefix) cert authentication needs TLS, which Lifeguard does not offer yet")
-            throw PoolerError("certificate authentication failed")
+            // As PgBouncer, the certificate is the proof: the user need not be in auth_file.
+            try checkCertificate(user: startup.user, map: decision.identMap)
+            return .any
         case .peer:
             try checkPeer(user: startup.user, map: decision.identMap)
             return .trust
         }
+    }
+
+    /// `cert`: the client's verified TLS certificate names the database user in its common name, or a name
+    /// the rule's ident map maps to it.
+    private func checkCertificate(user: String, map: String?) throws {
+        let failed = PoolerError("certificate authentication failed")
+        guard let commonName = connection.tlsPeerCommonName else {
+            logger.warning("\(logPrefix) certificate authentication needs a verified client certificate over TLS")
+            throw failed
+        }
+        try checkIdentity(commonName, isUser: user, map: map, failed: failed, mismatch: "the certificate is for")
     }
 
     /// `peer`: the Unix-socket client's system user must be the database user, or be mapped to it by the
@@ -587,13 +627,19 @@ final class ClientSession: ConnectionDelegate {
             logger.warning("\(logPrefix) peer authentication failed: no system user has uid \(peerUID)")
             throw failed
         }
+        try checkIdentity(systemUser, isUser: user, map: map, failed: failed, mismatch: "the system user is")
+    }
+
+    /// `identity` (a system user, a certificate's name) is the database user, or is mapped to it by the ident
+    /// map `map`; otherwise the login fails with `failed`.
+    private func checkIdentity(_ identity: String, isUser user: String, map: String?, failed: PoolerError, mismatch: String) throws {
         if let map {
-            guard shard.identMaps.permits(map: map, systemUser: systemUser, user: user) else {
+            guard shard.identMaps.permits(map: map, systemUser: identity, user: user) else {
                 logger.warning("\(logPrefix) ident map \(map) cannot be matched")
                 throw failed
             }
-        } else if systemUser != user {
-            logger.warning("\(logPrefix) peer authentication failed: the system user is \(systemUser)")
+        } else if identity != user {
+            logger.warning("\(logPrefix) \(failed.message): \(mismatch) \(identity)")
             throw failed
         }
     }
@@ -747,7 +793,7 @@ final class ClientSession: ConnectionDelegate {
         cancelKey = shard.registerCancelKey(for: self)
         machine.loggedIn()
         if shard.settings.logConnections {
-            logger.info("\(logPrefix) login attempt: db=\(startup.database) user=\(startup.user) tls=no")
+            logger.info("\(logPrefix) login attempt: db=\(startup.database) user=\(startup.user) tls=\(tlsSummary ?? "no")")
         }
         if replication == .none {
             pool.welcome(self)

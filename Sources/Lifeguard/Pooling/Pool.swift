@@ -235,9 +235,8 @@ final class Pool {
     /// Lends an idle server, checking it first with server_check_query when it sat unused for
     /// server_check_delay (PgBouncer's "used" servers).
     private func lend(_ server: ServerConnection, to client: ClientSession) {
-        let settings = shard.settings
-        if let check = settings.serverCheckQuery,
-            server.idleNanoseconds >= Int64(settings.serverCheckDelay * 1e9)
+        if let check = shard.settings.serverCheckQuery,
+            server.idleNanoseconds >= Int64(shard.settings.serverCheckDelay * 1e9)
         {
             server.runCheck(check, for: client)
         } else {

@@ -78,6 +78,7 @@ final class PoolShard {
         self.resolver = HostResolver(
             loop: loop, maxTTL: configuration.settings.dnsMaxTTL,
             failureTTL: configuration.settings.dnsNXDomainTTL)
+        loadClientTLS()
     }
 
 
@@ -107,7 +108,8 @@ final class PoolShard {
     var isSuspended: Bool { control.pauseMode == .suspended }
 
     func isPaused(_ database: String) -> Bool {
-        control.pauseMode != .running || control.pausedDatabases.contains(database)
+        // Asked on every transaction: the set is almost always empty, and hashing the name is not free.
+        control.pauseMode != .running || (!control.pausedDatabases.isEmpty && control.pausedDatabases.contains(database))
     }
 
     func stop() {
@@ -278,12 +280,33 @@ final class PoolShard {
     /// PgBouncer: pool sizes, modes, server_login_retry, ... apply at once).
     private func settingsChanged() {
         settings = configuration.settings
+        loadClientTLS()
         LogVerbosity.set(configured: settings.verbose)
         authUserConfigured = Self.namesAuthUser(configuration)
         ignoredStartupParameters = IgnoredStartupParameters(settings.ignoreStartupParameters)
         resolver.maxTTL = settings.dnsMaxTTL
         resolver.failureTTL = settings.dnsNXDomainTTL
         applyConfigurationToPools()
+    }
+
+    /// Lifeguard's TLS context for clients' SSLRequests; nil when `client_tls_sslmode = disable`.
+    private(set) var clientTLS: TLSContext?
+
+    /// Builds the client TLS context afresh, so that RELOAD and SET pick up new key and certificate files.
+    /// A context that cannot be built (a missing file, a key that does not match; RELOAD checks first and
+    /// fails) is logged and the one in use is kept; connections already on TLS keep theirs either way.
+    private func loadClientTLS() {
+        let tls = settings.clientTLS
+        guard tls.sslMode != .disable else {
+            clientTLS = nil
+            return
+        }
+        do {
+            clientTLS = try ClientTLS.makeContext(tls)
+        } catch {
+            // PgBouncer's words; the context in use is kept.
+            logger.error("TLS setup failed: \(error)")
+        }
     }
 
     /// Marks every server of `pool` to be closed when next released; idle ones close now.

@@ -85,8 +85,9 @@ public struct ClientAuthentication {
     /// Writes the first challenge (if any) into `reply`.
     public mutating func start(into reply: inout ByteBuffer) throws(PoolerError) -> Step {
         switch authType {
-        case .hba:
-            // The caller judges the login by the HBA rules and passes the method they name.
+        case .hba, .cert:
+            // The caller judges the login by the HBA rules or the certificate and passes the method that
+            // follows.
             throw PoolerError("login rejected")
         case .any:
             state = .done

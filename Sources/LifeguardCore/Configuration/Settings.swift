@@ -10,10 +10,12 @@ public enum AuthType: String, Sendable, Equatable, CaseIterable {
     case scramSHA256 = "scram-sha-256"
     /// Per login, from the rules of `auth_hba_file` (HostBasedAccess).
     case hba
+    /// The client's verified TLS certificate names the user in its common name.
+    case cert
 
     /// Valid PgBouncer auth types that Lifeguard does not implement yet; they get a clear error
     /// instead of "invalid value" so users know the config is right but the feature is missing.
-    static let unsupportedPgBouncerTypes: Set<String> = ["cert", "pam", "ldap"]
+    static let unsupportedPgBouncerTypes: Set<String> = ["pam", "ldap"]
 }
 
 /// The `[pgbouncer]` section (also accepted as `[lifeguard]`). Defaults are PgBouncer's.
@@ -129,6 +131,8 @@ public struct Settings: Sendable, Equatable {
     public var logStats: Bool = true
     public var adminUsers: [String] = []
     public var statsUsers: [String] = []
+    /// Lifeguard as the TLS server its clients connect to (`client_tls_*`).
+    public var clientTLS = TLSSettings(sslMode: .disable)
 
     public init() {}
 
@@ -185,15 +189,25 @@ public struct Settings: Sendable, Equatable {
         key("cancel_wait_timeout", "10", .seconds) { $0.cancelWaitTimeout = try $1.seconds() },
         key("client_idle_timeout", "0", .seconds) { $0.clientIdleTimeout = try $1.seconds() },
         key("client_login_timeout", "60", .seconds) { $0.clientLoginTimeout = try $1.seconds() },
-        key("client_tls13_ciphers", "", .string),
-        key("client_tls_ca_file", "", .string),
-        key("client_tls_cert_file", "", .string),
-        key("client_tls_ciphers", "default", .string),
-        key("client_tls_dheparams", "auto", .string),
-        key("client_tls_ecdhcurve", "auto", .string),
-        key("client_tls_key_file", "", .string),
-        key("client_tls_protocols", "secure", .string),
-        key("client_tls_sslmode", "disable", .sslMode),
+        key("client_tls13_ciphers", "", .string) { $0.clientTLS.tls13Ciphers = TLSSettings.cipherList($1.value) },
+        key("client_tls_ca_file", "", .string) { $0.clientTLS.caFile = $1.optionalString() ?? "" },
+        key("client_tls_cert_file", "", .string) { $0.clientTLS.certFile = $1.optionalString() ?? "" },
+        key("client_tls_ciphers", "default", .string) { $0.clientTLS.ciphers = TLSSettings.cipherList($1.value) },
+        key("client_tls_dheparams", "auto", .string) {
+            $0.clientTLS.diffieHellman = try $1.oneOf(["none", "auto", "legacy"]) != "none"
+        },
+        key("client_tls_ecdhcurve", "auto", .string) {
+            let curve = $1.value.trimmingWhitespace()
+            $0.clientTLS.ecdhCurve = ["", "auto", "none"].contains(curve.lowercased()) ? nil : curve
+        },
+        key("client_tls_key_file", "", .string) { $0.clientTLS.keyFile = $1.optionalString() ?? "" },
+        key("client_tls_protocols", "secure", .string) {
+            guard let versions = TLSSettings.versions(from: $1.value) else {
+                throw $1.invalid("is not a TLS protocol list (tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3, all, secure, legacy)")
+            }
+            $0.clientTLS.versions = versions
+        },
+        key("client_tls_sslmode", "disable", .sslMode) { $0.clientTLS.sslMode = SSLMode(rawValue: try $1.sslMode())! },
         key("conffile", "", .string),
         key("default_pool_size", "20", .integer) { $0.defaultPoolSize = try $1.integer() },
         key("disable_pqexec", "0", .boolean, restart: true) { $0.disablePQExec = try $1.boolean() },

@@ -1,0 +1,223 @@
+import Foundation
+import Glibc
+import Testing
+
+/// A CA, a certificate for "localhost" signed by it (Lifeguard's), and client certificates for lg_md5 and
+/// for a user no role has, made with the openssl command for one test and removed with it.
+final class TestCertificates {
+    let directory: URL
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("lifeguard-tls-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", path("ca.key"), "-out", path("ca.crt"), "-days", "2", "-subj", "/CN=Lifeguard test CA")
+        try issue("server", commonName: "localhost", extensions: "subjectAltName=DNS:localhost,IP:127.0.0.1")
+        try issue("lg_md5", commonName: "lg_md5")
+        try issue("stranger", commonName: "stranger")
+        // libpq refuses a client key others can read.
+        for name in ["server", "lg_md5", "stranger"] { chmod(path("\(name).key"), 0o600) }
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    /// The `client_tls_*` lines for Lifeguard's key, certificate and CA.
+    func clientTLSSettings(mode: String) -> String {
+        """
+        client_tls_sslmode = \(mode)
+        client_tls_key_file = \(path("server.key"))
+        client_tls_cert_file = \(path("server.crt"))
+        client_tls_ca_file = \(path("ca.crt"))
+        """
+    }
+
+    private func issue(_ name: String, commonName: String, extensions: String? = nil) throws {
+        try openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", path("\(name).key"), "-out", path("\(name).csr"), "-subj", "/CN=\(commonName)")
+        var arguments = ["x509", "-req", "-in", path("\(name).csr"), "-CA", path("ca.crt"), "-CAkey", path("ca.key"),
+            "-CAcreateserial", "-out", path("\(name).crt"), "-days", "2"]
+        if let extensions {
+            try extensions.write(toFile: path("\(name).ext"), atomically: true, encoding: .utf8)
+            arguments += ["-extfile", path("\(name).ext")]
+        }
+        try openssl(arguments)
+    }
+
+    private func openssl(_ arguments: String...) throws { try openssl(arguments) }
+
+    private func openssl(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw PGConnection.Failure(message: "openssl \(arguments.joined(separator: " ")) failed")
+        }
+    }
+}
+
+extension IntegrationTests {
+/// TLS between clients and Lifeguard (`client_tls_*`), through libpq's sslmodes.
+@Suite struct TLSTests {
+    @Test func requireAcceptsTLSAndRefusesPlainText() throws {
+        let certificates = try TestCertificates()
+        let lifeguard = try LifeguardProcess(settings: certificates.clientTLSSettings(mode: "require") + "\nadmin_users = lg_md5")
+        let client = try lifeguard.connect(extra: "sslmode=require")
+        #expect(try client.value("SELECT 1") == "1")
+        #expect(lifeguard.log.contains("login attempt: db=lgtest user=lg_md5 tls=TLSv1.3/"))
+        // SHOW CLIENTS names the version and cipher of each TLS client.
+        let console = try lifeguard.connect(database: "pgbouncer", extra: "sslmode=require")
+        let rows = try console.records("SHOW CLIENTS")
+        #expect(!rows.isEmpty && rows.allSatisfy { ($0["tls"] ?? nil)?.hasPrefix("TLSv1.3/") == true })
+
+        do {
+            _ = try lifeguard.connect(extra: "sslmode=disable")
+            Issue.record("a plain-text login was accepted under client_tls_sslmode = require")
+        } catch {
+            #expect("\(error)".contains("SSL required"))
+        }
+        // As PgBouncer, the Unix socket is not held to it.
+        let local = try PGConnection(
+            "host=\(lifeguard.directory.path) port=\(lifeguard.port) user=lg_md5 password=md5pass dbname=lgtest")
+        #expect(try local.value("SELECT 2") == "2")
+    }
+
+    @Test func preferServesBothAndVerifyFullChecksLifeguardsCertificate() throws {
+        let certificates = try TestCertificates()
+        let lifeguard = try LifeguardProcess(settings: certificates.clientTLSSettings(mode: "prefer"))
+        #expect(try lifeguard.connect(extra: "sslmode=disable").value("SELECT 1") == "1")
+        let verified = try PGConnection(
+            "host=localhost port=\(lifeguard.port) user=lg_md5 password=md5pass dbname=lgtest "
+                + "sslmode=verify-full sslrootcert=\(certificates.path("ca.crt"))")
+        #expect(try verified.value("SELECT 2") == "2")
+        #expect(lifeguard.log.contains("tls=TLSv1.3/"))
+        // The certificate is for localhost: reached by another name, verify-full refuses it.
+        #expect(throws: PGConnection.Failure.self) {
+            try PGConnection(
+                "hostaddr=127.0.0.1 host=example.invalid port=\(lifeguard.port) user=lg_md5 password=md5pass "
+                    + "dbname=lgtest sslmode=verify-full sslrootcert=\(certificates.path("ca.crt"))")
+        }
+    }
+
+    @Test func verifyCANeedsAClientCertificateFromTheCA() throws {
+        let certificates = try TestCertificates()
+        let lifeguard = try LifeguardProcess(settings: certificates.clientTLSSettings(mode: "verify-ca"))
+        #expect(throws: PGConnection.Failure.self) { try lifeguard.connect(extra: "sslmode=require") }
+        let withCertificate = try lifeguard.connect(
+            extra: "sslmode=require sslcert=\(certificates.path("lg_md5.crt")) sslkey=\(certificates.path("lg_md5.key"))")
+        #expect(try withCertificate.value("SELECT 1") == "1")
+        #expect(lifeguard.isRunning)
+    }
+
+    /// auth_type = hba: hostssl and hostnossl rules by the connection's TLS, and `cert`, whose user is the
+    /// certificate's common name.
+    @Test func hbaRulesSeeTLSAndCertChecksTheCommonName() throws {
+        let certificates = try TestCertificates()
+        try """
+            hostssl lgtest lg_md5 127.0.0.1/32 cert
+            hostnossl lgtest lg_md5 127.0.0.1/32 reject
+            hostssl lgtest lg_scram 127.0.0.1/32 scram-sha-256
+            """.write(toFile: certificates.path("hba.conf"), atomically: true, encoding: .utf8)
+        let lifeguard = try LifeguardProcess(settings: certificates.clientTLSSettings(mode: "prefer") + """
+
+            auth_type = hba
+            auth_hba_file = \(certificates.path("hba.conf"))
+            """)
+        #expect(try lifeguard.connect(user: "lg_scram", password: "scrampass", extra: "sslmode=require").value("SELECT 1") == "1")
+        // prefer does not ask for certificates: `cert` then has none to check.
+        do {
+            _ = try lifeguard.connect(extra: "sslmode=require")
+            Issue.record("cert authentication passed without a certificate")
+        } catch {
+            #expect("\(error)".contains("certificate authentication failed"))
+        }
+        do {
+            _ = try lifeguard.connect(extra: "sslmode=disable")
+            Issue.record("a hostnossl reject rule let a plain-text login in")
+        } catch {
+            #expect("\(error)".contains("login rejected"))
+        }
+    }
+
+    /// `auth_type = cert`, or an hba rule's `cert`: no password, the certificate's common name is the user.
+    @Test(arguments: ["auth_type = cert", "auth_type = hba"])
+    func certAuthenticationTakesTheUserFromTheCertificate(authentication: String) throws {
+        let certificates = try TestCertificates()
+        try "hostssl all all 127.0.0.1/32 cert\n".write(
+            toFile: certificates.path("hba.conf"), atomically: true, encoding: .utf8)
+        let lifeguard = try LifeguardProcess(settings: certificates.clientTLSSettings(mode: "verify-full") + """
+
+            \(authentication)
+            auth_hba_file = \(certificates.path("hba.conf"))
+            """)
+        let ownCertificate = "sslmode=require sslcert=\(certificates.path("lg_md5.crt")) sslkey=\(certificates.path("lg_md5.key"))"
+        #expect(try lifeguard.connect(password: nil, extra: ownCertificate).value("SELECT 1") == "1")
+        let otherCertificate = "sslmode=require sslcert=\(certificates.path("stranger.crt")) sslkey=\(certificates.path("stranger.key"))"
+        do {
+            _ = try lifeguard.connect(password: nil, extra: otherCertificate)
+            Issue.record("a certificate for another name logged in as lg_md5")
+        } catch {
+            #expect("\(error)".contains("certificate authentication failed"))
+        }
+        #expect(lifeguard.log.contains("the certificate is for stranger"))
+    }
+
+    /// Bytes sent after an SSLRequest, before any handshake, were never encrypted: a man in the middle may
+    /// have put them there, so the connection ends (PostgreSQL's answer, CVE-2021-23214).
+    @Test func plainTextAfterTheSSLRequestIsRefused() throws {
+        let certificates = try TestCertificates()
+        let lifeguard = try LifeguardProcess(settings: certificates.clientTLSSettings(mode: "prefer"))
+        let socket = try RawSocket(port: lifeguard.port)
+        let sslRequest: [UInt8] = [0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F]
+        socket.send(sslRequest + RawSocket.startupMessage([("user", "lg_md5"), ("database", "lgtest")]))
+        let (reply, closed) = socket.readUntilClosed()
+        #expect(closed)
+        #expect(reply.first != UInt8(ascii: "S"))
+        #expect(String(decoding: reply, as: UTF8.self).contains("received unencrypted data after SSL request"))
+        // A TLS hello that breaks off halfway leaves no trace but a closed connection.
+        let broken = try RawSocket(port: lifeguard.port)
+        broken.send(sslRequest)
+        #expect(broken.read { !$0.isEmpty } == [UInt8(ascii: "S")])
+        broken.send([0x16, 0x03, 0x01, 0x00, 0x05, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
+        #expect(broken.readUntilClosed().closed)
+        #expect(try lifeguard.connect(extra: "sslmode=require").value("SELECT 1") == "1")
+    }
+
+    @Test func unusableKeyFilesStopTheStartWithTheReason() throws {
+        let certificates = try TestCertificates()
+        let directory = certificates.directory
+        let ini = """
+            [databases]
+            lgtest = host=127.0.0.1
+            [pgbouncer]
+            listen_addr = 127.0.0.1
+            listen_port = \(freePort())
+            unix_socket_dir =
+            client_tls_sslmode = require
+            client_tls_key_file = \(certificates.path("lg_md5.key"))
+            client_tls_cert_file = \(certificates.path("server.crt"))
+            """
+        let file = directory.appendingPathComponent("bad.ini")
+        try ini.write(to: file, atomically: true, encoding: .utf8)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
+        process.arguments = [file.path]
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 1)
+        #expect(output.contains("TLS setup failed"))
+        #expect(output.contains("lg_md5.key"), "names the key that does not fit")
+    }
+}
+}

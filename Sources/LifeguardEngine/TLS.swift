@@ -51,8 +51,15 @@ public struct TLSConfiguration: Equatable, Sendable {
     /// An ECDH group list; nil lets OpenSSL choose.
     public var ecdhCurves: String?
     public var diffieHellman = true
-    /// The peer must present a certificate that the CA file validates.
-    public var verifyPeer = false
+    /// Whether the peer is asked for a certificate, which the CA file must then validate.
+    public var peerCertificate = PeerCertificate.notAsked
+
+    public enum PeerCertificate: Sendable {
+        case notAsked
+        /// Asked for; a peer may present none, but one it presents must verify.
+        case optional
+        case required
+    }
 
     public init() {}
 }
@@ -104,9 +111,13 @@ public final class TLSContext: @unchecked Sendable {
                 throw TLSError.fromOpenSSL("could not load CA file \"\(configuration.caFile)\"")
             }
         }
-        if configuration.verifyPeer {
-            let mode = isServer ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER
-            SSL_CTX_set_verify(context, mode, nil)
+        switch configuration.peerCertificate {
+        case .notAsked:
+            break
+        case .optional:
+            SSL_CTX_set_verify(context, SSL_VERIFY_PEER, nil)
+        case .required:
+            SSL_CTX_set_verify(context, isServer ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER, nil)
         }
     }
 

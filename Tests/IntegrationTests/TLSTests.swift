@@ -131,7 +131,10 @@ extension IntegrationTests {
             auth_hba_file = \(certificates.path("hba.conf"))
             """)
         #expect(try lifeguard.connect(user: "lg_scram", password: "scrampass", extra: "sslmode=require").value("SELECT 1") == "1")
-        // prefer does not ask for certificates: `cert` then has none to check.
+        // With a CA file every mode asks for a client certificate (optionally, below verify-ca), for `cert`.
+        let ownCertificate = "sslmode=require sslcert=\(certificates.path("lg_md5.crt")) sslkey=\(certificates.path("lg_md5.key"))"
+        #expect(try lifeguard.connect(password: nil, extra: ownCertificate).value("SELECT 2") == "2")
+        // A client that presents no certificate has none for `cert` to check.
         do {
             _ = try lifeguard.connect(extra: "sslmode=require")
             Issue.record("cert authentication passed without a certificate")

@@ -3,8 +3,7 @@ import LifeguardEngine
 
 /// Lifeguard as the TLS server its clients connect to (`client_tls_*`).
 public enum ClientTLS {
-    /// The OpenSSL context for clients' SSLRequests: verify-ca and verify-full ask every client for a
-    /// certificate that `client_tls_ca_file` validates.
+    /// The OpenSSL context for clients' SSLRequests.
     static func makeContext(_ tls: TLSSettings) throws -> TLSContext {
         guard !tls.keyFile.isEmpty, !tls.certFile.isEmpty else {
             throw TLSError(
@@ -20,7 +19,13 @@ public enum ClientTLS {
         configuration.tls13Ciphers = tls.tls13Ciphers
         configuration.ecdhCurves = tls.ecdhCurve
         configuration.diffieHellman = tls.diffieHellman
-        configuration.verifyPeer = tls.sslMode >= .verifyCA
+        // As PgBouncer: with a CA file, every mode asks for a client certificate (for `cert` logins), and
+        // verify-ca and verify-full refuse a client without one.
+        if tls.sslMode >= .verifyCA {
+            configuration.peerCertificate = .required
+        } else if !tls.caFile.isEmpty {
+            configuration.peerCertificate = .optional
+        }
         return try TLSContext(configuration, isServer: true)
     }
 

@@ -8,6 +8,10 @@
 # PostgreSQL refuses to run as root, so when run as root the server runs as the `postgres` user.
 # Roles: lg_md5/md5pass (md5 hash, md5 auth), lg_scram/scrampass (SCRAM secret, scram-sha-256 auth),
 # lg_clear/clearpass (clear-text "password" auth), lg_trust (trust). Databases: lgtest, lgbench.
+#
+# PG_SSL=1 also turns TLS on, with a certificate for localhost and 127.0.0.1 signed by a CA made for the
+# cluster (DIR/tls/ca.crt, for clients that verify it), and adds the role lg_tls, which may log in over
+# TLS only (trust).
 set -euo pipefail
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -44,10 +48,33 @@ wal_level = logical
 max_wal_senders = 10
 max_replication_slots = 10
 CONF
+    tls_rules=""
+    if [ "${PG_SSL:-0}" = 1 ]; then
+        tls="$dir/tls"
+        mkdir -p "$tls"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+            -keyout "$tls/ca.key" -out "$tls/ca.crt" -subj "/CN=Lifeguard test PostgreSQL CA" 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout "$tls/server.key" -out "$tls/server.csr" -subj "/CN=localhost" 2>/dev/null
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$tls/server.ext"
+        openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial \
+            -days 30 -extfile "$tls/server.ext" -out "$tls/server.crt" 2>/dev/null
+        chmod 755 "$tls"
+        chmod 600 "$tls/server.key"
+        [ "$(id -u)" = 0 ] && chown postgres: "$tls/server.key"
+        cat >>"$dir/data/postgresql.conf" <<CONF
+ssl = on
+ssl_cert_file = '$tls/server.crt'
+ssl_key_file = '$tls/server.key'
+CONF
+        tls_rules="hostssl all lg_tls 127.0.0.1/32 trust
+host all lg_tls 127.0.0.1/32 reject"
+    fi
     cat >"$dir/data/pg_hba.conf" <<HBA
 local all all trust
 local replication all trust
 host replication postgres 127.0.0.1/32 trust
+$tls_rules
 host all lg_md5   127.0.0.1/32 md5
 host all lg_scram 127.0.0.1/32 scram-sha-256
 host all lg_clear 127.0.0.1/32 password
@@ -61,6 +88,7 @@ SET password_encryption = 'scram-sha-256';
 CREATE ROLE lg_scram LOGIN PASSWORD 'scrampass';
 CREATE ROLE lg_clear LOGIN PASSWORD 'clearpass';
 CREATE ROLE lg_trust LOGIN;
+CREATE ROLE lg_tls LOGIN;
 CREATE DATABASE lgtest;
 CREATE DATABASE lgbench;
 GRANT ALL ON DATABASE lgtest TO PUBLIC;

@@ -59,7 +59,8 @@ fi
 results=${SUITE_JSON:-$work/results.json}
 log "running PgBouncer's suite against $binary${SUITE_THREADS:+ with threads = $SUITE_THREADS}"
 status=0
-"$suite/run.sh" --tls no --json "$results" --log "$work/suite.log" "$under_test" "$@" >"$work/suite.out" 2>&1 ||
+# --tls yes: Lifeguard has TLS, so test_ssl.py and the TLS tests of the other files run too.
+"$suite/run.sh" --tls yes --json "$results" --log "$work/suite.log" "$under_test" "$@" >"$work/suite.out" 2>&1 ||
     status=$?
 tail -n 1 "$work/suite.out"
 if [ "$status" -ge 2 ] || [ ! -s "$results" ]; then

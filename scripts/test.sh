@@ -49,7 +49,8 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting PostgreSQL on port $pg_port"
-scripts/pg-cluster.sh start "$work/pg" "$pg_port"
+# With TLS on, so the tests of Lifeguard's server_tls_* have a PostgreSQL to verify.
+PG_SSL=1 scripts/pg-cluster.sh start "$work/pg" "$pg_port"
 
 echo "== smoke test: psql and pgbench through Lifeguard"
 cat >"$work/userlist.txt" <<USERS

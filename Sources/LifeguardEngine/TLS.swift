@@ -1,4 +1,5 @@
 import COpenSSL
+import Glibc
 import NIOCore
 
 /// A TLS setup or session failure, in OpenSSL's words where it gave some.
@@ -110,6 +111,9 @@ public final class TLSContext: @unchecked Sendable {
             guard SSL_CTX_load_verify_locations(context, configuration.caFile, nil) == 1 else {
                 throw TLSError.fromOpenSSL("could not load CA file \"\(configuration.caFile)\"")
             }
+        } else if configuration.peerCertificate != .notAsked {
+            // No CA file of its own: the system's trusted certificates.
+            SSL_CTX_set_default_verify_paths(context)
         }
         switch configuration.peerCertificate {
         case .notAsked:
@@ -157,8 +161,17 @@ public final class TLSSession {
             SSL_set_accept_state(ssl)
         } else {
             if let serverName {
-                _ = lifeguard_ssl_set_tlsext_host_name(ssl, serverName)
-                if verifyHost { SSL_set1_host(ssl, serverName) }
+                // An address is checked against the certificate's IP entries and is not sent as SNI.
+                var address = in6_addr()
+                let isAddress = inet_pton(AF_INET, serverName, &address) == 1 || inet_pton(AF_INET6, serverName, &address) == 1
+                if !isAddress { _ = lifeguard_ssl_set_tlsext_host_name(ssl, serverName) }
+                if verifyHost {
+                    if isAddress {
+                        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), serverName)
+                    } else {
+                        SSL_set1_host(ssl, serverName)
+                    }
+                }
             }
             SSL_set_connect_state(ssl)
         }

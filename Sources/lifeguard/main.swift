@@ -39,13 +39,11 @@ struct LifeguardCommand {
         }
         let settings = configuration.settings
         TrackedParameter.track(extraNames: settings.trackExtraParameters)
-        if settings.clientTLS.sslMode != .disable {
-            // Unusable key or certificate files are an error at start; a reload that breaks them keeps the old.
-            do {
-                try ClientTLS.check(settings.clientTLS)
-            } catch {
-                fail("TLS setup failed: \(error)")
-            }
+        // Unusable key or certificate files are an error at start; a reload that breaks them keeps the old.
+        do {
+            try PoolerTLS.check(settings)
+        } catch {
+            fail("TLS setup failed: \(error)")
         }
 
         if options.daemon {

@@ -222,5 +222,86 @@ extension IntegrationTests {
         #expect(output.contains("TLS setup failed"))
         #expect(output.contains("lg_md5.key"), "names the key that does not fit")
     }
+
+    // MARK: Lifeguard to PostgreSQL
+
+    /// `[databases]` entries for the cluster by address and by name, and the lines that make Lifeguard verify
+    /// its certificate against the cluster's CA.
+    private func serverTLSSettings(mode: String, caFile: String? = TestEnvironment.postgresCA) -> String {
+        "server_tls_sslmode = \(mode)\nserver_tls_ca_file = \(caFile ?? "")\nadmin_users = lg_md5"
+    }
+
+    /// lg_tls may only log in over TLS (scripts/pg-cluster.sh with PG_SSL=1); PostgreSQL trusts it there.
+    private static let userList = LifeguardProcess.defaultUserList + "\n\"lg_tls\" \"tlspass\""
+
+    private static let clusterByNameAndAddress =
+        "lgtest = {PG}\nbyname = host=localhost port=\(TestEnvironment.postgresPort ?? 0) dbname=lgtest"
+
+    /// Whether the server connection of `client` is encrypted, asked of PostgreSQL.
+    private func serverConnectionIsEncrypted(_ client: PGConnection) throws -> Bool {
+        try client.value("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") == "t"
+    }
+
+    @Test(.enabled(if: TestEnvironment.postgresCA != nil))
+    func verifyFullReachesPostgreSQLOverTLSByNameAndByAddress() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: serverTLSSettings(mode: "verify-full"), databases: Self.clusterByNameAndAddress,
+            userList: Self.userList)
+        for database in ["lgtest", "byname"] {
+            let client = try lifeguard.connect(user: "lg_tls", password: "tlspass", database: database)
+            #expect(try serverConnectionIsEncrypted(client), "\(database)")
+        }
+        let servers = try lifeguard.connect(database: "pgbouncer").records("SHOW SERVERS")
+        #expect(servers.count == 2 && servers.allSatisfy { ($0["tls"] ?? nil)?.hasPrefix("TLSv1.") == true })
+    }
+
+    @Test(.enabled(if: TestEnvironment.postgresCA != nil))
+    func preferUsesTLSAndDisableDoesNot() throws {
+        let prefer = try LifeguardProcess(settings: serverTLSSettings(mode: "prefer", caFile: nil), userList: Self.userList)
+        #expect(try serverConnectionIsEncrypted(prefer.connect(user: "lg_tls", password: "tlspass")))
+        let disable = try LifeguardProcess(settings: serverTLSSettings(mode: "disable"), userList: Self.userList)
+        #expect(try !serverConnectionIsEncrypted(disable.connect()))
+        // PostgreSQL's own refusal reaches the client.
+        let refusal = disable.loginFailure(user: "lg_tls", password: "tlspass")
+        #expect(refusal.contains("pg_hba.conf rejects connection") && refusal.contains("no encryption"))
+    }
+
+    /// A certificate that the configured CA did not sign fails the handshake: the reason is logged and the
+    /// client waits for a server, as after a failed connect.
+    @Test(.enabled(if: TestEnvironment.postgresCA != nil))
+    func aServerCertificateFromAnotherCAIsRefused() throws {
+        let otherCA = try TestCertificates()
+        let lifeguard = try LifeguardProcess(
+            settings: serverTLSSettings(mode: "verify-ca", caFile: otherCA.path("ca.crt")) + "\nquery_wait_timeout = 2",
+            userList: Self.userList)
+        #expect(throws: PGConnection.Failure.self) { try lifeguard.connect(user: "lg_tls", password: "tlspass").value("SELECT 1") }
+        #expect(waitUntil(3) { lifeguard.log.contains("certificate verify failed") })
+        #expect(lifeguard.isRunning)
+    }
+
+    /// Changed `server_tls_*` settings close the servers (idle ones at once), as in PgBouncer 1.24: the next
+    /// transaction runs on a server made under the new settings.
+    @Test(.enabled(if: TestEnvironment.postgresCA != nil))
+    func changingServerTLSSettingsReconnects() throws {
+        let lifeguard = try LifeguardProcess(settings: serverTLSSettings(mode: "disable"))
+        let client = try lifeguard.connect()
+        #expect(try !serverConnectionIsEncrypted(client))
+        let console = try lifeguard.connect(database: "pgbouncer")
+        _ = try console.query("SET server_tls_sslmode = 'require'")
+        #expect(waitUntil(3) { lifeguard.log.contains("closing because: database configuration changed") })
+        #expect(try serverConnectionIsEncrypted(client))
+    }
+
+    /// A login that PostgreSQL refused under the old `server_tls_*` settings does not hold logins back for
+    /// `server_login_retry` once they change: the new setup is tried at once.
+    @Test(.enabled(if: TestEnvironment.postgresCA != nil))
+    func aChangedServerTLSSettingIsTriedAtOnceAfterARefusedLogin() throws {
+        let lifeguard = try LifeguardProcess(
+            settings: serverTLSSettings(mode: "disable") + "\nserver_login_retry = 30", userList: Self.userList)
+        #expect(lifeguard.loginFailure(user: "lg_tls", password: "tlspass").contains("no encryption"))
+        _ = try lifeguard.connect(database: "pgbouncer").query("SET server_tls_sslmode = 'require'")
+        let client = try lifeguard.connect(user: "lg_tls", password: "tlspass")
+        #expect(try serverConnectionIsEncrypted(client))
+    }
 }
 }

@@ -281,12 +281,12 @@ import Testing
             [pgbouncer]
             listen_port = 6432
             syslog = 1
-            server_tls_sslmode = require
+            resolv_conf = /etc/resolv.conf
             SERVICE_NAME = svc
             """)
         #expect(config.warnings == [
             "lifeguard.ini:3: key \"syslog\" is accepted but not implemented yet; ignored",
-            "lifeguard.ini:4: key \"server_tls_sslmode\" is accepted but not implemented yet; ignored",
+            "lifeguard.ini:4: key \"resolv_conf\" is accepted but not implemented yet; ignored",
             "lifeguard.ini:5: key \"job_name\" is accepted but not implemented yet; ignored",
         ])
         #expect(config.rawSettings["syslog"] == "1")
@@ -686,6 +686,7 @@ import Testing
         #expect(!s.clientTLS.diffieHellman)
         let defaults = try settings("")
         #expect(defaults.clientTLS == TLSSettings(sslMode: .disable))
+        #expect(defaults.serverTLS == TLSSettings(sslMode: .prefer), "PgBouncer's default since 1.20")
         #expect(defaults.clientTLS.ciphers == nil && defaults.clientTLS.versions == 2...3)
     }
 
@@ -702,9 +703,27 @@ import Testing
         #expect(SSLMode.require < .verifyCA && SSLMode.prefer < .require)
     }
 
+    @Test func serverTLSKeysAreRead() throws {
+        let s = try settings("""
+            server_tls_sslmode = verify-ca
+            server_tls_ca_file = /etc/ssl/pg-ca.crt
+            server_tls_key_file = /etc/lifeguard/client.key
+            server_tls_cert_file = /etc/lifeguard/client.crt
+            server_tls_protocols = legacy
+            server_tls_ciphers = HIGH
+            server_tls13_ciphers = TLS_AES_256_GCM_SHA384
+            """)
+        #expect(s.serverTLS.sslMode == .verifyCA)
+        #expect(s.serverTLS.caFile == "/etc/ssl/pg-ca.crt")
+        #expect(s.serverTLS.keyFile == "/etc/lifeguard/client.key" && s.serverTLS.certFile == "/etc/lifeguard/client.crt")
+        #expect(s.serverTLS.versions == 0...3)
+        #expect(s.serverTLS.ciphers == "HIGH" && s.serverTLS.tls13Ciphers == "TLS_AES_256_GCM_SHA384")
+    }
+
     @Test func badTLSValuesAreRefused() {
         #expect(parseError("[pgbouncer]\nclient_tls_protocols = tlsv9\n")?.key == "client_tls_protocols")
         #expect(parseError("[pgbouncer]\nclient_tls_sslmode = always\n")?.key == "client_tls_sslmode")
         #expect(parseError("[pgbouncer]\nclient_tls_dheparams = huge\n")?.key == "client_tls_dheparams")
+        #expect(parseError("[pgbouncer]\nserver_tls_protocols = tlsv1.4\n")?.key == "server_tls_protocols")
     }
 }

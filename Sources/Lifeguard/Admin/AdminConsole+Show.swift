@@ -266,7 +266,8 @@ extension AdminConsole {
                     socketColumns ? "sv_" + (state == "new" ? "login" : state) : state, addr, port, localAddr,
                     localPort, WallClock.format(server.connectTime), WallClock.format(server.requestTime), "0", "0",
                     server.closeNeeded ? "1" : "0", pointerText(server), server.linkedClient.map(pointerText) ?? "",
-                    "\(server.backendKey?.processID ?? 0)", "", server.parameters["application_name"] ?? "",
+                    "\(server.backendKey?.processID ?? 0)", server.tlsSummary ?? "",
+                    server.parameters["application_name"] ?? "",
                     "\(server.preparedStatementCount)", "\(server.id)",
                 ] + extra))
             }

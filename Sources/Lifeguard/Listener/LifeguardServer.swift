@@ -188,13 +188,11 @@ public final class LifeguardServer: DaemonControl {
         do {
             let newConfiguration = try Configuration.load(path: configurationPath)
             let authFiles = try AuthFiles.load(newConfiguration.settings) { logger.warning("\($0)") }
-            if newConfiguration.settings.clientTLS.sslMode != .disable {
-                do {
-                    try ClientTLS.check(newConfiguration.settings.clientTLS)
-                } catch {
-                    logger.error("TLS setup failed: \(error)")
-                    throw error
-                }
+            do {
+                try PoolerTLS.check(newConfiguration.settings)
+            } catch {
+                logger.error("TLS setup failed: \(error)")
+                throw error
             }
             for warning in newConfiguration.warnings { logger.warning("\(warning)") }
             configuration = newConfiguration

@@ -87,7 +87,7 @@ final class Pool {
         timeouts = Timeouts(settings: settings, database: newDatabase, user: user)
         serverLifetime = newDatabase.serverLifetime ?? settings.serverLifetime
         targets = ServerAddress.targets(database: newDatabase, settings: settings)
-        if connectionChanged { shard.reconnect(pool: self) }
+        if connectionChanged { configurationChanged() }
         launchIfNeeded()
     }
 
@@ -323,6 +323,14 @@ final class Pool {
     }
 
     /// Takes the pool's last login failure as every thread knows it.
+    /// The way to the server changed (connection string, `server_tls_*`): the servers close as they come
+    /// free, and a login failure seen under the old setup no longer holds new logins back.
+    func configurationChanged() {
+        shard.reconnect(pool: self, reason: "database configuration changed")
+        shard.shared.withFacts(of: key) { $0.lastLoginFailure = nil }
+        state.syncLoginFailure(nil)
+    }
+
     private func syncLoginFailure() {
         state.syncLoginFailure(shard.shared.withFacts(of: key) { $0.lastLoginFailure })
     }
@@ -510,11 +518,6 @@ final class Pool {
         let servers = state.takeAllIdleServers()
         publishIdleCount()
         for server in servers { server.close(reason: reason) }
-    }
-
-    /// RECONNECT: idle servers close now, busy ones when released (`closeNeeded`).
-    func reconnectServers() {
-        closeIdleServers(reason: "RECONNECT")
     }
 
     /// RESUME: serve the clients that queued during the pause.

@@ -78,7 +78,7 @@ final class PoolShard {
         self.resolver = HostResolver(
             loop: loop, maxTTL: configuration.settings.dnsMaxTTL,
             failureTTL: configuration.settings.dnsNXDomainTTL)
-        loadClientTLS()
+        loadTLS()
     }
 
 
@@ -280,7 +280,7 @@ final class PoolShard {
     /// PgBouncer: pool sizes, modes, server_login_retry, ... apply at once).
     private func settingsChanged() {
         settings = configuration.settings
-        loadClientTLS()
+        loadTLS()
         LogVerbosity.set(configured: settings.verbose)
         authUserConfigured = Self.namesAuthUser(configuration)
         ignoredStartupParameters = IgnoredStartupParameters(settings.ignoreStartupParameters)
@@ -291,30 +291,44 @@ final class PoolShard {
 
     /// Lifeguard's TLS context for clients' SSLRequests; nil when `client_tls_sslmode = disable`.
     private(set) var clientTLS: TLSContext?
+    /// The TLS context for connections to PostgreSQL; nil when `server_tls_sslmode = disable`.
+    private(set) var serverTLS: TLSContext?
+    /// The `server_tls_*` settings `serverTLS` was built from.
+    private var serverTLSSettings: TLSSettings?
 
-    /// Builds the client TLS context afresh, so that RELOAD and SET pick up new key and certificate files.
-    /// A context that cannot be built (a missing file, a key that does not match; RELOAD checks first and
+    /// Builds both TLS contexts afresh, so that RELOAD and SET pick up new key and certificate files. A
+    /// context that cannot be built (a missing file, a key that does not match; RELOAD checks first and
     /// fails) is logged and the one in use is kept; connections already on TLS keep theirs either way.
-    private func loadClientTLS() {
-        let tls = settings.clientTLS
-        guard tls.sslMode != .disable else {
-            clientTLS = nil
-            return
+    /// Changed `server_tls_*` settings close the servers as they come free, as in PgBouncer 1.24.
+    private func loadTLS() {
+        clientTLS = loadContext(settings.clientTLS, current: clientTLS, make: PoolerTLS.makeContext)
+        let previous = serverTLSSettings
+        serverTLS = loadContext(settings.serverTLS, current: serverTLS, make: PoolerTLS.makeServerContext)
+        serverTLSSettings = settings.serverTLS
+        if let previous, previous != settings.serverTLS {
+            for pool in pools.values { pool.configurationChanged() }
         }
+    }
+
+    private func loadContext(_ tls: TLSSettings, current: TLSContext?, make: (TLSSettings) throws -> TLSContext)
+        -> TLSContext?
+    {
+        guard tls.sslMode != .disable else { return nil }
         do {
-            clientTLS = try ClientTLS.makeContext(tls)
+            return try make(tls)
         } catch {
-            // PgBouncer's words; the context in use is kept.
+            // PgBouncer's words.
             logger.error("TLS setup failed: \(error)")
+            return current
         }
     }
 
     /// Marks every server of `pool` to be closed when next released; idle ones close now.
-    func reconnect(pool: Pool) {
+    func reconnect(pool: Pool, reason: String = "RECONNECT") {
         for server in serverConnections.values where server.pool === pool {
             server.closeNeeded = true
         }
-        pool.reconnectServers()
+        pool.closeIdleServers(reason: reason)
     }
 
     /// Every existing pool takes the current configuration; a pool whose database is gone reconnects.

@@ -141,6 +141,62 @@ final class ServerConnection: ConnectionDelegate {
     func connectionConnected(_ connection: Connection) {
         remainingAddresses = []
         machine.connected()
+        if pool.shard.settings.logConnections, let local = connection.localAddress {
+            // PgBouncer's form: IPv6 addresses in brackets.
+            let ip = local.ipAddress.map { $0.contains(":") ? "[\($0)]" : $0 } ?? "unix"
+            logger.info("\(logPrefix) new connection to server (from \(ip):\(local.port ?? 0))")
+        }
+        // As PgBouncer, TLS is asked for over TCP only: a Unix socket is local already.
+        if case .tcp = address, pool.shard.settings.serverTLS.sslMode != .disable {
+            awaitingTLSAnswer = true
+            var request = ByteBuffer()
+            request.writeSSLRequest()
+            connection.writeAndFlush(request)
+            return
+        }
+        sendStartup(on: connection)
+    }
+
+    /// Set between the SSLRequest and PostgreSQL's one-byte answer.
+    private var awaitingTLSAnswer = false
+
+    /// PostgreSQL answered the SSLRequest: `S` starts TLS (the startup packet follows the handshake), `N`
+    /// goes on in plain text unless `server_tls_sslmode` requires TLS.
+    private func receiveTLSAnswer(_ buffer: ByteBuffer, on connection: Connection) {
+        awaitingTLSAnswer = false
+        let mode = pool.shard.settings.serverTLS.sslMode
+        // Bytes after the answer, before any handshake, cannot be trusted to come from the server
+        // (CVE-2021-23222).
+        guard buffer.readableBytes == 1, let answer = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else {
+            _ = failLogin("server sent unencrypted data after its SSL answer")
+            return
+        }
+        switch answer {
+        case UInt8(ascii: "S"):
+            guard let context = pool.shard.serverTLS, case .tcp(let host, _) = address else {
+                _ = failLogin("server TLS setup failed")
+                return
+            }
+            do {
+                try connection.startTLS(TLSSession(context: context, serverName: host, verifyHost: mode == .verifyFull))
+            } catch {
+                close(reason: "TLS: \(error)")
+                return
+            }
+            sendStartup(on: connection)
+        case UInt8(ascii: "N") where mode < .require:
+            sendStartup(on: connection)
+        case UInt8(ascii: "N"):
+            _ = failLogin("server refused SSL")
+        default:
+            _ = failLogin("server sent a bad SSL answer")
+        }
+    }
+
+    /// The negotiated TLS version and cipher of the connection to PostgreSQL (SHOW SERVERS `tls`).
+    var tlsSummary: String? { connection?.tlsSummary }
+
+    private func sendStartup(on connection: Connection) {
         let database = pool.database
         var startup: [(String, String)] = [
             ("user", pool.key.user), ("database", database.dbname ?? pool.key.database),
@@ -159,11 +215,6 @@ final class ServerConnection: ConnectionDelegate {
         var packet = ByteBufferAllocator().buffer(capacity: 128)
         packet.writeStartupMessage(parameters: startup)
         connection.writeAndFlush(packet)
-        if pool.shard.settings.logConnections, let local = connection.localAddress {
-            // PgBouncer's form: IPv6 addresses in brackets.
-            let ip = local.ipAddress.map { $0.contains(":") ? "[\($0)]" : $0 } ?? "unix"
-            logger.info("\(logPrefix) new connection to server (from \(ip):\(local.port ?? 0))")
-        }
     }
 
     func connectionFailed(_ connection: Connection, error: SocketError) {
@@ -183,6 +234,7 @@ final class ServerConnection: ConnectionDelegate {
 
     func connectionRead(_ connection: Connection, _ buffer: ByteBuffer) {
         requestTime = pool.shard.clockSeconds
+        if awaitingTLSAnswer { return receiveTLSAnswer(buffer, on: connection) }
         do {
             try receive(buffer)
         } catch let error as WireError {

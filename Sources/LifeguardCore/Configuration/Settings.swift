@@ -133,6 +133,8 @@ public struct Settings: Sendable, Equatable {
     public var statsUsers: [String] = []
     /// Lifeguard as the TLS server its clients connect to (`client_tls_*`).
     public var clientTLS = TLSSettings(sslMode: .disable)
+    /// Lifeguard as a TLS client of PostgreSQL (`server_tls_*`).
+    public var serverTLS = TLSSettings(sslMode: .prefer)
 
     public init() {}
 
@@ -201,12 +203,7 @@ public struct Settings: Sendable, Equatable {
             $0.clientTLS.ecdhCurve = ["", "auto", "none"].contains(curve.lowercased()) ? nil : curve
         },
         key("client_tls_key_file", "", .string) { $0.clientTLS.keyFile = $1.optionalString() ?? "" },
-        key("client_tls_protocols", "secure", .string) {
-            guard let versions = TLSSettings.versions(from: $1.value) else {
-                throw $1.invalid("is not a TLS protocol list (tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3, all, secure, legacy)")
-            }
-            $0.clientTLS.versions = versions
-        },
+        key("client_tls_protocols", "secure", .string) { $0.clientTLS.versions = try $1.tlsVersions() },
         key("client_tls_sslmode", "disable", .sslMode) { $0.clientTLS.sslMode = SSLMode(rawValue: try $1.sslMode())! },
         key("conffile", "", .string),
         key("default_pool_size", "20", .integer) { $0.defaultPoolSize = try $1.integer() },
@@ -259,13 +256,13 @@ public struct Settings: Sendable, Equatable {
         key("server_reset_query", "DISCARD ALL", .string) { $0.serverResetQuery = $1.value },
         key("server_reset_query_always", "0", .boolean) { $0.serverResetQueryAlways = try $1.boolean() },
         key("server_round_robin", "0", .boolean) { $0.serverRoundRobin = try $1.boolean() },
-        key("server_tls13_ciphers", "", .string),
-        key("server_tls_ca_file", "", .string),
-        key("server_tls_cert_file", "", .string),
-        key("server_tls_ciphers", "default", .string),
-        key("server_tls_key_file", "", .string),
-        key("server_tls_protocols", "secure", .string),
-        key("server_tls_sslmode", "prefer", .sslMode),
+        key("server_tls13_ciphers", "", .string) { $0.serverTLS.tls13Ciphers = TLSSettings.cipherList($1.value) },
+        key("server_tls_ca_file", "", .string) { $0.serverTLS.caFile = $1.optionalString() ?? "" },
+        key("server_tls_cert_file", "", .string) { $0.serverTLS.certFile = $1.optionalString() ?? "" },
+        key("server_tls_ciphers", "default", .string) { $0.serverTLS.ciphers = TLSSettings.cipherList($1.value) },
+        key("server_tls_key_file", "", .string) { $0.serverTLS.keyFile = $1.optionalString() ?? "" },
+        key("server_tls_protocols", "secure", .string) { $0.serverTLS.versions = try $1.tlsVersions() },
+        key("server_tls_sslmode", "prefer", .sslMode) { $0.serverTLS.sslMode = SSLMode(rawValue: try $1.sslMode())! },
         // Lifeguard's own; PgBouncer has no such key.
         key("share_unnamed_statements", "0", .boolean) { $0.shareUnnamedStatements = try $1.boolean() },
         key("so_reuseport", "0", .boolean, restart: true) { $0.soReuseport = try $1.boolean() },

@@ -95,6 +95,14 @@ struct ValueParser {
         return text
     }
 
+    /// `*_tls_protocols`: the range of TLS versions it allows.
+    func tlsVersions() throws -> ClosedRange<Int> {
+        guard let versions = TLSSettings.versions(from: value) else {
+            throw invalid("is not a TLS protocol list (tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3, all, secure, legacy)")
+        }
+        return versions
+    }
+
     func oneOf(_ choices: [String]) throws -> String {
         let text = value.trimmingWhitespace().lowercased()
         guard choices.contains(text) else {

@@ -21,6 +21,13 @@ enum TestEnvironment {
     /// Integration tests need the cluster; scripts/test.sh always provides it.
     static var isAvailable: Bool { postgresPort != nil && postgresSocketDirectory != nil }
 
+    /// The CA of the cluster's TLS certificate, when it runs with TLS (scripts/test.sh starts it so).
+    static var postgresCA: String? {
+        guard let directory = postgresSocketDirectory else { return nil }
+        let path = directory + "/tls/ca.crt"
+        return FileManager.default.fileExists(atPath: path) ? path : nil
+    }
+
     /// Superuser connection straight to PostgreSQL, for checks behind Lifeguard's back.
     static func direct(database: String = "lgtest") throws -> PGConnection {
         try PGConnection("host=\(postgresSocketDirectory!) port=\(postgresPort!) user=postgres dbname=\(database)")
@@ -115,6 +122,9 @@ final class LifeguardProcess: @unchecked Sendable {
             pool_mode = transaction
             default_pool_size = 5
             threads = \(TestEnvironment.threads)
+            ; Plain text to PostgreSQL unless a test asks for TLS: the fake servers and relays of some tests
+            ; speak plain text only (the TLS tests set server_tls_sslmode themselves).
+            server_tls_sslmode = disable
             \(settings.replacingOccurrences(of: "{DIR}", with: directory.path))
             """
         try ini.write(to: directory.appendingPathComponent("lifeguard.ini"), atomically: true, encoding: .utf8)

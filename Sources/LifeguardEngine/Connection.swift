@@ -301,6 +301,12 @@ public final class Connection: ReadinessHandler {
     /// The CN of the peer's verified certificate (client certificate authentication).
     public var tlsPeerCommonName: String? { tls?.peerCommonName }
 
+    /// RFC 5929's tls-server-end-point data of Lifeguard's own certificate, for SCRAM channel binding.
+    public var tlsServerEndPoint: [UInt8]? {
+        guard let tls, tls.isHandshakeDone else { return nil }
+        return tls.serverEndPoint
+    }
+
     private func sendTLSOutput() {
         guard let tls else { return }
         var ciphertext = ByteBuffer()

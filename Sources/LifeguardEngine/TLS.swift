@@ -281,6 +281,20 @@ public final class TLSSession {
         return "\(version)/\(cipher)"
     }
 
+    /// RFC 5929's tls-server-end-point: the hash of this side's own certificate, with the hash of its
+    /// signature algorithm (SHA-256 for MD5 and SHA-1). Nil when that algorithm names no single hash.
+    public var serverEndPoint: [UInt8]? {
+        guard let certificate = SSL_get_certificate(ssl) else { return nil }
+        var digestNID: Int32 = 0
+        guard OBJ_find_sigid_algs(X509_get_signature_nid(certificate), &digestNID, nil) == 1 else { return nil }
+        if digestNID == NID_md5 || digestNID == NID_sha1 { digestNID = NID_sha256 }
+        guard let digest = EVP_get_digestbyname(OBJ_nid2sn(digestNID)) else { return nil }
+        var hash = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        guard X509_digest(certificate, digest, &hash, &length) == 1 else { return nil }
+        return Array(hash.prefix(Int(length)))
+    }
+
     /// The common name of the certificate the peer presented, if it presented one that verified.
     public var peerCommonName: String? {
         guard SSL_get_verify_result(ssl) == X509_V_OK, let certificate = SSL_get1_peer_certificate(ssl) else {

@@ -172,6 +172,23 @@ extension IntegrationTests {
         #expect(lifeguard.log.contains("the certificate is for stranger"))
     }
 
+    /// Over TLS, SCRAM-SHA-256-PLUS is offered: libpq's channel_binding=require logs in, proving it sees
+    /// Lifeguard's own certificate (tls-server-end-point).
+    @Test func scramChannelBindingOverTLS() throws {
+        let certificates = try TestCertificates()
+        let lifeguard = try LifeguardProcess(
+            settings: certificates.clientTLSSettings(mode: "prefer") + "\nauth_type = scram-sha-256")
+        let bound = try lifeguard.connect(
+            user: "lg_scram", password: "scrampass", extra: "sslmode=require channel_binding=require")
+        #expect(try bound.value("SELECT 1") == "1")
+        do {
+            _ = try lifeguard.connect(user: "lg_scram", password: "scrampass", extra: "sslmode=disable channel_binding=require")
+            Issue.record("channel binding without TLS")
+        } catch {
+            #expect("\(error)".contains("channel binding required"))
+        }
+    }
+
     /// Bytes sent after an SSLRequest, before any handshake, were never encrypted: a man in the middle may
     /// have put them there, so the connection ends (PostgreSQL's answer, CVE-2021-23214).
     @Test func plainTextAfterTheSSLRequestIsRefused() throws {

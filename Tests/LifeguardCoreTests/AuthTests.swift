@@ -231,6 +231,62 @@ private func runExchange(
         #expect(server.recoveredClientKey == clientKey)
     }
 
+    // MARK: Channel binding (SCRAM-SHA-256-PLUS, tls-server-end-point)
+
+    /// A client's final message for `gs2` and `bindingData`, with the right proof for "pw".
+    private func bindingExchange(
+        binding serverBinding: [UInt8]?, mechanism: String, gs2: String, clientBinding: [UInt8]
+    ) throws -> Result<[UInt8], SCRAMError> {
+        let secret = SCRAMSecret.derive(password: "pw", salt: Array(1...16), iterations: 16)
+        let clientKey = SCRAM.clientKey(
+            saltedPassword: SCRAM.saltedPassword(password: bytes("pw"), salt: secret.salt, iterations: 16))
+        var server = SCRAMServerExchange(secret: secret, nonceBytes: serverNonceBytes, channelBinding: serverBinding)
+        let bare = "n=,r=abc"
+        let serverFirst = try server.receiveClientFirst(bytes(gs2 + bare), mechanism: mechanism).get()
+        let nonce = "abc" + SCRAMBase64.encodeString(serverNonceBytes)
+        let withoutProof = "c=\(SCRAMBase64.encodeString(bytes(gs2) + clientBinding)),r=\(nonce)"
+        let auth = SCRAM.authMessage(
+            clientFirstBare: bytes(bare), serverFirst: serverFirst, clientFinalWithoutProof: bytes(withoutProof))
+        let proof = SCRAM.clientProof(clientKey: clientKey, authMessage: auth)
+        return server.receiveClientFinal(bytes(withoutProof + ",p=" + SCRAMBase64.encodeString(proof)))
+    }
+
+    @Test func channelBindingIsOfferedOverTLSAndChecked() throws {
+        let certificateHash: [UInt8] = Array(repeating: 0xAB, count: 32)
+        let plus = SCRAMServerExchange.bindingMechanism
+        #expect(SCRAMServerExchange(secret: SCRAMSecret.mock(user: "u", key: [1]), nonceBytes: serverNonceBytes,
+            channelBinding: certificateHash).mechanisms == [plus, "SCRAM-SHA-256"])
+        #expect(SCRAMServerExchange(secret: SCRAMSecret.mock(user: "u", key: [1]), nonceBytes: serverNonceBytes)
+            .mechanisms == ["SCRAM-SHA-256"])
+        let gs2 = "p=tls-server-end-point,,"
+        #expect(try bindingExchange(binding: certificateHash, mechanism: plus, gs2: gs2, clientBinding: certificateHash).error == nil)
+        // The client saw another certificate: someone is in the middle.
+        let other: [UInt8] = Array(repeating: 0xCD, count: 32)
+        #expect(try bindingExchange(binding: certificateHash, mechanism: plus, gs2: gs2, clientBinding: other).error
+            == SCRAMError("SCRAM channel binding check failed"))
+        // Plain SCRAM still works over TLS.
+        #expect(try bindingExchange(binding: certificateHash, mechanism: "SCRAM-SHA-256", gs2: "n,,", clientBinding: []).error == nil)
+    }
+
+    @Test func channelBindingNegotiationMistakesAreRefused() {
+        let certificateHash: [UInt8] = Array(repeating: 0xAB, count: 32)
+        let plus = SCRAMServerExchange.bindingMechanism
+        let cases: [(binding: [UInt8]?, mechanism: String, gs2: String, error: String)] = [
+            // "y": the client thinks we cannot bind, but we offered -PLUS: a downgrade.
+            (certificateHash, "SCRAM-SHA-256", "y,,", "SCRAM channel binding negotiation error"),
+            (certificateHash, plus, "n,,", "SCRAM channel binding negotiation error"),
+            (certificateHash, "SCRAM-SHA-256", "p=tls-server-end-point,,", "SCRAM channel binding negotiation error"),
+            (certificateHash, plus, "p=tls-unique,,", "unsupported SCRAM channel-binding type"),
+            (nil, plus, "p=tls-server-end-point,,", "SCRAM channel binding negotiation error"),
+        ]
+        for (binding, mechanism, gs2, error) in cases {
+            var server = SCRAMServerExchange(
+                secret: SCRAMSecret.mock(user: "u", key: [1]), nonceBytes: serverNonceBytes, channelBinding: binding)
+            #expect(server.receiveClientFirst(bytes(gs2 + "n=,r=abc"), mechanism: mechanism).error == SCRAMError(error),
+                "\(mechanism) \(gs2)")
+        }
+    }
+
     @Test func wrongPasswordFails() {
         let secret = SCRAMSecret.derive(password: "hunter2", salt: Array(1...16), iterations: 64)
         var client = SCRAMClientExchange(credentials: .password("hunter3"), nonceBytes: clientNonceBytes)

@@ -665,7 +665,8 @@ final class ClientSession: ConnectionDelegate {
         var authentication = ClientAuthentication(
             startup: startup, authType: authType, secret: secret,
             requireUserListEntry: !userExists && (shard.settings.authFile != nil || shard.settings.authUser != nil),
-            mockKey: shard.mockAuthenticationKey, derivations: shard.plainPasswords, random: shard.randomBytes)
+            mockKey: shard.mockAuthenticationKey, derivations: shard.plainPasswords, random: shard.randomBytes,
+            channelBinding: connection.tlsServerEndPoint)
         var reply = ByteBuffer()
         if startup.minorProtocolVersion > 0 || !startup.unsupportedProtocolOptions.isEmpty {
             reply.writeMessage(BackendID.negotiateProtocolVersion) {

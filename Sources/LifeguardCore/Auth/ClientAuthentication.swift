@@ -43,6 +43,8 @@ public struct ClientAuthentication {
     private let mockKey: [UInt8]
     private let derivations: any PlainPasswordDerivations
     private let random: (Int) -> [UInt8]
+    /// tls-server-end-point data for SCRAM-SHA-256-PLUS, on a TLS connection.
+    private let channelBinding: [UInt8]?
     private var state = State.initial
 
     /// Keys recovered from a SCRAM login against a stored SCRAM secret: they let Lifeguard log in to a server
@@ -54,11 +56,13 @@ public struct ClientAuthentication {
     ///   - requireUserListEntry: `trust` still demands that the user exists, when there is an auth_file.
     ///   - derivations: what a plain-text userlist password derives to (the caller caches them).
     ///   - random: random bytes for salts and nonces.
+    ///   - channelBinding: on a TLS connection, the hash of Lifeguard's certificate (SCRAM-SHA-256-PLUS).
     public init(
         startup: ClientStartup, authType: AuthType, secret: PasswordSecret?, requireUserListEntry: Bool,
         mockKey: [UInt8], derivations: any PlainPasswordDerivations,
-        random: @escaping (Int) -> [UInt8] = ClientAuthentication.systemRandom
+        random: @escaping (Int) -> [UInt8] = ClientAuthentication.systemRandom, channelBinding: [UInt8]? = nil
     ) {
+        self.channelBinding = channelBinding
         self.startup = startup
         self.authType = authType
         self.secret = secret
@@ -125,10 +129,9 @@ public struct ClientAuthentication {
     private mutating func startSCRAM(
         _ secret: SCRAMSecret, isMock: Bool, fromStoredSecret: Bool, into reply: inout ByteBuffer
     ) {
-        reply.writeAuthenticationSASL(mechanisms: ["SCRAM-SHA-256"])
-        state = .scramInitial(
-            SCRAMServerExchange(secret: secret, nonceBytes: random(18)), isMock: isMock,
-            fromStoredSecret: fromStoredSecret)
+        let exchange = SCRAMServerExchange(secret: secret, nonceBytes: random(18), channelBinding: channelBinding)
+        reply.writeAuthenticationSASL(mechanisms: exchange.mechanisms)
+        state = .scramInitial(exchange, isMock: isMock, fromStoredSecret: fromStoredSecret)
     }
 
     /// Handles the body of one `p` message; writes the next challenge or the SASL final message into `reply`.
@@ -156,10 +159,10 @@ public struct ClientAuthentication {
             else { throw .passwordFailed }
         case .scramInitial(var exchange, let isMock, let fromStoredSecret):
             guard let (mechanism, data) = FrontendMessage.saslInitialResponse(body) else { throw .saslFailed }
-            guard mechanism == "SCRAM-SHA-256" else {
+            guard exchange.mechanisms.contains(mechanism) else {
                 throw PoolerError("client selected an invalid SASL authentication mechanism")
             }
-            switch exchange.receiveClientFirst(data) {
+            switch exchange.receiveClientFirst(data, mechanism: mechanism) {
             case .success(let serverFirst):
                 reply.writeAuthenticationSASLContinue(serverFirst)
                 state = .scramFinal(exchange, isMock: isMock, fromStoredSecret: fromStoredSecret)

@@ -11,9 +11,6 @@ public struct SCRAMError: Error, Sendable, Equatable {
 /// The SCRAM-SHA-256 arithmetic (RFC 5802 section 3, RFC 7677) and the small
 /// byte helpers both exchange sides share. Internal so tests can reach it.
 enum SCRAM {
-    /// The only mechanism Lifeguard offers: without channel binding there is no
-    /// "-PLUS" variant, so a client can never be tricked into a downgrade.
-    static let mechanism = "SCRAM-SHA-256"
     static let keyLength = 32
 
     // MARK: Key derivation

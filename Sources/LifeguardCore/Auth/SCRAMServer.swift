@@ -1,6 +1,8 @@
 /// Server side of SCRAM-SHA-256: Lifeguard checking a client against a stored
-/// verifier. Channel binding is not offered, so only "SCRAM-SHA-256" should be
-/// advertised; gs2 headers "n,," and "y,," are accepted and "p=" is refused.
+/// verifier. Over TLS it also offers SCRAM-SHA-256-PLUS with the
+/// tls-server-end-point channel binding (RFC 5929): the client then proves it
+/// sees Lifeguard's own certificate, so no one in the middle can relay the
+/// exchange. Without TLS only "n,," and "y,," gs2 headers are accepted.
 ///
 /// Feed it the SASLInitialResponse data, then the SASLResponse data; each step
 /// returns the bytes for the next AuthenticationSASLContinue/Final message.
@@ -16,18 +18,30 @@ public struct SCRAMServerExchange: Sendable {
 
     private let secret: SCRAMSecret
     private let serverNonce: [UInt8]
+    /// tls-server-end-point data (the hash of Lifeguard's certificate) when the
+    /// connection is TLS; nil offers no channel binding.
+    private let channelBinding: [UInt8]?
     private var state: State = .awaitingClientFirst
+
+    public static let mechanism = "SCRAM-SHA-256"
+    public static let bindingMechanism = "SCRAM-SHA-256-PLUS"
 
     /// `nonceBytes` should be 18 random bytes (as PostgreSQL uses); they are
     /// base64-encoded into the server's half of the nonce.
-    public init(secret: SCRAMSecret, nonceBytes: [UInt8]) {
-        self.init(secret: secret, serverNonce: SCRAMBase64.encodeString(nonceBytes))
+    public init(secret: SCRAMSecret, nonceBytes: [UInt8], channelBinding: [UInt8]? = nil) {
+        self.init(secret: secret, serverNonce: SCRAMBase64.encodeString(nonceBytes), channelBinding: channelBinding)
     }
 
     /// For tests that replay published exchanges with non-base64 nonces.
-    init(secret: SCRAMSecret, serverNonce: String) {
+    init(secret: SCRAMSecret, serverNonce: String, channelBinding: [UInt8]? = nil) {
         self.secret = secret
         self.serverNonce = Array(serverNonce.utf8)
+        self.channelBinding = channelBinding
+    }
+
+    /// The mechanisms to advertise, PostgreSQL's order: -PLUS first when it can bind.
+    public var mechanisms: [String] {
+        channelBinding == nil ? [Self.mechanism] : [Self.bindingMechanism, Self.mechanism]
     }
 
     /// After a successful exchange: ClientKey = ClientProof XOR ClientSignature.
@@ -38,7 +52,8 @@ public struct SCRAMServerExchange: Sendable {
         return nil
     }
 
-    public mutating func receiveClientFirst(_ message: [UInt8]) -> Result<[UInt8], SCRAMError> {
+    /// `mechanism`: the one the client chose in its SASLInitialResponse.
+    public mutating func receiveClientFirst(_ message: [UInt8], mechanism: String = mechanism) -> Result<[UInt8], SCRAMError> {
         guard case .awaitingClientFirst = state else {
             return fail("unexpected SCRAM client-first-message")
         }
@@ -46,16 +61,20 @@ public struct SCRAMServerExchange: Sendable {
         guard fields.count >= 4 else {
             return fail("malformed SCRAM client-first-message")
         }
-        // gs2-header: cbind-flag "," [authzid] ","
+        // gs2-header: cbind-flag "," [authzid] ","; the flag must fit the mechanism, as PostgreSQL checks.
+        let binds = mechanism == Self.bindingMechanism
         switch SCRAM.text(fields[0]) {
-        case "n", "y":
-            // "y" means the client could bind but believes we cannot; true,
-            // since we never advertise -PLUS, so this is no downgrade.
+        case "n" where !binds:
             break
-        case let flag where flag.hasPrefix("p="):
-            return fail("SCRAM channel binding is not supported")
+        case "y" where !binds:
+            // The client could bind but believes we cannot: a downgrade if we offered -PLUS.
+            if channelBinding != nil { return fail("SCRAM channel binding negotiation error") }
+        case "p=tls-server-end-point" where binds && channelBinding != nil:
+            break
+        case let flag where flag.hasPrefix("p=") && binds && channelBinding != nil:
+            return fail("unsupported SCRAM channel-binding type")
         default:
-            return fail("malformed SCRAM client-first-message")
+            return fail("SCRAM channel binding negotiation error")
         }
         // PostgreSQL does not support authorization identities either.
         guard fields[1].isEmpty else {
@@ -96,9 +115,11 @@ public struct SCRAMServerExchange: Sendable {
         else {
             return fail("malformed SCRAM client-final-message")
         }
-        // Without channel binding, c= must echo the gs2 header unchanged;
-        // otherwise a meddler could have flipped "y" to "n".
-        guard let bindingData = SCRAMBase64.decode(binding), bindingData == gs2Header else {
+        // c= is the gs2 header (so a meddler cannot have flipped "y" to "n"),
+        // followed with channel binding by the hash of the certificate the
+        // client saw, which must be Lifeguard's own.
+        let expected = gs2Header.first == UInt8(ascii: "p") ? gs2Header + (channelBinding ?? []) : gs2Header
+        guard let bindingData = SCRAMBase64.decode(binding), SCRAM.constantTimeEqual(bindingData, expected) else {
             return fail("SCRAM channel binding check failed")
         }
         guard SCRAM.constantTimeEqual(echoedNonce, nonce) else {

@@ -292,6 +292,16 @@ public final class Connection: ReadinessHandler {
         sendTLSOutput()
     }
 
+    /// A client that began with a TLS hello (PostgreSQL 17's direct TLS): `received`, the bytes read so far,
+    /// go to the handshake, and whatever they complete to the delegate as usual.
+    public func startTLS(_ session: TLSSession, received: ByteBuffer) {
+        tls = session
+        receiveTLS(session, received)
+    }
+
+    /// The client agreed on ALPN "postgresql".
+    public var tlsNegotiatedPostgreSQLProtocol: Bool { tls?.negotiatedPostgreSQLProtocol ?? false }
+
     /// The negotiated version and cipher, once the handshake is done; nil without TLS.
     public var tlsSummary: String? {
         guard let tls, tls.isHandshakeDone else { return nil }

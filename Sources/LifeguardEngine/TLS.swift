@@ -93,7 +93,10 @@ public final class TLSContext: @unchecked Sendable {
         if let curves = configuration.ecdhCurves, lifeguard_ssl_ctx_set_groups(context, curves) != 1 {
             throw TLSError.fromOpenSSL("failed to set the ECDH curve \"\(curves)\"")
         }
-        if isServer, configuration.diffieHellman { _ = lifeguard_ssl_ctx_set_dh_auto(context, 1) }
+        if isServer {
+            if configuration.diffieHellman { _ = lifeguard_ssl_ctx_set_dh_auto(context, 1) }
+            lifeguard_ssl_ctx_select_postgresql_alpn(context)
+        }
         if !configuration.certFile.isEmpty,
             SSL_CTX_use_certificate_chain_file(context, configuration.certFile) != 1
         {
@@ -280,6 +283,9 @@ public final class TLSSession {
         let cipher = SSL_get_current_cipher(ssl).flatMap { SSL_CIPHER_get_name($0) }.map { String(cString: $0) } ?? "?"
         return "\(version)/\(cipher)"
     }
+
+    /// The client and Lifeguard agreed on the ALPN protocol "postgresql" (PostgreSQL 17's direct TLS needs it).
+    public var negotiatedPostgreSQLProtocol: Bool { lifeguard_ssl_alpn_is_postgresql(ssl) == 1 }
 
     /// RFC 5929's tls-server-end-point: the hash of this side's own certificate, with the hash of its
     /// signature algorithm (SHA-256 for MD5 and SHA-1). Nil when that algorithm names no single hash.

@@ -189,6 +189,51 @@ extension IntegrationTests {
         }
     }
 
+    /// PostgreSQL 17's direct TLS (`sslnegotiation=direct`): the client opens with a TLS hello, offering ALPN
+    /// "postgresql". libpq 15 cannot, so Python's ssl module plays the client: it logs in and runs a query.
+    @Test func directTLSNeedsALPNPostgreSQL() throws {
+        let certificates = try TestCertificates()
+        let lifeguard = try LifeguardProcess(settings: certificates.clientTLSSettings(mode: "require") + "\nauth_type = trust")
+        let script = """
+            import socket, ssl, struct, sys
+            context = ssl.create_default_context(cafile=sys.argv[2])
+            if sys.argv[3]: context.set_alpn_protocols([sys.argv[3]])
+            try:
+                tls = context.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="localhost")
+            except ssl.SSLError as error:
+                print("handshake failed:", error); sys.exit(0)
+            startup = b"user\\0lg_trust\\0database\\0lgtest\\0\\0"
+            tls.sendall(struct.pack("!ii", 8 + len(startup), 196608) + startup)
+            query = b"SELECT 40 + 2\\0"
+            tls.sendall(b"Q" + struct.pack("!i", 4 + len(query)) + query)
+            received = b""
+            while received.count(b"Z\\0\\0\\0\\5I") < 2 and (chunk := tls.recv(65536)): received += chunk
+            print(tls.version(), tls.selected_alpn_protocol(), received.count(b"Z\\0\\0\\0\\5I"), b"\\0\\0\\0\\x0242" in received)
+            print(received[-200:])
+            tls.sendall(b"X\\0\\0\\0\\4")
+            """
+        func run(alpn: String) throws -> String {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["python3", "-c", script, "\(lifeguard.port)", certificates.path("ca.crt"), alpn]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            process.standardError = pipe
+            try process.run()
+            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            return output
+        }
+        // Two ReadyForQuery (after login and after the query) and the row's "42".
+        let withALPN = try run(alpn: "postgresql")
+        #expect(withALPN.hasPrefix("TLSv1.3 postgresql 2 True"), "\(withALPN)")
+        let withoutALPN = try run(alpn: "")
+        #expect(withoutALPN.contains("received direct SSL connection request without ALPN protocol negotiation extension"), "\(withoutALPN)")
+        let otherALPN = try run(alpn: "http/1.1")
+        #expect(otherALPN.contains("handshake failed") && otherALPN.contains("no application protocol"), "\(otherALPN)")
+        #expect(lifeguard.log.contains("login attempt: db=lgtest user=lg_trust tls=TLSv1.3/"))
+    }
+
     /// Bytes sent after an SSLRequest, before any handshake, were never encrypted: a man in the middle may
     /// have put them there, so the connection ends (PostgreSQL's answer, CVE-2021-23214).
     @Test func plainTextAfterTheSSLRequestIsRefused() throws {

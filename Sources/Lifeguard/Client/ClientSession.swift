@@ -318,12 +318,39 @@ final class ClientSession: ConnectionDelegate {
         Int((NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000)
     }
 
+    /// The client began with a TLS hello instead of an SSLRequest (PostgreSQL 17's `sslnegotiation=direct`).
+    private var directTLS = false
+
+    /// A first byte of 0x16 is a TLS handshake record, never the start of a startup packet's length: with
+    /// client TLS on, the hello (and what follows it) goes to TLS, after this read is done with.
+    private func startsDirectTLS() -> Bool {
+        guard !sslRequestAnswered, !directTLS, let context = shard.clientTLS,
+            startupBuffer.getInteger(at: startupBuffer.readerIndex, as: UInt8.self) == 0x16
+        else { return false }
+        directTLS = true
+        sslRequestAnswered = true
+        let hello = startupBuffer
+        startupBuffer = ByteBuffer()
+        let connection = self.connection
+        shard.loop.deferTask { [weak self] in
+            guard let self, connection.isOpen else { return }
+            do {
+                connection.startTLS(try TLSSession(context: context), received: hello)
+            } catch {
+                closeReason = "TLS: \(error)"
+                connection.close()
+            }
+        }
+        return true
+    }
+
     /// The negotiated TLS version and cipher (PgBouncer's `tls` in SHOW CLIENTS); nil in plain text.
     var tlsSummary: String? { connection.tlsSummary }
 
     // MARK: Startup
 
     private func readStartup() throws {
+        if startsDirectTLS() { return }
         while machine.phase == .startup {
             let unread = startupBuffer
             guard let packet = try StartupPacket.read(from: &startupBuffer) else { break }
@@ -358,6 +385,10 @@ final class ClientSession: ConnectionDelegate {
                 }
                 return
             case .startup(let version, let raw):
+                if directTLS, !connection.tlsNegotiatedPostgreSQLProtocol {
+                    // PostgreSQL 17's rule: ALPN is what tells a direct TLS client from some other protocol's.
+                    throw PoolerError("received direct SSL connection request without ALPN protocol negotiation extension")
+                }
                 // As PgBouncer: require and stronger are not enforced on Unix sockets.
                 if shard.settings.clientTLS.sslMode >= .require, !connection.isUnixDomainSocket,
                     connection.tlsSummary == nil

@@ -50,17 +50,24 @@ final class TestCertificates {
     private func openssl(_ arguments: String...) throws { try openssl(arguments) }
 
     private func openssl(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
+        guard try runCommand("/usr/bin/openssl", arguments).status == 0 else {
             throw PGConnection.Failure(message: "openssl \(arguments.joined(separator: " ")) failed")
         }
     }
+}
+
+/// Runs a program to its end: its exit status and what it wrote to stdout and stderr.
+private func runCommand(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    return (process.terminationStatus, output)
 }
 
 extension IntegrationTests {
@@ -213,16 +220,7 @@ extension IntegrationTests {
             tls.sendall(b"X\\0\\0\\0\\4")
             """
         func run(alpn: String) throws -> String {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["python3", "-c", script, "\(lifeguard.port)", certificates.path("ca.crt"), alpn]
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            try process.run()
-            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            return output
+            try runCommand("/usr/bin/env", ["python3", "-c", script, "\(lifeguard.port)", certificates.path("ca.crt"), alpn]).output
         }
         // Two ReadyForQuery (after login and after the query) and the row's "42".
         let withALPN = try run(alpn: "postgresql")
@@ -271,16 +269,8 @@ extension IntegrationTests {
             """
         let file = directory.appendingPathComponent("bad.ini")
         try ini.write(to: file, atomically: true, encoding: .utf8)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
-        process.arguments = [file.path]
-        let pipe = Pipe()
-        process.standardError = pipe
-        process.standardOutput = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 1)
+        let (status, output) = try runCommand(TestEnvironment.binary, [file.path])
+        #expect(status == 1)
         #expect(output.contains("TLS setup failed"))
         #expect(output.contains("lg_md5.key"), "names the key that does not fit")
     }

@@ -8,7 +8,7 @@
 #   BENCH_ROUNDS    how many times to repeat every (workload, pooler) pair (default 1)
 #   BENCH_WARMUP    seconds of unmeasured pgbench traffic through each pooler before measuring (default 2)
 #   BENCH_SCALE     pgbench -i scale factor (default 10)
-#   BENCH_WORKLOADS which workloads to run, space-separated (default "simple extended prepared connect")
+#   BENCH_WORKLOADS which workloads to run, space-separated (default "simple extended prepared connect tls")
 #   IDLE_CLIENTS    clients held idle through each pooler for the memory measurement (default 10000; 0 skips)
 #   BENCH_THREADS   Lifeguard thread counts for the thread sweep (default "1 2"; empty skips it)
 #   LIFEGUARD_BINARY  a lifeguard binary to measure instead of building one (to compare two builds)
@@ -21,7 +21,8 @@
 #   2. builds Lifeguard in release mode (scripts/build-release.sh)
 #   3. starts ONE PostgreSQL cluster via scripts/pg-cluster.sh and runs pgbench -i on lgbench
 #   4. starts Lifeguard and PgBouncer, each from its own generated ini (md5 auth as lg_md5,
-#      transaction pooling, default_pool_size=20, max_client_conn=200)
+#      transaction pooling, default_pool_size=20, max_client_conn=200; client TLS allowed with one
+#      certificate made here for both, used only by the tls workload: the others run with sslmode=disable)
 #   5. for each workload, runs pgbench through Lifeguard then PgBouncer (BENCH_ROUNDS times),
 #      measuring TPS and the pooler's CPU time (utime+stime from /proc/PID/stat)
 #   6. holds IDLE_CLIENTS logged-in idle clients through each pooler (scripts/hold-clients.py) and reports
@@ -54,6 +55,7 @@ missing=()
 [ -x "$PGBIN/initdb" ] && [ -x "$PGBIN/pgbench" ] || missing+=(postgresql-15)
 command -v psql >/dev/null && command -v pg_isready >/dev/null || missing+=(postgresql-client)
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     as_root apt-get update -qq
@@ -120,6 +122,7 @@ cluster_started=1
 "$repo/scripts/pg-cluster.sh" start "$pg_dir" "$pg_port" >&2
 
 export PGPASSWORD=md5pass  # lg_md5's password, used both against PostgreSQL and the poolers
+export PGSSLMODE=disable   # plain text, but in the tls workload
 log "pgbench -i -s $BENCH_SCALE lgbench (as lg_md5, so it owns the tables)"
 "$PGBENCH" -i -q -s "$BENCH_SCALE" -h 127.0.0.1 -p "$pg_port" -U lg_md5 lgbench >"$tmp/pgbench-init.log" 2>&1 ||
     { cat "$tmp/pgbench-init.log" >&2; die "pgbench -i failed"; }
@@ -129,6 +132,10 @@ log "pgbench -i -s $BENCH_SCALE lgbench (as lg_md5, so it owns the tables)"
 # ---------------------------------------------------------------------------------------------
 printf '"lg_md5" "md5pass"\n' >"$tmp/userlist.txt"
 chmod 644 "$tmp/userlist.txt"
+# One certificate for both poolers' client TLS (the tls workload); readable by PgBouncer's postgres user.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$tmp/tls.key" -out "$tmp/tls.crt" 2>/dev/null
+chmod 644 "$tmp/tls.key" "$tmp/tls.crt"
 
 # write_ini NAME PORT: writes $tmp/NAME/NAME.ini with NAME's socket/log/pid files in $tmp/NAME
 write_ini() {
@@ -152,6 +159,9 @@ logfile = $dir/$name.log
 pidfile = $dir/$name.pid
 log_connections = 0
 log_disconnections = 0
+client_tls_sslmode = allow
+client_tls_key_file = $tmp/tls.key
+client_tls_cert_file = $tmp/tls.crt
 INI
     chmod 644 "$dir/$name.ini"
 }
@@ -204,9 +214,12 @@ cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 # Workloads: name and pgbench options (host/port/user/database/duration are added per run).
 # "prepared" runs pgbench -M prepared through Lifeguard (its statements shared across the pool) against
 # -M extended through PgBouncer, whose Debian version has no prepared statements in transaction mode.
-read -r -a workloads <<<"${BENCH_WORKLOADS:-simple extended prepared connect}"
+# "tls" is simple with client TLS (sslmode=require; connections are made once, so it measures encryption,
+# not handshakes).
+read -r -a workloads <<<"${BENCH_WORKLOADS:-simple extended prepared connect tls}"
 declare -A wl_opts=(
     [simple]="-S -c 50 -j 2"
+    [tls]="-S -c 50 -j 2"
     [extended]="-S -M extended -c 50 -j 2"
     [prepared]="-S -M prepared -c 50 -j 2"
     [connect]="-S -C -c 20 -j 2"
@@ -238,12 +251,14 @@ for round in $(seq "$BENCH_ROUNDS"); do
             opts=${wl_opts[$w]}
             [ "$p" = PgBouncer ] && [ -n "${pgbouncer_opts[$w]:-}" ] && opts=${pgbouncer_opts[$w]}
             cmd="$PGBENCH -n $opts -T $BENCH_SECONDS -h 127.0.0.1 -p ${pooler_port[$p]} -U lg_md5 lgbench"
-            [ "$round" = 1 ] && commands+=("$(printf '%-9s %-9s PGPASSWORD=md5pass %s' "$w" "$p" "$cmd")")
+            sslmode=disable
+            [ "$w" = tls ] && sslmode=require
+            [ "$round" = 1 ] && commands+=("$(printf '%-9s %-9s PGPASSWORD=md5pass PGSSLMODE=%s %s' "$w" "$p" "$sslmode" "$cmd")")
             log "round $round/$BENCH_ROUNDS: $w through $p (${BENCH_SECONDS}s)"
             out="$tmp/run-$round-$w-$p.log"
             before=$(cpu_ticks "$pid")
             rc=0
-            $cmd >"$out" 2>&1 || rc=$?
+            PGSSLMODE=$sslmode $cmd >"$out" 2>&1 || rc=$?
             after=$(cpu_ticks "$pid")
             # PG 15 prints "tps = N (without initial connection time)", or with -C
             # "tps = N (including reconnection times)"; take whichever is there.

@@ -232,6 +232,48 @@ extension IntegrationTests {
         #expect(lifeguard.log.contains("login attempt: db=lgtest user=lg_trust tls=TLSv1.3/"))
     }
 
+    /// RELOAD reads the key and certificate files again: a new client sees the new certificate, and a client
+    /// that connected under the old one keeps its connection.
+    @Test func reloadPicksUpANewCertificateWithoutDroppingConnections() throws {
+        let first = try TestCertificates()
+        let second = try TestCertificates()
+        // The files Lifeguard reads: first's certificate now, second's after the swap.
+        let install = { (certificates: TestCertificates) in
+            for name in ["server.key", "server.crt"] {
+                let target = first.path("current-" + name)
+                try? FileManager.default.removeItem(atPath: target)
+                try FileManager.default.copyItem(atPath: certificates.path(name), toPath: target)
+            }
+        }
+        try install(first)
+        let lifeguard = try LifeguardProcess(settings: """
+            client_tls_sslmode = prefer
+            client_tls_key_file = \(first.path("current-server.key"))
+            client_tls_cert_file = \(first.path("current-server.crt"))
+            admin_users = lg_md5
+            """)
+        let verified = { (certificates: TestCertificates) in
+            try PGConnection("host=localhost port=\(lifeguard.port) user=lg_md5 password=md5pass dbname=lgtest "
+                + "sslmode=verify-full sslrootcert=\(certificates.path("ca.crt"))")
+        }
+        let early = try verified(first)
+        #expect(try early.value("SELECT 1") == "1")
+        try install(second)
+        _ = try lifeguard.connect(database: "pgbouncer").query("RELOAD")
+        #expect(try verified(second).value("SELECT 2") == "2")
+        #expect(throws: PGConnection.Failure.self) { try verified(first) }
+        #expect(try early.value("SELECT 3") == "3", "the connection made under the old certificate goes on")
+    }
+
+    /// With client TLS off, a TLS hello is only a startup packet with an absurd length: refused, nothing more.
+    @Test func aTLSHelloToAPlainListenerIsRefused() throws {
+        let lifeguard = try LifeguardProcess()
+        let socket = try RawSocket(port: lifeguard.port)
+        socket.send([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03] + [UInt8](repeating: 0x42, count: 64))
+        #expect(socket.readUntilClosed().closed)
+        #expect(try lifeguard.connect().value("SELECT 1") == "1")
+    }
+
     /// Bytes sent after an SSLRequest, before any handshake, were never encrypted: a man in the middle may
     /// have put them there, so the connection ends (PostgreSQL's answer, CVE-2021-23214).
     @Test func plainTextAfterTheSSLRequestIsRefused() throws {

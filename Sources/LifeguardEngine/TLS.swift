@@ -271,7 +271,10 @@ public final class TLSSession {
         case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
             return
         default:
-            throw TLSError.fromOpenSSL("TLS handshake failed")
+            // OpenSSL's error says "certificate verify failed"; the verify result says why (expired, ...).
+            let verifyResult = SSL_get_verify_result(ssl)
+            let reason = verifyResult == X509_V_OK ? "" : " (\(String(cString: X509_verify_cert_error_string(verifyResult))))"
+            throw TLSError.fromOpenSSL("TLS handshake failed\(reason)")
         }
     }
 

@@ -15,8 +15,9 @@ final class TestCertificates {
         try issue("server", commonName: "localhost", extensions: "subjectAltName=DNS:localhost,IP:127.0.0.1")
         try issue("lg_md5", commonName: "lg_md5")
         try issue("stranger", commonName: "stranger")
+        try issue("expired", commonName: "lg_md5", days: -1)
         // libpq refuses a client key others can read.
-        for name in ["server", "lg_md5", "stranger"] { chmod(path("\(name).key"), 0o600) }
+        for name in ["server", "lg_md5", "stranger", "expired"] { chmod(path("\(name).key"), 0o600) }
     }
 
     deinit {
@@ -35,11 +36,12 @@ final class TestCertificates {
         """
     }
 
-    private func issue(_ name: String, commonName: String, extensions: String? = nil) throws {
+    /// `days`: how long it is valid from now; -1 makes one that expired yesterday.
+    private func issue(_ name: String, commonName: String, extensions: String? = nil, days: Int = 2) throws {
         try openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
             "-keyout", path("\(name).key"), "-out", path("\(name).csr"), "-subj", "/CN=\(commonName)")
         var arguments = ["x509", "-req", "-in", path("\(name).csr"), "-CA", path("ca.crt"), "-CAkey", path("ca.key"),
-            "-CAcreateserial", "-out", path("\(name).crt"), "-days", "2"]
+            "-CAcreateserial", "-out", path("\(name).crt"), "-days", "\(days)"]
         if let extensions {
             try extensions.write(toFile: path("\(name).ext"), atomically: true, encoding: .utf8)
             arguments += ["-extfile", path("\(name).ext")]
@@ -120,7 +122,27 @@ extension IntegrationTests {
         let withCertificate = try lifeguard.connect(
             extra: "sslmode=require sslcert=\(certificates.path("lg_md5.crt")) sslkey=\(certificates.path("lg_md5.key"))")
         #expect(try withCertificate.value("SELECT 1") == "1")
+        // An expired certificate from the right CA is refused in the handshake.
+        #expect(throws: PGConnection.Failure.self) {
+            try lifeguard.connect(
+                extra: "sslmode=require sslcert=\(certificates.path("expired.crt")) sslkey=\(certificates.path("expired.key"))")
+        }
+        #expect(waitUntil(3) { lifeguard.log.contains("certificate has expired") })
         #expect(lifeguard.isRunning)
+    }
+
+    /// libpq's sslmode=allow (plain first) and psql itself, with verify-full, against client_tls_sslmode = allow.
+    @Test func allowServesLibpqAllowAndPsqlVerifyFull() throws {
+        let certificates = try TestCertificates()
+        let lifeguard = try LifeguardProcess(settings: certificates.clientTLSSettings(mode: "allow") + "\nadmin_users = lg_md5")
+        #expect(try lifeguard.connect(extra: "sslmode=allow").value("SELECT 1") == "1")
+        let psql = try runCommand("/usr/bin/env", [
+            "PGPASSWORD=md5pass", "psql", "-X", "-qAt", "-c", "SELECT 42",
+            "host=localhost port=\(lifeguard.port) user=lg_md5 dbname=lgtest sslmode=verify-full "
+                + "sslrootcert=\(certificates.path("ca.crt"))",
+        ])
+        #expect(psql.status == 0 && psql.output == "42\n", "\(psql.output)")
+        #expect(lifeguard.log.contains("login attempt: db=lgtest user=lg_md5 tls=TLSv1.3/"))
     }
 
     /// auth_type = hba: hostssl and hostnossl rules by the connection's TLS, and `cert`, whose user is the

@@ -390,9 +390,7 @@ final class ClientSession: ConnectionDelegate {
                     throw PoolerError("received direct SSL connection request without ALPN protocol negotiation extension")
                 }
                 // As PgBouncer: require and stronger are not enforced on Unix sockets.
-                if shard.settings.clientTLS.sslMode >= .require, !connection.isUnixDomainSocket,
-                    connection.tlsSummary == nil
-                {
+                if shard.clientTLSRequired, !connection.isUnixDomainSocket, connection.tlsSummary == nil {
                     throw PoolerError("SSL required")
                 }
                 let startup = try ClientStartup(

@@ -291,6 +291,8 @@ final class PoolShard {
 
     /// Lifeguard's TLS context for clients' SSLRequests; nil when `client_tls_sslmode = disable`.
     private(set) var clientTLS: TLSContext?
+    /// `client_tls_sslmode` is require or stronger: TCP clients must use TLS (asked at every login).
+    private(set) var clientTLSRequired = false
     /// The TLS context for connections to PostgreSQL; nil when `server_tls_sslmode = disable`.
     private(set) var serverTLS: TLSContext?
     /// The `server_tls_*` settings `serverTLS` was built from.
@@ -302,6 +304,7 @@ final class PoolShard {
     /// Changed `server_tls_*` settings close the servers as they come free, as in PgBouncer 1.24.
     private func loadTLS() {
         clientTLS = loadContext(settings.clientTLS, current: clientTLS, make: PoolerTLS.makeContext)
+        clientTLSRequired = settings.clientTLS.sslMode >= .require
         let previous = serverTLSSettings
         serverTLS = loadContext(settings.serverTLS, current: serverTLS, make: PoolerTLS.makeServerContext)
         serverTLSSettings = settings.serverTLS

@@ -5,7 +5,18 @@ public enum SSLMode: String, Sendable, Equatable, CaseIterable, Comparable {
     case verifyFull = "verify-full"
 
     public static func < (lhs: SSLMode, rhs: SSLMode) -> Bool {
-        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
+        lhs.strength < rhs.strength
+    }
+
+    private var strength: Int {
+        switch self {
+        case .disable: return 0
+        case .allow: return 1
+        case .prefer: return 2
+        case .require: return 3
+        case .verifyCA: return 4
+        case .verifyFull: return 5
+        }
     }
 }
 

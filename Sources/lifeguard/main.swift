@@ -18,6 +18,7 @@ struct LifeguardCommand {
             return
         }
         guard let config = options.configPath else { return }
+        if options.checkConfig { Glibc.exit(checkConfiguration(config)) }
         // Blocked before any thread exists, so that every thread inherits the mask and the signals wait for
         // the event loop's signalfd instead of reaching a thread that would ignore or die of them.
         let handledSignals = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2]
@@ -90,6 +91,34 @@ struct LifeguardCommand {
         server.shutdown()
         if let pidfile = settings.pidfile, !pidfile.isEmpty { unlink(pidfile) }
         logger.info("shutdown complete")
+    }
+
+    /// `--check-config`: everything a start would read, without starting. Warnings go to stdout with the
+    /// verdict; errors (the first of each file: its parser stops there) to stderr.
+    private func checkConfiguration(_ path: String) -> Int32 {
+        let configuration: Configuration
+        do {
+            configuration = try Configuration.load(path: path)
+        } catch {
+            FileHandleStandardError.write("error: \(error)\n")
+            return 1
+        }
+        for warning in configuration.warnings { print("warning: \(warning)") }
+        var errors: [String] = []
+        do {
+            _ = try AuthFiles.load(configuration.settings) { print("warning: \($0)") }
+        } catch {
+            errors.append("\(error)")
+        }
+        do {
+            try PoolerTLS.check(configuration.settings)
+        } catch {
+            errors.append("TLS setup failed: \(error)")
+        }
+        for error in errors { FileHandleStandardError.write("error: \(error)\n") }
+        guard errors.isEmpty else { return 1 }
+        print("\(path): configuration is valid")
+        return 0
     }
 
     private func fail(_ message: String) -> Never {

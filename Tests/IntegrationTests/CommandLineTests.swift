@@ -61,6 +61,49 @@ extension IntegrationTests {
         #expect(output.contains("max_client_conn"))
     }
 
+    /// `--check-config` reads what a start would (the ini, auth_file, hba files, TLS files) and says what is
+    /// wrong, without starting anything.
+    @Test func checkConfigSaysWhatIsWrongWithoutStarting() throws {
+        let port = freePort()
+        let good = try temporaryFile("", name: "good.ini")
+        defer { removeTemporaryFile(good) }
+        let folder = good.deletingLastPathComponent()
+        try "\"alice\" \"secret\"\n".write(to: folder.appendingPathComponent("users.txt"), atomically: true, encoding: .utf8)
+        try """
+            [databases]
+            lgtest = host=127.0.0.1
+            [pgbouncer]
+            listen_addr = 127.0.0.1
+            listen_port = \(port)
+            unix_socket_dir =
+            auth_file = \(folder.path)/users.txt
+            syslog = 1
+            """.write(to: good, atomically: true, encoding: .utf8)
+        let (status, output) = try run(["--check-config", good.path])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("configuration is valid"))
+        #expect(output.contains("warning:") && output.contains("syslog"), "warnings are listed")
+        #expect((try? RawSocket(port: port)) == nil, "nothing was started")
+
+        let brokenIni = folder.appendingPathComponent("broken.ini")
+        try "[pgbouncer]\nlisten_port = 6432\nmax_client_conn = lots\n".write(to: brokenIni, atomically: true, encoding: .utf8)
+        let broken = try run(["--check-config", brokenIni.path])
+        #expect(broken.status == 1 && broken.output.contains("broken.ini:3") && broken.output.contains("max_client_conn"))
+
+        let missingFiles = folder.appendingPathComponent("missing.ini")
+        try """
+            [pgbouncer]
+            auth_file = \(folder.path)/nobody.txt
+            client_tls_sslmode = require
+            client_tls_key_file = \(folder.path)/none.key
+            client_tls_cert_file = \(folder.path)/none.crt
+            """.write(to: missingFiles, atomically: true, encoding: .utf8)
+        let missing = try run(["--check-config", missingFiles.path])
+        #expect(missing.status == 1)
+        #expect(missing.output.contains("nobody.txt"), "the auth_file")
+        #expect(missing.output.contains("TLS setup failed") && missing.output.contains("none.crt"), "the TLS files")
+    }
+
     @Test func unreadableConfigurationIsAnError() throws {
         let (status, output) = try run(["/nonexistent/lifeguard.ini"])
         #expect(status == 1)

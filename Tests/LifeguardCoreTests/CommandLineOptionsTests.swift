@@ -24,6 +24,14 @@ import Testing
         #expect(try CommandLineOptions(arguments: ["--user", "carol", "x.ini"]).user == "carol")
     }
 
+    @Test func checkConfigTakesTheConfigFile() throws {
+        let options = try CommandLineOptions(arguments: ["--check-config", "x.ini"])
+        #expect(options.checkConfig && options.configPath == "x.ini")
+        #expect(!(try CommandLineOptions(arguments: ["x.ini"]).checkConfig))
+        #expect(throws: CommandLineError.self) { try CommandLineOptions(arguments: ["--check-config"]) }
+        #expect(throws: CommandLineError.self) { try CommandLineOptions(arguments: ["--check-config=yes", "x.ini"]) }
+    }
+
     @Test func versionAndHelpNeedNoConfig() throws {
         #expect(try CommandLineOptions(arguments: ["-V"]).showVersion)
         #expect(try CommandLineOptions(arguments: ["--help"]).showHelp)

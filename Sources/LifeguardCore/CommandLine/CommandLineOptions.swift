@@ -11,6 +11,8 @@ public struct CommandLineOptions: Equatable, Sendable {
     public var user: String?
     public var showVersion = false
     public var showHelp = false
+    /// `--check-config`: read and check the configuration and the files it names, then exit.
+    public var checkConfig = false
     public var configPath: String?
 
     public static let usage = """
@@ -28,11 +30,13 @@ public struct CommandLineOptions: Equatable, Sendable {
           -u, --user USER    switch to USER after binding the listeners (when started as root)
           -V, --version      print the version and exit
           -h, --help         show this help and exit
+              --check-config check CONFIG, its auth_file, hba and ident files and its TLS key and
+                             certificate files, print what is wrong, and exit (0 when all is well)
 
         """
 
     private enum Option {
-        case daemon, quiet, verbose, user, version, help
+        case daemon, quiet, verbose, user, version, help, checkConfig
 
         init?(short: Character) {
             switch short {
@@ -54,6 +58,7 @@ public struct CommandLineOptions: Equatable, Sendable {
             case "user": self = .user
             case "version": self = .version
             case "help": self = .help
+            case "check-config": self = .checkConfig
             default: return nil
             }
         }
@@ -121,6 +126,7 @@ public struct CommandLineOptions: Equatable, Sendable {
         case .user: user = value
         case .version: showVersion = true
         case .help: showHelp = true
+        case .checkConfig: checkConfig = true
         }
     }
 }

@@ -6,6 +6,46 @@ import Testing
 extension IntegrationTests {
 /// PgBouncer's signals, sent to the real process.
 @Suite struct SignalTests {
+    /// systemd's `Type=notify`: READY=1 once listening, RELOADING=1 (with MONOTONIC_USEC) and READY=1 around a
+    /// SIGHUP reload, STOPPING=1 when SIGTERM starts the shutdown, each a datagram to $NOTIFY_SOCKET.
+    /// `abstract`: `@name` in Linux's abstract socket namespace, as systemd may pass it, instead of a path.
+    @Test(arguments: [false, true])
+    func systemdHearsReadyReloadingAndStopping(abstract: Bool) throws {
+        let name = "lifeguard-notify-\(UUID().uuidString.prefix(8))"
+        let path = abstract ? "@" + name : FileManager.default.temporaryDirectory.appendingPathComponent(name).path
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer {
+            close(fd)
+            if !abstract { unlink(path) }
+        }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = abstract ? [0] + Array(name.utf8) : Array(path.utf8)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: pathBytes) }
+        // An abstract name is exactly its bytes long; a path ends at its NUL.
+        let length = abstract ? MemoryLayout<sa_family_t>.size + pathBytes.count : MemoryLayout<sockaddr_un>.size
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(length)) }
+        }
+        try #require(bound == 0)
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        func nextMessage() -> String? {
+            var buffer = [UInt8](repeating: 0, count: 512)
+            let count = recv(fd, &buffer, buffer.count, 0)
+            return count > 0 ? String(decoding: buffer[..<count], as: UTF8.self) : nil
+        }
+
+        let lifeguard = try LifeguardProcess(environment: ["NOTIFY_SOCKET": path])
+        #expect(nextMessage()?.hasPrefix("READY=1") == true)
+        kill(lifeguard.pid, SIGHUP)
+        let reloading = nextMessage() ?? ""
+        #expect(reloading.hasPrefix("RELOADING=1\nMONOTONIC_USEC="), "\(reloading)")
+        #expect(nextMessage()?.hasPrefix("READY=1") == true)
+        kill(lifeguard.pid, SIGTERM)
+        #expect(nextMessage() == "STOPPING=1")
+    }
+
     private func start() throws -> LifeguardProcess {
         try LifeguardProcess(settings: "admin_users = lg_md5\ndefault_pool_size = 2")
     }

@@ -21,6 +21,9 @@ public final class LifeguardServer: DaemonControl {
     private var drainTimer: EngineLoop.TimerID?
     /// Set by the first SIGTERM / SIGINT, so that the second one exits at once.
     private var drainMode: ShutdownMode?
+    /// Tells systemd (`Type=notify`) when Lifeguard is ready, reloading and stopping.
+    private let systemd = SystemdNotifier()
+    private var toldStopping = false
 
     /// - Parameters:
     ///   - reopenLog: reopens the log file (SIGHUP and RELOAD, for log rotation).
@@ -119,8 +122,16 @@ public final class LifeguardServer: DaemonControl {
     /// threads of their own meanwhile.
     public func run() {
         group.loops.startThreads()
+        systemd.ready()
         loop.run()
         group.loops.stopThreads()
+    }
+
+    /// STOPPING=1, once: at the start of a drain or of an immediate exit.
+    private func tellSystemdStopping() {
+        guard !toldStopping else { return }
+        toldStopping = true
+        systemd.stopping()
     }
 
     private func requestExit() {
@@ -130,6 +141,7 @@ public final class LifeguardServer: DaemonControl {
     /// Closes the listeners and says goodbye to every connection (Terminate to servers). After `run`, with
     /// the other threads stopped, so this thread may touch every loop.
     public func shutdown() {
+        tellSystemdStopping()
         if let drainTimer { loop.cancel(drainTimer) }
         drainTimer = nil
         for listeners in tcpListeners + [unixListeners] { close(listeners) }
@@ -184,6 +196,8 @@ public final class LifeguardServer: DaemonControl {
     // MARK: DaemonControl (with every other loop parked)
 
     func reload() -> Bool {
+        systemd.reloading()
+        defer { systemd.ready() }
         reopenLog()
         do {
             let newConfiguration = try Configuration.load(path: configurationPath)
@@ -206,6 +220,7 @@ public final class LifeguardServer: DaemonControl {
     }
 
     func shutdown(_ mode: ShutdownMode) {
+        tellSystemdStopping()
         switch mode {
         case .immediate:
             requestExit()

@@ -101,9 +101,10 @@ final class LifeguardProcess: @unchecked Sendable {
     /// - Parameters:
     ///   - settings: extra `[pgbouncer]` lines (override the defaults below).
     ///   - databases: `[databases]` lines; `{PG}` is replaced by the cluster's host/port.
+    ///   - environment: variables set for the process besides the test's own.
     init(
         settings: String = "", databases: String = "lgtest = {PG}\nlgbench = {PG}",
-        userList: String = LifeguardProcess.defaultUserList
+        userList: String = LifeguardProcess.defaultUserList, environment: [String: String] = [:]
     ) throws {
         port = freePort()
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("lifeguard-test-\(port)-\(UUID().uuidString.prefix(8))")
@@ -135,6 +136,9 @@ final class LifeguardProcess: @unchecked Sendable {
         process.arguments = [directory.appendingPathComponent("lifeguard.ini").path]
         process.standardError = try FileHandle(forWritingTo: logURL)
         process.standardOutput = FileHandle.nullDevice
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         try process.run()
         try waitUntilListening()
     }

@@ -47,7 +47,7 @@ fi
 
 work=$(mktemp -d /tmp/lifeguard-chaos.XXXXXX)
 chmod 755 "$work"   # the cluster runs as the postgres user and keeps its socket under here
-pg_port=$((20000 + RANDOM % 20000))
+pg_port=$(scripts/free-port.sh)
 lifeguard_port=$((pg_port + 1))
 lifeguard_pid=""
 rc=1

@@ -38,7 +38,7 @@ bin_path=$(swift build --show-bin-path)
 
 work=$(mktemp -d /tmp/lifeguard-test.XXXXXX)
 chmod 755 "$work"
-pg_port=$((20000 + RANDOM % 20000))
+pg_port=$(scripts/free-port.sh)
 lifeguard_port=$((pg_port + 1))
 lifeguard_pid=""
 cleanup() {

@@ -322,7 +322,6 @@ final class Pool {
         for client in state.welcomeKnown() { client.sendWelcome() }
     }
 
-    /// Takes the pool's last login failure as every thread knows it.
     /// The way to the server changed (connection string, `server_tls_*`): the servers close as they come
     /// free, and a login failure seen under the old setup no longer holds new logins back.
     func configurationChanged() {
@@ -331,6 +330,7 @@ final class Pool {
         state.syncLoginFailure(nil)
     }
 
+    /// Takes the pool's last login failure as every thread knows it.
     private func syncLoginFailure() {
         state.syncLoginFailure(shard.shared.withFacts(of: key) { $0.lastLoginFailure })
     }

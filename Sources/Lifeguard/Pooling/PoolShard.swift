@@ -78,7 +78,7 @@ final class PoolShard {
         self.resolver = HostResolver(
             loop: loop, maxTTL: configuration.settings.dnsMaxTTL,
             failureTTL: configuration.settings.dnsNXDomainTTL)
-        loadTLS()
+        loadTLS(rereadingFiles: true)
     }
 
 
@@ -272,15 +272,16 @@ final class PoolShard {
         access = authFiles.access
         identMaps = authFiles.identMaps
         plainPasswords.keepOnly(users: Set(secrets.keys))
-        settingsChanged()
+        // RELOAD reads the key and certificate files again even when no TLS setting changed (renewed files).
+        settingsChanged(rereadingTLSFiles: true)
         startForcedUserPools()
     }
 
     /// Takes `configuration.settings` into what is derived from them, and into every existing pool (as in
     /// PgBouncer: pool sizes, modes, server_login_retry, ... apply at once).
-    private func settingsChanged() {
+    private func settingsChanged(rereadingTLSFiles: Bool = false) {
         settings = configuration.settings
-        loadTLS()
+        loadTLS(rereadingFiles: rereadingTLSFiles)
         LogVerbosity.set(configured: settings.verbose)
         authUserConfigured = Self.namesAuthUser(configuration)
         ignoredStartupParameters = IgnoredStartupParameters(settings.ignoreStartupParameters)
@@ -295,19 +296,26 @@ final class PoolShard {
     private(set) var clientTLSRequired = false
     /// The TLS context for connections to PostgreSQL; nil when `server_tls_sslmode = disable`.
     private(set) var serverTLS: TLSContext?
-    /// The `server_tls_*` settings `serverTLS` was built from.
+    /// The settings the contexts were built from.
+    private var clientTLSSettings: TLSSettings?
     private var serverTLSSettings: TLSSettings?
 
-    /// Builds both TLS contexts afresh, so that RELOAD and SET pick up new key and certificate files. A
-    /// context that cannot be built (a missing file, a key that does not match; RELOAD checks first and
-    /// fails) is logged and the one in use is kept; connections already on TLS keep theirs either way.
-    /// Changed `server_tls_*` settings close the servers as they come free, as in PgBouncer 1.24.
-    private func loadTLS() {
-        clientTLS = loadContext(settings.clientTLS, current: clientTLS, make: PoolerTLS.makeContext)
-        clientTLSRequired = settings.clientTLS.sslMode >= .require
+    /// Builds a TLS context afresh when its settings changed (a console SET), or always when
+    /// `rereadingFiles` (start and RELOAD, which pick up renewed key and certificate files). A context that
+    /// cannot be built (a missing file, a key that does not match; RELOAD checks first and fails) is logged
+    /// and the one in use is kept; connections already on TLS keep theirs either way. Changed `server_tls_*`
+    /// settings close the servers as they come free, as in PgBouncer 1.24.
+    private func loadTLS(rereadingFiles: Bool) {
+        if rereadingFiles || clientTLSSettings != settings.clientTLS {
+            clientTLS = loadContext(settings.clientTLS, current: clientTLS, make: PoolerTLS.makeContext)
+            clientTLSSettings = settings.clientTLS
+            clientTLSRequired = settings.clientTLS.sslMode >= .require
+        }
         let previous = serverTLSSettings
-        serverTLS = loadContext(settings.serverTLS, current: serverTLS, make: PoolerTLS.makeServerContext)
-        serverTLSSettings = settings.serverTLS
+        if rereadingFiles || previous != settings.serverTLS {
+            serverTLS = loadContext(settings.serverTLS, current: serverTLS, make: PoolerTLS.makeServerContext)
+            serverTLSSettings = settings.serverTLS
+        }
         if let previous, previous != settings.serverTLS {
             for pool in pools.values { pool.configurationChanged() }
         }

@@ -171,8 +171,8 @@ final class SharedState: @unchecked Sendable {
 
     // MARK: Cancel keys
 
-    /// A key no client or console session holds yet, registered for `target`.
-    /// A new random key for `target`; with peering (`peerID` > 0) it carries the peer id and a TTL.
+    /// A random key no client or console session holds yet, registered for `target`; with peering
+    /// (`peerID` > 0) it carries the peer id and a TTL.
     func registerCancelKey(for target: CancelTarget, peerID: Int) -> CancelKey {
         lock.withLock {
             while true {
